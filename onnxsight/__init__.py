@@ -1,0 +1,3 @@
+"""onnxsight: activations, gradients and attribution maps for any ONNX classifier."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Datasets: the bundled digits, a user's MNIST .npz, CIFAR-10 batches, image folders."""

@@ -1,0 +1,1 @@
+"""The model engine: loading, layers, sessions and devices, graph augmentation, autodiff."""

@@ -1,0 +1,58 @@
+"""The ``metadata_props`` onnxsight writes into a model and reads back."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import onnx
+
+LAYERS = "onnxsight.layers"          # JSON list of {"name", "tensor", "kind"} in model order
+LOGITS = "onnxsight.logits"          # tensor name of the pre-softmax logits
+INPUT_LAYOUT = "onnxsight.input_layout"  # "NHWC" | "NCHW" | "NC" ...
+SOURCE = "onnxsight.source"          # what the model was converted from
+AUGMENTED = "onnxsight.augmented"    # JSON description of added inputs/outputs
+
+
+@dataclass
+class LayerRecord:
+    """One named layer as the training framework called it."""
+
+    name: str
+    tensor: str
+    kind: str = ""  # the framework's layer class, e.g. "Conv2D"
+
+
+@dataclass
+class ModelMetadata:
+    """Everything onnxsight keeps in ``metadata_props``."""
+
+    layers: list[LayerRecord] = field(default_factory=list)
+    logits: str | None = None
+    input_layout: str | None = None
+    source: str | None = None
+
+    @classmethod
+    def read(cls, model: onnx.ModelProto) -> "ModelMetadata":
+        props = {p.key: p.value for p in model.metadata_props}
+        layers = [LayerRecord(**entry) for entry in json.loads(props.get(LAYERS, "[]"))]
+        return cls(layers, props.get(LOGITS), props.get(INPUT_LAYOUT), props.get(SOURCE))
+
+    def write(self, model: onnx.ModelProto) -> None:
+        """Store into ``model.metadata_props`` in place, replacing earlier onnxsight keys."""
+        values = {
+            LAYERS: json.dumps([asdict(layer) for layer in self.layers]),
+            LOGITS: self.logits,
+            INPUT_LAYOUT: self.input_layout,
+            SOURCE: self.source,
+        }
+        set_props(model, {k: v for k, v in values.items() if v is not None})
+
+
+def set_props(model: onnx.ModelProto, values: dict[str, str]) -> None:
+    """Set metadata properties in place, replacing existing keys."""
+    kept = [p for p in model.metadata_props if p.key not in values]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in values.items():
+        model.metadata_props.add(key=key, value=value)

@@ -1,0 +1,1 @@
+"""Small numpy/opencv numerics of arrays: no sessions, no files."""
