@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import onnx
-from onnx import shape_inference
+import numpy as np
+from onnx import numpy_helper, shape_inference
 
 # onnxruntime 1.2x reads IR versions up to 10; onnx >= 1.19 writes newer ones by default.
 RUNTIME_IR_VERSION = 10
@@ -52,31 +53,36 @@ def dependent_tensors(graph: onnx.GraphProto, sources: Iterable[str]) -> set[str
     return dependent
 
 
-def value_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
-    """Inferred shapes of every tensor shape inference can reach; unknown dims are None."""
+def value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """Type and shape of every tensor that shape inference reaches (inputs, outputs included)."""
     try:
         inferred = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except onnx.shape_inference.InferenceError:
         inferred = model
     graph = inferred.graph
-    shapes = {}
-    for value in [*graph.input, *graph.value_info, *graph.output]:
-        tensor_type = value.type.tensor_type
-        if tensor_type.HasField("shape"):
-            shapes[value.name] = tuple(
-                d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim
-            )
+    infos = {v.name: v for v in [*graph.value_info, *graph.input, *graph.output]}
     for init in graph.initializer:
-        shapes[init.name] = tuple(init.dims)
-    return shapes
+        infos.setdefault(init.name, onnx.helper.make_tensor_value_info(init.name, init.data_type, init.dims))
+    return infos
+
+
+def shape_of(info: onnx.ValueInfoProto) -> tuple[int | None, ...] | None:
+    """The static shape in a value info; unknown dims are None, an unknown rank is None."""
+    tensor_type = info.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
+
+
+def value_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+    """Inferred shapes of every tensor shape inference can reach; unknown dims are None."""
+    shapes = {name: shape_of(info) for name, info in value_infos(model).items()}
+    return {name: shape for name, shape in shapes.items() if shape is not None}
 
 
 def value_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element types (``onnx.TensorProto`` enum) of graph inputs, outputs and inferred values."""
-    graph = model.graph
-    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.input, *graph.value_info, *graph.output]}
-    types.update({t.name: t.data_type for t in graph.initializer})
-    return types
+    """Element types (``onnx.TensorProto`` enum) of every tensor shape inference can reach."""
+    return {name: info.type.tensor_type.elem_type for name, info in value_infos(model).items()}
 
 
 def opset_version(model: onnx.ModelProto) -> int:
@@ -92,3 +98,14 @@ def runtime_compatible(model: onnx.ModelProto) -> onnx.ModelProto:
     if model.ir_version > RUNTIME_IR_VERSION:
         model.ir_version = RUNTIME_IR_VERSION
     return model
+
+
+def constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
+    """The value of an initializer or ``Constant`` node output, else None."""
+    for init in graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    node = producers(graph).get(name)
+    if node is not None and node.op_type == "Constant":
+        return numpy_helper.to_array(onnx.helper.get_attribute_value(node.attribute[0]))
+    return None

@@ -1,0 +1,59 @@
+"""The ``onnxsight`` command: one typer app, user errors as one red line and exit code 1."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from onnxsight import __version__
+from onnxsight.cli import convert, demo, layers, models
+from onnxsight.cli.options import err
+from onnxsight.errors import OnnxsightError
+
+
+class _ErrorBoundary(typer.core.TyperGroup):
+    """Turns user-fixable errors into one line on stderr and exit code 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OnnxsightError as error:
+            err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    name="onnxsight",
+    cls=_ErrorBoundary,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Activations, gradients and attribution maps for any ONNX classifier, without a training framework.",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"onnxsight {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """onnxsight: look inside an ONNX classifier."""
+
+
+app.command("convert")(convert.convert)
+app.command("inspect")(models.inspect)
+app.command("predict")(models.predict)
+app.command("activations")(layers.activations)
+app.command("filters")(layers.filters)
+app.command("demo")(demo.demo)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,74 @@
+"""``inspect`` and ``predict``: what a model is, and what it says about images."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from onnxsight.cli.inputs import load_batch
+from onnxsight.cli.options import BatchSize, Device, ImagesArg, Json, Mean, ModelArg, Scale, Std, out
+from onnxsight.engine.model import load
+
+
+def _shape(shape) -> str:
+    return "?" if shape is None else "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+
+
+def inspect(model: ModelArg, as_json: Json = False) -> None:
+    """Print the layer table (name, op, output shape, params), like Keras' summary()."""
+    m = load(model, device="cpu")
+    rows = [
+        {"name": layer.name, "op": layer.kind or layer.op, "shape": _shape(layer.shape), "params": layer.params}
+        for layer in m.layers
+    ]
+    summary = {
+        "model": str(model), "input": m.input_name, "input_shape": _shape(m.input_shape),
+        "layout": m.input_layout, "logits": m.logits, "outputs": m.output_names,
+        "params": sum(r["params"] for r in rows), "layers": rows,
+    }
+    if as_json:
+        out.print_json(json.dumps(summary))
+        return
+    table = Table(title=f"{model.name}: input {m.input_name} {summary['input_shape']} {m.input_layout}")
+    for column, justify in (("Layer", "left"), ("Op", "left"), ("Output shape", "left"), ("Param #", "right")):
+        table.add_column(column, justify=justify)
+    for r in rows:
+        table.add_row(r["name"], r["op"], r["shape"], f"{r['params']:,}")
+    out.print(table)
+    out.print(f"Total params: {summary['params']:,}   logits: {m.logits}   outputs: {', '.join(m.output_names)}")
+
+
+def predict(
+    model: ModelArg,
+    images: ImagesArg,
+    top: Annotated[int, typer.Option(min=1, help="How many classes to list per image.")] = 3,
+    scale: Scale = None,
+    mean: Mean = None,
+    std: Std = None,
+    batch_size: BatchSize = 64,
+    device: Device = "auto",
+    as_json: Json = False,
+) -> None:
+    """Classify images: the top classes and their scores for each image."""
+    m = load(model, device=device)
+    x, names, _ = load_batch(m, images, scale, mean, std)
+    scores = m.predict(x, batch_size=batch_size).reshape(len(x), -1)
+    order = np.argsort(-scores, axis=1)[:, :top]
+    results = [
+        {"image": name, "top": [{"class": int(c), "score": float(row[c])} for c in best]}
+        for name, row, best in zip(names, scores, order)
+    ]
+    if as_json:
+        out.print_json(json.dumps(results))
+        return
+    table = Table(title=f"{model.name}: predictions")
+    table.add_column("Image")
+    for k in range(order.shape[1]):
+        table.add_column(f"#{k + 1} class (score)")
+    for r in results:
+        table.add_row(r["image"], *(f"{t['class']} ({t['score']:.4f})" for t in r["top"]))
+    out.print(table)

@@ -1,0 +1,37 @@
+"""Typed option aliases shared by the commands, and the consoles they print to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+out = Console()  # results
+err = Console(stderr=True)  # progress, logs, errors
+
+ModelArg = Annotated[Path, typer.Argument(help="ONNX model file.", show_default=False)]
+ImagesArg = Annotated[
+    list[Path],
+    typer.Argument(help="Images: PNG/JPEG/BMP/TIFF files (grey or colour) or .npy arrays (one image or a batch).",
+                   show_default=False),
+]
+OutputDir = Annotated[Path, typer.Option("--output", "-o", help="Folder for the results (created if missing).")]
+Force = Annotated[bool, typer.Option("--force", help="Replace files that already exist in the output.")]
+Device = Annotated[str, typer.Option(help="auto (CUDA when it really works, else CPU), cpu or cuda.")]
+BatchSize = Annotated[int, typer.Option(min=1, help="Images per onnxruntime call.")]
+Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")]
+Scale = Annotated[
+    Optional[float],
+    typer.Option(help="Multiply pixel values by this; default 1/255 for 8/16-bit files and 1 for float .npy."),
+]
+Mean = Annotated[
+    Optional[list[float]],
+    typer.Option(help="Subtract per-channel mean after scaling (repeat per channel, or once for all)."),
+]
+Std = Annotated[
+    Optional[list[float]],
+    typer.Option(help="Divide by per-channel std after the mean (repeat per channel, or once for all)."),
+]
+LayerOpt = Annotated[list[str], typer.Option("--layer", "-l", help="Layer name (see `onnxsight inspect`); repeatable.")]

@@ -1,0 +1,238 @@
+"""The backward driver: one ONNX model that computes ``of``, then ``d(of · cotangent)/d(wrt)``.
+
+The walk visits, in reverse, only the nodes between the ``wrt`` tensors and ``of``; a node
+without an incoming cotangent is skipped; contributions to one tensor from several consumers
+are summed with ``Add``. Tensors that do not depend on a ``wrt`` tensor are constants (weights,
+``Shape`` results, ...): nothing flows into them. Gradient nodes a rule built but nobody reads
+(e.g. towards a constant weight) are dropped at the end.
+
+Gradient with respect to an intermediate tensor ``T`` is ``d(of · cotangent)/dT`` holding
+everything upstream of ``T`` fixed. A ``wrt`` tensor that ``of`` does not depend on gets a zero
+gradient of its own shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import onnx
+from onnx import helper, shape_inference, version_converter
+
+from onnxsight.engine.graph import data_inputs, dependent_tensors, opset_version, producers, runtime_compatible
+from onnxsight.errors import InternalError, InvalidArgument, UnknownName, UnsupportedOp
+
+from .builder import FLOAT_TYPES, GraphBuilder
+from .registry import Node, constant_values, rules_for
+
+# ScatterElements(reduction="add") (MaxPool, Gather, Slice, Pad gradients) needs opset 16.
+MIN_OPSET = 16
+COTANGENT_PREFIX = "onnxsight/cotangent"
+GRADIENT_PREFIX = "onnxsight/gradient"
+
+
+@dataclass(frozen=True)
+class VJPGraph:
+    """An augmented model and the names of what it adds.
+
+    ``model`` takes the original inputs plus ``cotangent`` (shaped like ``of``) and returns
+    ``outputs`` followed by the gradient outputs, ``gradients[wrt] -> output name``.
+    """
+
+    model: onnx.ModelProto
+    cotangent: str
+    gradients: dict[str, str]
+    outputs: tuple[str, ...]
+
+
+def build_vjp(
+    model: onnx.ModelProto,
+    of: str,
+    wrt: Sequence[str],
+    *,
+    modifier: str | None = None,
+    keep_outputs: Sequence[str] = (),
+) -> VJPGraph:
+    """Returns a new model that also computes ``d(of · cotangent)/d(w)`` for each ``w`` in ``wrt``.
+
+    ``modifier``: None (exact gradient), ``"guided"`` or ``"deconv"`` (Relu rule variants).
+    Raises UnknownName for names the graph lacks, InvalidArgument for constant ``of``/``wrt``
+    tensors or unknown modifiers, UnsupportedOp when a node on the path has no rule.
+    """
+    rules = rules_for(modifier)
+    if isinstance(wrt, str):
+        raise InvalidArgument(f"wrt must be a sequence of tensor names, not the string {wrt!r}")
+    wrt = list(dict.fromkeys(wrt))
+    if not wrt:
+        raise InvalidArgument("wrt is empty: name at least one tensor to differentiate with respect to")
+    model = _upgraded_copy(model)
+    graph = model.graph
+
+    known = _tensor_names(graph)
+    for name in [of, *wrt, *keep_outputs]:
+        if name not in known:
+            raise UnknownName("tensor", name, known)
+    data_path = dependent_tensors(graph, [v.name for v in data_inputs(graph)])
+    for name in [of, *wrt]:
+        if name not in data_path:
+            raise InvalidArgument(f"tensor {name!r} does not depend on the model input (it is a constant); "
+                                  "only data-path tensors can be differentiated")
+
+    infos = _value_infos(model)
+    if infos.get(of) is None or infos[of].type.tensor_type.elem_type not in FLOAT_TYPES:
+        raise InvalidArgument(f"tensor {of!r} is not a floating-point tensor; it cannot be differentiated")
+
+    prefix = _free_prefix(known, "onnxsight/vjp")
+    g = GraphBuilder(infos, opset_version(model), prefix)
+    cotangent = _free_prefix(known, COTANGENT_PREFIX)
+    g.record(cotangent, like=of)
+
+    active = dependent_tensors(graph, wrt)
+    upstream = _ancestors(graph, of)
+    path = [n for n in graph.node
+            if any(i in active for i in n.input) and any(o in upstream for o in n.output)]
+
+    contributions: dict[str, list[str]] = {of: [cotangent]}
+    totals: dict[str, str | None] = {}
+
+    def total(tensor: str) -> str | None:
+        if tensor not in totals:
+            parts = contributions.get(tensor, [])
+            g.scope(f"sum/{tensor}")
+            result = parts[0] if parts else None
+            for part in parts[1:]:
+                result = g.op("Add", result, part)
+            if result is not None:
+                g.record(result, like=tensor)
+            totals[tensor] = result
+        return totals[tensor]
+
+    constants = constant_values(graph)
+    for index, proto in reversed(list(enumerate(path))):
+        cots = [total(o) if o else None for o in proto.output]
+        if all(c is None for c in cots):
+            continue
+        name = proto.name or f"{proto.op_type}_{index}"
+        fn = rules.get(proto.op_type)
+        if fn is None or proto.domain not in ("", "ai.onnx"):
+            raise _unsupported(graph, proto, name, wrt)
+        node = Node(proto, name, g.opset, cots, [i in active for i in proto.input], constants)
+        g.scope(name)
+        results = fn(g, node)
+        if not isinstance(results, (list, tuple)) or len(results) != len(proto.input):
+            raise InternalError(f"the {proto.op_type} rule returned {results!r} for node {name!r}; "
+                                f"expected one entry per input ({len(proto.input)})")
+        for tensor, cot in zip(proto.input, results):
+            if cot is not None and tensor in active:
+                contributions.setdefault(tensor, []).append(cot)
+
+    gradients: dict[str, str] = {}
+    outputs = [o.name for o in graph.output]
+    for name in [*keep_outputs, of]:
+        if name not in outputs:
+            outputs.append(name)
+    new_outputs = [*(o for o in graph.output), *(_output_info(infos, n) for n in outputs[len(graph.output):])]
+    for w in wrt:
+        g.scope(f"gradient/{w}")
+        grad = total(w)
+        grad = g.zeros_like(w) if grad is None else grad
+        out = f"{GRADIENT_PREFIX}/{w}"
+        g.nodes.append(helper.make_node("Identity", [grad], [out], name=out))
+        gradients[w] = out
+        new_outputs.append(_output_info(infos, w, out))
+
+    kept = _live_nodes(g.nodes, {o.name for o in new_outputs})
+    graph.node.extend(kept)
+    graph.input.append(_output_info(infos, of, cotangent))
+    del graph.output[:]
+    graph.output.extend(new_outputs)
+    runtime_compatible(model)
+    onnx.checker.check_model(model, full_check=True)
+    return VJPGraph(model=model, cotangent=cotangent, gradients=gradients, outputs=tuple(outputs))
+
+
+def _upgraded_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` at opset >= MIN_OPSET (the gradient ops need it); never the input object."""
+    if opset_version(model) >= MIN_OPSET:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        return copy
+    try:
+        return version_converter.convert_version(model, MIN_OPSET)
+    except Exception as error:  # the converter raises bare RuntimeErrors from C++
+        raise UnsupportedOp(f"the model's opset {opset_version(model)} could not be converted to opset "
+                            f"{MIN_OPSET}, which its gradient needs: {error}") from error
+
+
+def _tensor_names(graph: onnx.GraphProto) -> list[str]:
+    names = [v.name for v in graph.input] + [t.name for t in graph.initializer]
+    names += [o for n in graph.node for o in n.output if o]
+    return list(dict.fromkeys(names))
+
+
+def _value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    try:
+        inferred = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except onnx.shape_inference.InferenceError:
+        inferred = model
+    g = inferred.graph
+    infos = {v.name: v for v in [*g.input, *g.value_info, *g.output]}
+    for t in g.initializer:
+        infos.setdefault(t.name, helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return infos
+
+
+def _output_info(infos: dict[str, onnx.ValueInfoProto], name: str, rename: str | None = None) -> onnx.ValueInfoProto:
+    info = infos.get(name)
+    if info is None or not info.type.tensor_type.elem_type:
+        raise InvalidArgument(f"the element type of tensor {name!r} cannot be inferred; cannot expose it")
+    copy = onnx.ValueInfoProto()
+    copy.CopyFrom(info)
+    copy.name = rename or name
+    return copy
+
+
+def _free_prefix(names: Sequence[str], base: str) -> str:
+    """``base``, or ``base_1``, ``base_2``... when the graph already uses it (augmented twice)."""
+    candidate, k = base, 0
+    while any(n == candidate or n.startswith(candidate + "/") for n in names):
+        k += 1
+        candidate = f"{base}_{k}"
+    return candidate
+
+
+def _ancestors(graph: onnx.GraphProto, tensor: str) -> set[str]:
+    """``tensor`` and every tensor it is computed from."""
+    made_by = producers(graph)
+    seen, stack = {tensor}, [tensor]
+    while stack:
+        node = made_by.get(stack.pop())
+        if node is None:
+            continue
+        for name in node.input:
+            if name and name not in seen:
+                seen.add(name)
+                stack.append(name)
+    return seen
+
+
+def _live_nodes(nodes: list[onnx.NodeProto], wanted: set[str]) -> list[onnx.NodeProto]:
+    """The added nodes that some wanted output reads, directly or not (dead-code elimination)."""
+    needed, keep = set(wanted), []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+    return keep[::-1]
+
+
+def _unsupported(graph: onnx.GraphProto, proto: onnx.NodeProto, name: str, wrt: list[str]) -> UnsupportedOp:
+    """The error for a data-path node without a rule, naming the wrt tensors that avoid it."""
+    upstream = set()
+    for out in proto.output:
+        upstream |= _ancestors(graph, out)
+    still = [w for w in wrt if w not in upstream]
+    domain = f" (domain {proto.domain!r})" if proto.domain not in ("", "ai.onnx") else ""
+    hint = (f"gradients with respect to {', '.join(still)} are still computable without it; retry with wrt={still}"
+            if still else f"no requested wrt tensor avoids it; tensors downstream of it (e.g. {list(proto.output)}) do")
+    return UnsupportedOp(f"no gradient rule for op {proto.op_type}{domain} (node {name!r}); {hint}")

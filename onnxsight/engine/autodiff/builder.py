@@ -1,0 +1,199 @@
+"""A small graph builder for VJP subgraphs: ``g.op("Mul", a, b)`` returns a tensor name.
+
+Every node a rule adds is named ``<prefix>/<forward node>/<k>`` so that an onnxruntime error
+points at the rule that built it. Broadcast reduction, typed constants and zeros live here once,
+never repeated in rules. Rules stay dtype-agnostic: constants follow their ``like`` tensor
+through ``CastLike``, shapes are read at run time (dynamic batch) with ``Shape``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxsight.errors import InternalError, UnsupportedOp
+
+_INT64_MAX = np.iinfo(np.int64).max
+FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+
+
+class GraphBuilder:
+    """Appends nodes to a list; knows the types and static shapes inferred for the forward graph."""
+
+    def __init__(self, infos: dict[str, onnx.ValueInfoProto], opset: int, prefix: str):
+        self.infos = infos
+        self.opset = opset
+        self.prefix = prefix
+        self.nodes: list[onnx.NodeProto] = []
+        self._scope = "graph"
+        self._counter: dict[str, int] = {}
+
+    # -- naming -------------------------------------------------------------------------
+    def scope(self, name: str) -> None:
+        """Names the following nodes after the forward node ``name``."""
+        self._scope = name
+
+    def _fresh(self) -> str:
+        k = self._counter.get(self._scope, 0)
+        self._counter[self._scope] = k + 1
+        return f"{self.prefix}/{self._scope}/{k}"
+
+    # -- nodes --------------------------------------------------------------------------
+    def op(self, op_type: str, *inputs: str | None, outputs: int = 1, **attrs) -> str | tuple[str, ...]:
+        """Adds one node; returns its output name (a tuple when ``outputs > 1``)."""
+        name = self._fresh()
+        outs = [name] if outputs == 1 else [f"{name}:{i}" for i in range(outputs)]
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+        self.nodes.append(helper.make_node(op_type, [i or "" for i in inputs], outs, name=name, **attrs))
+        return outs[0] if outputs == 1 else tuple(outs)
+
+    def const(self, value, like: str | None = None) -> str:
+        """A constant; with ``like`` it takes that tensor's element type (``CastLike``)."""
+        array = np.asarray(value, dtype=np.float64 if like is not None else None)
+        tensor = numpy_helper.from_array(array, name=self._fresh() + ":value")
+        c = self.op("Constant", value=tensor)
+        return c if like is None else self.op("CastLike", c, like)
+
+    def ints(self, values: Sequence[int] | int) -> str:
+        """An int64 constant (axes, shapes, indices); a bare int gives a scalar."""
+        return self.op("Constant", value=numpy_helper.from_array(np.asarray(values, dtype=np.int64), name=self._fresh() + ":value"))
+
+    def shape(self, x: str) -> str:
+        return self.op("Shape", x)
+
+    def dim(self, x: str, axis: int) -> str:
+        """The size of ``x`` along ``axis`` at run time, as a 1-element int64 tensor."""
+        return self.op("Gather", self.shape(x), self.ints([axis]))
+
+    def zeros_like(self, x: str) -> str:
+        return self.op("Expand", self.const(0.0, like=x), self.shape(x))
+
+    def ones_like(self, x: str) -> str:
+        return self.op("Expand", self.const(1.0, like=x), self.shape(x))
+
+    def where(self, cond: str, a: str, b: str | float) -> str:
+        """``Where`` with a scalar ``b`` taking ``a``'s type."""
+        if not isinstance(b, str):
+            b = self.const(b, like=a)
+        return self.op("Where", cond, a, b)
+
+    def mask(self, cond: str, like: str) -> str:
+        """A boolean condition as 0/1 in ``like``'s type."""
+        return self.op("CastLike", cond, like)
+
+    def reduce_sum(self, x: str, axes: Sequence[int] | str | None, keepdims: int = 1) -> str:
+        """``ReduceSum`` over ``axes`` (a list or an int64 tensor name); ``None`` reduces all."""
+        if axes is None:
+            return self.op("ReduceSum", x, keepdims=keepdims)
+        axes = axes if isinstance(axes, str) else self.ints(list(axes))
+        return self.op("ReduceSum", x, axes, keepdims=keepdims)
+
+    def reduce_mean(self, x: str, axes: Sequence[int], keepdims: int = 1) -> str:
+        if self.opset >= 18:
+            return self.op("ReduceMean", x, self.ints(list(axes)), keepdims=keepdims)
+        return self.op("ReduceMean", x, axes=list(axes), keepdims=keepdims)
+
+    def unsqueeze(self, x: str, axes: Sequence[int] | str) -> str:
+        return self.op("Unsqueeze", x, axes if isinstance(axes, str) else self.ints(list(axes)))
+
+    def reshape_like(self, x: str, like: str) -> str:
+        return self.op("Reshape", x, self.shape(like))
+
+    # -- broadcasting and scattering -----------------------------------------------------
+    def unbroadcast(self, grad: str, like: str, shaped: str | None = None) -> str:
+        """Sums ``grad`` over the axes along which ``like`` was broadcast; result has ``like``'s shape.
+
+        ``shaped`` names a forward tensor known to have ``grad``'s shape (usually the node's
+        output). Statically equal shapes need nothing; otherwise the axes are found at run time
+        (``Shape`` comparisons + ``NonZero``), so a dynamic batch dimension works.
+        """
+        if self.same_type_shape(shaped or grad, like):
+            return grad
+        g_shape, x_shape = self.shape(grad), self.shape(like)
+        pad = self.op("Sub", self.op("Size", g_shape), self.op("Size", x_shape))
+        ones = self.op("ConstantOfShape", self.op("Reshape", pad, self.ints([1])),
+                       value=numpy_helper.from_array(np.array([1], np.int64)))
+        padded = self.op("Concat", ones, x_shape, axis=0)
+        axes = self.op("Reshape", self.op("NonZero", self.op("Not", self.op("Equal", g_shape, padded))), self.ints([-1]))
+        summed = self.op("ReduceSum", grad, axes, keepdims=1, noop_with_empty_axes=1)
+        return self.op("Reshape", summed, x_shape)
+
+    def iota_like(self, x: str) -> str:
+        """The flat index of every element of ``x``, shaped like ``x`` (int64)."""
+        size = self.op("Size", x)
+        return self.op("Reshape", self.op("Range", self.ints(0), size, self.ints(1)), self.shape(x))
+
+    def scatter_add(self, index: str, grad: str, like: str) -> str:
+        """Adds each ``grad`` element into the element of ``like`` whose flat index ``index`` holds.
+
+        Negative indices (padding) are dropped. ``index`` and ``grad`` have the same shape.
+        """
+        size = self.op("Size", like)
+        flat_index = self.op("Reshape", index, self.ints([-1]))
+        flat_index = self.op("Where", self.op("Less", flat_index, self.ints(0)), size, flat_index)
+        extended = self.op("Add", size, self.ints(1))
+        zeros = self.op("Expand", self.const(0.0, like=grad), self.op("Reshape", extended, self.ints([1])))
+        summed = self.op("ScatterElements", zeros, flat_index, self.op("Reshape", grad, self.ints([-1])),
+                         axis=0, reduction="add")
+        kept = self.op("Slice", summed, self.ints([0]), self.op("Reshape", size, self.ints([1])))
+        return self.op("Reshape", kept, self.shape(like))
+
+    # -- facts about forward tensors ------------------------------------------------------
+    def elem_type(self, name: str) -> int:
+        info = self.infos.get(name)
+        return info.type.tensor_type.elem_type if info is not None else TensorProto.UNDEFINED
+
+    def static_shape(self, name: str) -> tuple[int | None, ...] | None:
+        """Inferred shape with None for unknown dims; None when even the rank is unknown."""
+        info = self.infos.get(name)
+        if info is None or not info.type.tensor_type.HasField("shape"):
+            return None
+        return tuple(d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim)
+
+    def rank(self, name: str) -> int:
+        shape = self.static_shape(name)
+        if shape is None:
+            raise UnsupportedOp(f"the rank of {name!r} is unknown after shape inference; its rule needs it")
+        return len(shape)
+
+    def spatial_dims(self, name: str, what: str) -> list[int]:
+        """Static sizes of the dims after N, C; raises when any is dynamic."""
+        shape = self.static_shape(name)
+        if shape is None or any(d is None for d in shape[2:]):
+            raise UnsupportedOp(f"{what} needs static spatial dims for {name!r}, got {shape}")
+        return list(shape[2:])  # type: ignore[arg-type]
+
+    def same_type_shape(self, a: str, b: str) -> bool:
+        """True when shape inference proves ``a`` and ``b`` have the same shape."""
+        ia, ib = self.infos.get(a), self.infos.get(b)
+        if ia is None or ib is None:
+            return False
+        sa, sb = ia.type.tensor_type, ib.type.tensor_type
+        if not (sa.HasField("shape") and sb.HasField("shape")) or len(sa.shape.dim) != len(sb.shape.dim):
+            return False
+        for da, db in zip(sa.shape.dim, sb.shape.dim):
+            if da.HasField("dim_value") and db.HasField("dim_value") and da.dim_value == db.dim_value:
+                continue
+            if da.HasField("dim_param") and db.HasField("dim_param") and da.dim_param == db.dim_param:
+                continue
+            return False
+        return True
+
+    def record(self, name: str, like: str) -> None:
+        """Declares that builder tensor ``name`` has the same type and shape as ``like``."""
+        info = self.infos.get(like)
+        if info is None:
+            return
+        copy = onnx.ValueInfoProto()
+        copy.CopyFrom(info)
+        copy.name = name
+        self.infos[name] = copy
+
+
+def ensure(condition: bool, message: str) -> None:
+    """An internal contract check that survives ``python -O``."""
+    if not condition:
+        raise InternalError(message)

@@ -1,0 +1,262 @@
+"""An ONNX classifier with named layers: load it, run it, read its intermediate tensors."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxsight.engine import graph as g
+from onnxsight.engine.metadata import ModelMetadata
+from onnxsight.engine.session import first_line, open_session, providers_for
+from onnxsight.errors import InvalidArgument, ModelFileError, OnnxsightError, UnknownName
+
+DEFAULT_BATCH_SIZE = 64
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+# Ops that keep a convolution's output channels in place: walked through to find a layer's kernel.
+_CHANNELWISE = {"Relu", "LeakyRelu", "Elu", "Selu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "HardSwish",
+                "Softplus", "PRelu", "Add", "Mul", "Identity", "Transpose", "BatchNormalization", "Dropout"}
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A named tensor of the model: ``shape`` has None for dynamic dims (the batch)."""
+
+    name: str
+    tensor: str
+    op: str
+    shape: tuple[int | None, ...] | None
+    params: int
+    kind: str = ""
+
+
+class Model:
+    """A loaded ONNX model: layers by name, batched inference, one cached session per output set."""
+
+    def __init__(self, proto: onnx.ModelProto, source: str, device: str = "auto"):
+        self.proto = g.runtime_compatible(proto)
+        self.source = source
+        self.providers = providers_for(device)
+        self.metadata = ModelMetadata.read(proto)
+        graph = proto.graph
+        inputs = g.data_inputs(graph)
+        if len(inputs) != 1:
+            names = ", ".join(v.name for v in inputs) or "none"
+            raise ModelFileError(f"{source}: expected one data input, found {len(inputs)} ({names})")
+        self.input_name = inputs[0].name
+        self.output_names = [v.name for v in graph.output]
+        self.values = g.value_infos(self.proto)
+        self.shapes = {n: s for n, s in ((n, g.shape_of(v)) for n, v in self.values.items()) if s is not None}
+        self.input_shape = self.shapes.get(self.input_name)
+        if not self.input_shape:
+            raise ModelFileError(f"{source}: input {self.input_name!r} has no known shape")
+        self.input_layout = self.metadata.input_layout or _guess_layout(self.input_shape)
+        self.layers = self._read_layers()
+        self._by_name = {layer.name: layer for layer in self.layers}
+        self._sessions: dict[tuple, object] = {}
+
+    # ---- names -------------------------------------------------------------------------
+    @property
+    def logits(self) -> str:
+        """The pre-softmax tensor (keras-vis' "swap softmax for linear"), else the output."""
+        if self.metadata.logits:
+            return self.metadata.logits
+        producer = g.producers(self.proto.graph)
+        name = self.output_names[0]
+        node = producer.get(name)
+        while node is not None and node.op_type == "Identity":
+            name = node.input[0]
+            node = producer.get(name)
+        return node.input[0] if node is not None and node.op_type == "Softmax" else self.output_names[0]
+
+    def tensor(self, name: str) -> str:
+        """Resolve a layer name, "input", "output", "logits" or a tensor name to a tensor name."""
+        if name in self._by_name:
+            return self._by_name[name].tensor
+        aliases = {"input": self.input_name, "output": self.output_names[0], "logits": self.logits}
+        if name in aliases:
+            return aliases[name]
+        if name in self.values:
+            return name
+        raise UnknownName("layer", name, [layer.name for layer in self.layers])
+
+    def layer(self, name: str) -> Layer:
+        """The layer called ``name`` (UnknownName lists the known ones)."""
+        if name not in self._by_name:
+            raise UnknownName("layer", name, [layer.name for layer in self.layers])
+        return self._by_name[name]
+
+    def channel_axis(self, name: str) -> int:
+        """The channel axis of a layer's output: image layers follow the input layout."""
+        shape = self.shapes.get(self.tensor(name))
+        return 3 if shape is not None and len(shape) == 4 and self.input_layout == "NHWC" else 1
+
+    def kernel(self, name: str) -> np.ndarray:
+        """Weights (Cout, Cin/groups, kh, kw) of the convolution that produces layer ``name``."""
+        graph, producer = self.proto.graph, g.producers(self.proto.graph)
+        tensor = self.tensor(name)
+        dependent = g.dependent_tensors(graph, [self.input_name])
+        node = producer.get(tensor)
+        while node is not None and node.op_type in _CHANNELWISE:
+            node = producer.get(next((i for i in node.input if i in dependent), ""))
+        if node is not None and node.op_type in ("Conv", "ConvTranspose"):
+            weights = g.constant_value(graph, node.input[1])
+            if weights is not None:
+                return weights if node.op_type == "Conv" else weights.swapaxes(0, 1)
+        convs = [layer.name for layer in self.layers if layer.op == "Conv" or layer.kind.startswith("Conv")]
+        raise InvalidArgument(f"layer {name!r} is not a convolution with constant weights; conv layers: {', '.join(convs) or 'none'}")
+
+    # ---- running -----------------------------------------------------------------------
+    def predict(self, x: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """The model's first output for a batch ``x`` of shape (N, ...)."""
+        return self.run(x, [self.output_names[0]], batch_size=batch_size)[0]
+
+    def activations(
+        self, x: np.ndarray, layers: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> dict[str, np.ndarray]:
+        """Outputs of the named layers (or tensors) for a batch ``x``."""
+        if isinstance(layers, str):
+            layers = [layers]
+        tensors = [self.tensor(name) for name in layers]
+        return dict(zip(layers, self.run(x, tensors, batch_size=batch_size)))
+
+    def run(
+        self,
+        x: np.ndarray,
+        outputs: Sequence[str],
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        proto: onnx.ModelProto | None = None,
+        feeds: Mapping[str, np.ndarray] | None = None,
+    ) -> list[np.ndarray]:
+        """Run ``outputs`` (tensor names) batched; ``feeds`` are per-sample extra inputs.
+
+        ``proto`` is an augmented version of this model (same data input); sessions are
+        cached per (model, outputs). A model with a fixed batch size runs in chunks of it.
+        """
+        x = self.check_input(x)
+        feeds = dict(feeds or {})
+        for name, value in feeds.items():
+            if len(value) != len(x):
+                raise InvalidArgument(f"{name}: {len(value)} rows for {len(x)} images")
+        session = self._session(tuple(outputs), proto)
+        fixed = self.input_shape[0]
+        step = fixed if isinstance(fixed, int) else _positive(batch_size, "batch_size")
+        chunks = []
+        for start in range(0, len(x), step):
+            batch = {self.input_name: x[start:start + step]}
+            batch.update({k: v[start:start + step] for k, v in feeds.items()})
+            chunks.append(self._run_chunk(session, list(outputs), batch, fixed))
+        return [np.concatenate(parts) for parts in zip(*chunks)]
+
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        """``x`` as the model's input dtype, or a clear error about its type, shape or values."""
+        x = np.asarray(x)
+        expected = "(N, " + ", ".join("?" if d is None else str(d) for d in self.input_shape[1:]) + ")"
+        if not np.issubdtype(x.dtype, np.floating):
+            raise InvalidArgument(
+                f"input must be a floating-point array, got {x.dtype}; scale integer images first (e.g. x / 255)"
+            )
+        if x.ndim != len(self.input_shape):
+            hint = "; add a batch axis (x[None])" if x.ndim == len(self.input_shape) - 1 else ""
+            raise InvalidArgument(f"input has shape {x.shape} but {self.source} expects {expected}{hint}")
+        for got, want in zip(x.shape[1:], self.input_shape[1:]):
+            if want is not None and got != want:
+                raise InvalidArgument(f"input has shape {x.shape} but {self.source} expects {expected}")
+        if len(x) == 0:
+            raise InvalidArgument("input batch is empty")
+        if not np.isfinite(x).all():
+            raise InvalidArgument("input contains NaN or Inf values")
+        return np.ascontiguousarray(x, dtype=self.input_dtype)
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        elem = self.values[self.input_name].type.tensor_type.elem_type
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem))
+
+    # ---- internals ---------------------------------------------------------------------
+    def _session(self, outputs: tuple[str, ...], proto: onnx.ModelProto | None):
+        key = (id(proto) if proto is not None else None, outputs)
+        if key not in self._sessions:
+            base = proto if proto is not None else self.proto
+            values = self.values if proto is None else g.value_infos(proto)
+            self._sessions[key] = open_session(with_outputs(base, outputs, values), self.providers, self.source)
+        return self._sessions[key]
+
+    def _run_chunk(self, session, outputs, batch, fixed) -> list[np.ndarray]:
+        rows = len(batch[self.input_name])
+        if isinstance(fixed, int) and rows < fixed:  # pad the last chunk of a fixed-batch model
+            batch = {k: np.concatenate([v, np.zeros((fixed - rows, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+        try:
+            results = session.run(outputs, batch)
+        except Exception as error:  # noqa: BLE001 - onnxruntime raises several unrelated types
+            raise OnnxsightError(f"onnxruntime failed on {self.source}: {first_line(error)}") from error
+        return [r[:rows] for r in results]
+
+    def _read_layers(self) -> list[Layer]:
+        producer = g.producers(self.proto.graph)
+        weights = {t.name: int(np.prod(t.dims)) for t in self.proto.graph.initializer if t.data_type in _FLOAT_TYPES}
+
+        def layer(name: str, tensor: str, kind: str = "") -> Layer:
+            node = producer.get(tensor)
+            params = sum(weights.get(i, 0) for i in node.input) if node is not None else 0
+            op = node.op_type if node is not None else "Input"
+            return Layer(name, tensor, op, self.shapes.get(tensor), params, kind)
+
+        if self.metadata.layers:
+            return [layer(r.name, r.tensor, r.kind) for r in self.metadata.layers]
+        dependent = g.dependent_tensors(self.proto.graph, [self.input_name])
+        layers, seen = [], set()
+        for node in self.proto.graph.node:
+            for tensor in node.output:
+                if tensor in dependent and tensor not in seen:
+                    name = node.name if node.name and node.name not in seen and len(node.output) == 1 else tensor
+                    seen.update((name, tensor))
+                    layers.append(layer(name, tensor))
+        return layers
+
+
+def load(model: str | os.PathLike | onnx.ModelProto, device: str = "auto") -> Model:
+    """Load an ONNX classifier from a path (or a ModelProto) onto "auto", "cpu" or "cuda"."""
+    if isinstance(model, onnx.ModelProto):
+        return Model(model, "<in-memory model>", device)
+    path = Path(model)
+    if not path.is_file():
+        raise ModelFileError(f"model file not found: {path}")
+    try:
+        proto = onnx.load(str(path))
+        onnx.checker.check_model(proto)
+    except Exception as error:  # noqa: BLE001 - protobuf and onnx raise many types
+        raise ModelFileError(f"{path} is not a valid ONNX model: {first_line(error)}") from error
+    return Model(proto, str(path), device)
+
+
+def with_outputs(
+    model: onnx.ModelProto, outputs: Sequence[str], values: Mapping[str, onnx.ValueInfoProto]
+) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph outputs are exactly ``outputs``, typed from ``values``."""
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    del result.graph.output[:]
+    for name in dict.fromkeys(outputs):
+        if name not in values:
+            raise UnknownName("tensor", name, list(values))
+        info = values[name]
+        result.graph.output.append(helper.make_tensor_value_info(name, info.type.tensor_type.elem_type, None))
+    return result
+
+
+def _guess_layout(shape: tuple) -> str:
+    if len(shape) != 4:
+        return "NC" if len(shape) == 2 else f"rank{len(shape)}"
+    return "NCHW" if shape[1] in (1, 3, 4) and shape[3] not in (1, 3, 4) else "NHWC"
+
+
+def _positive(value: int, name: str) -> int:
+    if int(value) < 1:
+        raise InvalidArgument(f"{name} must be at least 1, got {value}")
+    return int(value)
