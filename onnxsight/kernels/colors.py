@@ -30,15 +30,13 @@ def colorize(unit: np.ndarray, cmap: str = "gray") -> np.ndarray:
     """An HxW array in [0, 1] as an HxWx3 uint8 RGB image."""
     if cmap not in COLORMAPS:
         raise InvalidArgument(f"unknown colormap {cmap!r}; choose one of {', '.join(COLORMAPS)}")
+    if cmap == "bwr":  # blue (low) - white (middle) - red (high), for signed weights
+        t = np.clip(np.asarray(unit, np.float64), 0, 1)
+        red, blue = np.clip(2 * t, 0, 1), np.clip(2 - 2 * t, 0, 1)
+        return np.rint(np.stack([red, np.minimum(red, blue), blue], axis=-1) * 255).astype(np.uint8)
     levels = np.clip(np.rint(unit * 255), 0, 255).astype(np.uint8)
     if cmap == "gray":
         return np.repeat(levels[..., None], 3, axis=2)
-    if cmap == "bwr":  # blue (low) - white (middle) - red (high), for signed weights
-        t = levels.astype(np.float32) / 255
-        red = np.clip(2 * t, 0, 1)
-        blue = np.clip(2 - 2 * t, 0, 1)
-        green = np.minimum(red, blue)
-        return np.rint(np.stack([red, green, blue], axis=-1) * 255).astype(np.uint8)
     return cv2.cvtColor(cv2.applyColorMap(levels, COLORMAPS[cmap]), cv2.COLOR_BGR2RGB)
 
 
