@@ -1,8 +1,21 @@
 """onnxsight: activations, gradients and attribution maps for any ONNX classifier."""
 
+from onnxsight.engine.augment import augment
+from onnxsight.engine.gradcheck import GradcheckReport, gradcheck
 from onnxsight.engine.model import Layer, Model, load
 from onnxsight.errors import OnnxsightError
 
 __version__ = "0.1.0"
 
-__all__ = ["Layer", "Model", "OnnxsightError", "load", "__version__"]
+
+def convert_keras(model_or_path, output_path, **options):
+    """Convert a Keras model (object, .keras, .h5 or SavedModel folder) to ONNX; returns the path."""
+    from onnxsight.converters.keras import convert_keras as convert
+
+    return convert(model_or_path, output_path, **options)
+
+
+__all__ = [
+    "GradcheckReport", "Layer", "Model", "OnnxsightError",
+    "augment", "convert_keras", "gradcheck", "load", "__version__",
+]

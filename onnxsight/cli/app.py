@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from onnxsight import __version__
-from onnxsight.cli import convert, demo, layers, models
+from onnxsight.cli import convert, demo, gradients, layers, models
 from onnxsight.cli.options import err
 from onnxsight.errors import OnnxsightError
 
@@ -52,6 +52,8 @@ app.command("inspect")(models.inspect)
 app.command("predict")(models.predict)
 app.command("activations")(layers.activations)
 app.command("filters")(layers.filters)
+app.command("augment")(gradients.augment)
+app.command("gradcheck")(gradients.gradcheck)
 app.command("demo")(demo.demo)
 
 

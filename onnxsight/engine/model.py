@@ -12,6 +12,8 @@ import onnx
 from onnx import helper
 
 from onnxsight.engine import graph as g
+from onnxsight.engine import targets
+from onnxsight.engine.augment import Augmented, augment_model
 from onnxsight.engine.metadata import ModelMetadata
 from onnxsight.engine.session import first_line, open_session, providers_for
 from onnxsight.errors import InvalidArgument, ModelFileError, OnnxsightError, UnknownName
@@ -59,6 +61,7 @@ class Model:
         self.layers = self._read_layers()
         self._by_name = {layer.name: layer for layer in self.layers}
         self._sessions: dict[tuple, object] = {}
+        self._augmented: dict[tuple, Augmented] = {}
 
     # ---- names -------------------------------------------------------------------------
     @property
@@ -125,6 +128,53 @@ class Model:
         tensors = [self.tensor(name) for name in layers]
         return dict(zip(layers, self.run(x, tensors, batch_size=batch_size)))
 
+    def gradient(
+        self,
+        x: np.ndarray,
+        of: str = "logits",
+        target: targets.Target = None,
+        wrt: Sequence[str] = ("input",),
+        modifier: str | None = None,
+        outputs: Sequence[str] = (),
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> dict[str, np.ndarray]:
+        """Gradients of the target score of ``of`` with respect to each ``wrt``, batched.
+
+        ``target``: a class (2-D ``of``) or channel (N-D ``of``: score = that channel's mean),
+        one per image, "predicted", or None (the sum of the whole tensor). ``modifier``: None,
+        "guided" or "deconv" (keras-vis backprop modifiers). ``outputs``: activations returned
+        alongside, from the same run. Results are keyed by the names given, in each tensor's
+        own layout.
+        """
+        x = self.check_input(x)
+        augmented = self.augmented(of, wrt, modifier, outputs)
+        static = self.shapes.get(augmented.of)
+        values = None
+        if isinstance(target, str) or static is None or None in static[1:]:
+            values = self.run(x, [augmented.of], batch_size=batch_size)[0]
+        shape = values.shape if values is not None else (len(x), *static[1:])
+        axis = self.channel_axis(of)
+        indices = targets.resolve(target, shape, axis, values)
+        cotangent = targets.cotangent(shape, indices, axis, self.dtype_of(augmented.of))
+        names = [*augmented.gradients, *augmented.activations]
+        tensors = [*augmented.gradients.values(), *augmented.activations.values()]
+        results = self.run(x, tensors, batch_size, augmented.model, {augmented.cotangent: cotangent})
+        return dict(zip(names, results))
+
+    def augmented(
+        self, of: str, wrt: Sequence[str], modifier: str | None = None, outputs: Sequence[str] = ()
+    ) -> Augmented:
+        """The augmented model for these names, built once and cached."""
+        wrt, outputs = ([n] if isinstance(n, str) else list(n) for n in (wrt, outputs))
+        key = (of, tuple(wrt), modifier, tuple(outputs))
+        if key not in self._augmented:
+            self._augmented[key] = augment_model(self, of, wrt, modifier, outputs)
+        return self._augmented[key]
+
+    def dtype_of(self, tensor: str) -> np.dtype:
+        """The numpy dtype of a tensor of the model."""
+        return np.dtype(helper.tensor_dtype_to_np_dtype(self.values[tensor].type.tensor_type.elem_type))
+
     def run(
         self,
         x: np.ndarray,
@@ -175,8 +225,7 @@ class Model:
 
     @property
     def input_dtype(self) -> np.dtype:
-        elem = self.values[self.input_name].type.tensor_type.elem_type
-        return np.dtype(helper.tensor_dtype_to_np_dtype(elem))
+        return self.dtype_of(self.input_name)
 
     # ---- internals ---------------------------------------------------------------------
     def _session(self, outputs: tuple[str, ...], proto: onnx.ModelProto | None):

@@ -17,9 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import onnx
-from onnx import helper, shape_inference, version_converter
+from onnx import helper, shape_inference
 
 from onnxsight.engine.graph import data_inputs, dependent_tensors, opset_version, producers, runtime_compatible
+from onnxsight.engine.opset import upgrade
 from onnxsight.errors import InternalError, InvalidArgument, UnknownName, UnsupportedOp
 
 from .builder import FLOAT_TYPES, GraphBuilder
@@ -65,7 +66,7 @@ def build_vjp(
     wrt = list(dict.fromkeys(wrt))
     if not wrt:
         raise InvalidArgument("wrt is empty: name at least one tensor to differentiate with respect to")
-    model = _upgraded_copy(model)
+    model = upgrade(model, MIN_OPSET)
     graph = model.graph
 
     known = _tensor_names(graph)
@@ -131,7 +132,7 @@ def build_vjp(
     for name in [*keep_outputs, of]:
         if name not in outputs:
             outputs.append(name)
-    new_outputs = [*(o for o in graph.output), *(_output_info(infos, n) for n in outputs[len(graph.output):])]
+    new_outputs = [_output_info(infos, name) for name in outputs]
     for w in wrt:
         g.scope(f"gradient/{w}")
         grad = total(w)
@@ -149,19 +150,6 @@ def build_vjp(
     runtime_compatible(model)
     onnx.checker.check_model(model, full_check=True)
     return VJPGraph(model=model, cotangent=cotangent, gradients=gradients, outputs=tuple(outputs))
-
-
-def _upgraded_copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of ``model`` at opset >= MIN_OPSET (the gradient ops need it); never the input object."""
-    if opset_version(model) >= MIN_OPSET:
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        return copy
-    try:
-        return version_converter.convert_version(model, MIN_OPSET)
-    except Exception as error:  # the converter raises bare RuntimeErrors from C++
-        raise UnsupportedOp(f"the model's opset {opset_version(model)} could not be converted to opset "
-                            f"{MIN_OPSET}, which its gradient needs: {error}") from error
 
 
 def _tensor_names(graph: onnx.GraphProto) -> list[str]:
@@ -229,8 +217,9 @@ def _live_nodes(nodes: list[onnx.NodeProto], wanted: set[str]) -> list[onnx.Node
 def _unsupported(graph: onnx.GraphProto, proto: onnx.NodeProto, name: str, wrt: list[str]) -> UnsupportedOp:
     """The error for a data-path node without a rule, naming the wrt tensors that avoid it."""
     upstream = set()
-    for out in proto.output:
-        upstream |= _ancestors(graph, out)
+    for tensor in proto.input:
+        if tensor:
+            upstream |= _ancestors(graph, tensor)
     still = [w for w in wrt if w not in upstream]
     domain = f" (domain {proto.domain!r})" if proto.domain not in ("", "ai.onnx") else ""
     hint = (f"gradients with respect to {', '.join(still)} are still computable without it; retry with wrt={still}"

@@ -51,11 +51,17 @@ class GraphBuilder:
         return outs[0] if outputs == 1 else tuple(outs)
 
     def const(self, value, like: str | None = None) -> str:
-        """A constant; with ``like`` it takes that tensor's element type (``CastLike``)."""
-        array = np.asarray(value, dtype=np.float64 if like is not None else None)
-        tensor = numpy_helper.from_array(array, name=self._fresh() + ":value")
-        c = self.op("Constant", value=tensor)
-        return c if like is None else self.op("CastLike", c, like)
+        """A constant; with ``like`` it takes that tensor's element type (statically when
+        shape inference knows it, else through ``CastLike``)."""
+        known = self.elem_type(like) if like is not None else TensorProto.UNDEFINED
+        if like is None:
+            array = np.asarray(value)
+        elif known != TensorProto.UNDEFINED:
+            array = np.asarray(value, dtype=helper.tensor_dtype_to_np_dtype(known))
+        else:
+            array = np.asarray(value, dtype=np.float64)
+        c = self.op("Constant", value=numpy_helper.from_array(array, name=self._fresh() + ":value"))
+        return c if like is None or known != TensorProto.UNDEFINED else self.op("CastLike", c, like)
 
     def ints(self, values: Sequence[int] | int) -> str:
         """An int64 constant (axes, shapes, indices); a bare int gives a scalar."""

@@ -108,8 +108,6 @@ def rule(*op_types: str, modifier: str | None = None) -> Callable[[Rule], Rule]:
 
 def rules_for(modifier: str | None) -> dict[str, Rule]:
     """The rule table with a backprop modifier's variants swapped in."""
-    from . import conv, elementwise, linalg, normalization, reduction, shape  # noqa: F401  (registration)
-
     if modifier is None:
         return dict(RULES)
     if modifier not in MODIFIER_RULES:

@@ -1,0 +1,157 @@
+"""VJP rules of convolution and pooling.
+
+Conv and ConvTranspose are each other's transpose: the input gradient of one is the other with
+the same weights, strides, dilations, groups and pads (``output_padding`` restores the rows a
+strided Conv never read). Average pooling is a window sum times a per-position factor, so its
+gradient is a ones-kernel ConvTranspose; max pooling routes the gradient through the
+``Indices`` output of a second MaxPool with ``ScatterElements(reduction="add")``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import helper
+
+from .builder import GraphBuilder
+from .registry import Node, rule
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Static geometry of a sliding window over the spatial dims."""
+
+    spatial: list[int]
+    kernel: list[int]
+    strides: list[int]
+    dilations: list[int]
+    begin: list[int]
+    end: list[int]
+
+    @property
+    def effective(self) -> list[int]:
+        return [(k - 1) * d + 1 for k, d in zip(self.kernel, self.dilations)]
+
+    def remainders(self) -> list[int]:
+        """Rows at the end that the last window never reached: ConvTranspose's output_padding."""
+        return [(i + b + e - k) % s for i, b, e, k, s in zip(self.spatial, self.begin, self.end, self.effective, self.strides)]
+
+    def outputs(self) -> list[int]:
+        return [(i + b + e - k) // s + 1 for i, b, e, k, s in zip(self.spatial, self.begin, self.end, self.effective, self.strides)]
+
+    def transpose_attrs(self) -> dict:
+        return dict(strides=self.strides, dilations=self.dilations, pads=self.begin + self.end,
+                    output_padding=self.remainders())
+
+
+def _window(g: GraphBuilder, n: Node, kernel: list[int]) -> Window:
+    spatial = g.spatial_dims(n.x, f"the {n.op_type} gradient of node {n.name!r}")
+    r = len(spatial)
+    strides = list(n.attr("strides", [1] * r))
+    dilations = list(n.attr("dilations", [1] * r))
+    pads = list(n.attr("pads", [0] * 2 * r))
+    auto_pad = _text(n.attr("auto_pad", "NOTSET"))
+    if auto_pad == "VALID":
+        pads = [0] * 2 * r
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        pads = [0] * 2 * r
+        for i, (size, k, s, d) in enumerate(zip(spatial, kernel, strides, dilations)):
+            total = max(0, (-(-size // s) - 1) * s + (k - 1) * d + 1 - size)
+            small = total // 2
+            pads[i], pads[i + r] = (small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small)
+    elif auto_pad != "NOTSET":
+        raise n.unsupported(f"auto_pad={auto_pad}")
+    return Window(spatial, list(kernel), strides, dilations, pads[:r], pads[r:])
+
+
+def _channel_sum(g: GraphBuilder, gy: str, rank: int) -> str:
+    """Sum over every axis but the channel axis 1 (a per-channel bias gradient)."""
+    return g.reduce_sum(gy, [0, *range(2, rank)], keepdims=0)
+
+
+@rule("Conv")
+def conv(g: GraphBuilder, n: Node):
+    n.constant(1)
+    w = n.inputs[1]
+    kernel = n.attr("kernel_shape") or list(g.static_shape(w) or [])[2:]
+    if not kernel or None in kernel:
+        raise n.unsupported("a kernel of unknown shape")
+    window = _window(g, n, list(kernel))
+    dx = g.op("ConvTranspose", n.gy, w, group=n.attr("group", 1), kernel_shape=list(kernel), **window.transpose_attrs())
+    grads = [dx, None]
+    if n.input(2) is not None:
+        grads.append(_channel_sum(g, n.gy, g.rank(n.x)))
+    return grads
+
+
+@rule("ConvTranspose")
+def conv_transpose(g: GraphBuilder, n: Node):
+    n.constant(1)
+    auto_pad = _text(n.attr("auto_pad", "NOTSET"))
+    if n.attr("output_shape") is not None or auto_pad not in ("NOTSET", "VALID"):
+        raise n.unsupported("output_shape or auto_pad SAME")
+    w = n.inputs[1]
+    kernel = n.attr("kernel_shape") or list(g.static_shape(w) or [])[2:]
+    r = len(kernel)
+    pads = [0] * 2 * r if auto_pad == "VALID" else list(n.attr("pads", [0] * 2 * r))
+    dx = g.op("Conv", n.gy, w, group=n.attr("group", 1), kernel_shape=list(kernel), pads=pads,
+              strides=list(n.attr("strides", [1] * r)), dilations=list(n.attr("dilations", [1] * r)))
+    grads = [dx, None]
+    if n.input(2) is not None:
+        grads.append(_channel_sum(g, n.gy, g.rank(n.x)))
+    return grads
+
+
+@rule("MaxPool")
+def max_pool(g: GraphBuilder, n: Node):
+    """Each output's gradient goes to the input element its window's maximum came from."""
+    if n.attr("storage_order", 0) != 0:
+        raise n.unsupported("storage_order=1")
+    attrs = {a.name: helper.get_attribute_value(a) for a in n.proto.attribute}
+    _, indices = g.op("MaxPool", n.x, outputs=2, **attrs)
+    return [g.scatter_add(indices, n.gy, like=n.x)]
+
+
+@rule("AveragePool")
+def average_pool(g: GraphBuilder, n: Node):
+    """y = S(x)·c with S the window sum and c = AveragePool(1)/S(1) per output position
+    (whatever divisor count_include_pad and ceil_mode give); dx = Sᵀ(dy·c)."""
+    kernel = list(n.attr("kernel_shape"))
+    window = _window(g, n, kernel)
+    out = g.spatial_dims(n.y, f"the AveragePool gradient of node {n.name!r}")
+    # ceil_mode: extend the end padding so that a floor-mode window sum gives the same outputs
+    extra = [max(0, (o - 1) * s + k - (i + b + e)) for o, s, k, i, b, e in
+             zip(out, window.strides, window.effective, window.spatial, window.begin, window.end)]
+    window = Window(window.spatial, kernel, window.strides, window.dilations, window.begin,
+                    [e + x for e, x in zip(window.end, extra)])
+    if window.outputs() != out:
+        raise n.unsupported(f"a ceil_mode output size {out} that a window sum does not reproduce")
+    ones_kernel = g.const(np.ones([1, 1, *kernel]), like=n.x)
+    ones_input = g.const(np.ones([1, 1, *window.spatial]), like=n.x)
+    attrs = {a.name: helper.get_attribute_value(a) for a in n.proto.attribute}
+    averaged = g.op("AveragePool", ones_input, **attrs)
+    counted = g.op("Conv", ones_input, ones_kernel, strides=window.strides, dilations=window.dilations,
+                   pads=window.begin + window.end)
+    factor = g.op("Div", averaged, g.op("Max", counted, g.const(1.0, like=n.x)))
+    scaled = g.op("Reshape", g.op("Mul", n.gy, factor), g.ints([-1, 1, *out]))
+    dx = g.op("ConvTranspose", scaled, ones_kernel, **window.transpose_attrs())
+    return [g.reshape_like(dx, n.x)]
+
+
+@rule("GlobalAveragePool")
+def global_average_pool(g: GraphBuilder, n: Node):
+    count = g.op("CastLike", g.op("Div", g.op("Size", n.x), g.op("Size", n.y)), n.x)
+    return [g.op("Div", g.op("Expand", n.gy, g.shape(n.x)), count)]
+
+
+@rule("GlobalMaxPool")
+def global_max_pool(g: GraphBuilder, n: Node):
+    """To the maxima of each channel, split equally among ties (as TensorFlow's reduce_max)."""
+    hits = g.mask(g.op("Equal", n.x, n.y), n.x)
+    count = g.reduce_sum(hits, list(range(2, g.rank(n.x))), keepdims=1)
+    return [g.op("Mul", hits, g.op("Div", n.gy, count))]

@@ -1,0 +1,245 @@
+"""VJP rules of elementwise ops: arithmetic with broadcasting, activations, unary math."""
+
+from __future__ import annotations
+
+import math
+
+from .builder import FLOAT_TYPES, GraphBuilder
+from .registry import Node, rule
+
+
+def _positive(g: GraphBuilder, x: str) -> str:
+    return g.op("Greater", x, g.const(0.0, like=x))
+
+
+# -- arithmetic (broadcasting) ------------------------------------------------------------
+@rule("Add")
+def add(g: GraphBuilder, n: Node):
+    a, b = n.inputs
+    return [g.unbroadcast(n.gy, a, n.y), g.unbroadcast(n.gy, b, n.y)]
+
+
+@rule("Sub")
+def sub(g: GraphBuilder, n: Node):
+    a, b = n.inputs
+    return [g.unbroadcast(n.gy, a, n.y), g.unbroadcast(g.op("Neg", n.gy), b, n.y)]
+
+
+@rule("Mul")
+def mul(g: GraphBuilder, n: Node):
+    a, b = n.inputs
+    return [g.unbroadcast(g.op("Mul", n.gy, b), a, n.y), g.unbroadcast(g.op("Mul", n.gy, a), b, n.y)]
+
+
+@rule("Div")
+def div(g: GraphBuilder, n: Node):
+    a, b = n.inputs  # d(a/b)/db = -y/b
+    return [g.unbroadcast(g.op("Div", n.gy, b), a, n.y),
+            g.unbroadcast(g.op("Neg", g.op("Mul", n.gy, g.op("Div", n.y, b))), b, n.y)]
+
+
+@rule("Sum")
+def sum_(g: GraphBuilder, n: Node):
+    return [g.unbroadcast(n.gy, x, n.y) for x in n.inputs]
+
+
+@rule("Max", "Min")
+def max_min(g: GraphBuilder, n: Node):
+    """The gradient goes to the inputs equal to the result, split equally among ties."""
+    hits = [g.mask(g.op("Equal", x, n.y), n.y) for x in n.inputs]
+    count = hits[0] if len(hits) == 1 else g.op("Sum", *hits)
+    share = g.op("Div", n.gy, count)
+    return [g.unbroadcast(g.op("Mul", share, hit), x, n.y) for x, hit in zip(n.inputs, hits)]
+
+
+@rule("Pow")
+def pow_(g: GraphBuilder, n: Node):
+    x, e = n.inputs  # d/dx = e x^(e-1); d/de = y log x
+    e_like = g.op("CastLike", e, x)
+    dx = g.op("Mul", n.gy, g.op("Mul", e_like, g.op("Pow", x, g.op("Sub", e_like, g.const(1.0, like=x)))))
+    de = g.op("Mul", g.op("Mul", n.gy, n.y), g.op("Log", x))
+    return [g.unbroadcast(dx, x, n.y), g.unbroadcast(g.op("CastLike", de, e), e, n.y)]
+
+
+# -- piecewise-linear activations ---------------------------------------------------------
+@rule("Relu")
+def relu(g: GraphBuilder, n: Node):
+    return [g.where(_positive(g, n.x), n.gy, 0.0)]
+
+
+@rule("Relu", modifier="guided")
+def relu_guided(g: GraphBuilder, n: Node):
+    """Guided backprop: only positive gradients through positive activations."""
+    return [g.where(g.op("And", _positive(g, n.x), _positive(g, n.gy)), n.gy, 0.0)]
+
+
+@rule("Relu", modifier="deconv")
+def relu_deconv(g: GraphBuilder, n: Node):
+    """Deconvnet ("rectified") backprop: the Relu is applied to the gradient instead."""
+    return [g.op("Relu", n.gy)]
+
+
+@rule("LeakyRelu")
+def leaky_relu(g: GraphBuilder, n: Node):
+    alpha = g.const(n.attr("alpha", 0.01), like=n.x)
+    return [g.where(_positive(g, n.x), n.gy, g.op("Mul", n.gy, alpha))]
+
+
+@rule("PRelu")
+def prelu(g: GraphBuilder, n: Node):
+    x, slope = n.inputs
+    negative = g.op("Less", x, g.const(0.0, like=x))
+    dx = g.where(negative, g.op("Mul", n.gy, slope), n.gy)
+    dslope = g.where(negative, g.op("Mul", n.gy, x), 0.0)
+    return [g.unbroadcast(dx, x, n.y), g.unbroadcast(dslope, slope, n.y)]
+
+
+@rule("Clip")
+def clip(g: GraphBuilder, n: Node):
+    """Gradient passes where ``min <= x <= max`` (as TensorFlow's clip_by_value)."""
+    n.constant(1, 2)
+    inside = None
+    for i, op in ((1, "GreaterOrEqual"), (2, "LessOrEqual")):
+        if n.input(i) is not None:
+            test = g.op(op, n.x, g.op("CastLike", n.input(i), n.x))
+            inside = test if inside is None else g.op("And", inside, test)
+    dx = n.gy if inside is None else g.where(inside, n.gy, 0.0)
+    return [dx] + [None] * (len(n.inputs) - 1)
+
+
+@rule("HardSigmoid")
+def hard_sigmoid(g: GraphBuilder, n: Node):
+    alpha = n.attr("alpha", 0.2)
+    z = g.op("Add", g.op("Mul", n.x, g.const(alpha, like=n.x)), g.const(n.attr("beta", 0.5), like=n.x))
+    inside = g.op("And", g.op("Greater", z, g.const(0.0, like=z)), g.op("Less", z, g.const(1.0, like=z)))
+    return [g.where(inside, g.op("Mul", n.gy, g.const(alpha, like=n.x)), 0.0)]
+
+
+@rule("HardSwish")
+def hard_swish(g: GraphBuilder, n: Node):
+    """y = x·clip(x/6 + 1/2, 0, 1): slope x/3 + 1/2 on (-3, 3), 1 above, 0 below."""
+    x = n.x
+    slope = g.op("Add", g.op("Div", x, g.const(3.0, like=x)), g.const(0.5, like=x))
+    slope = g.where(g.op("Greater", x, g.const(3.0, like=x)), g.const(1.0, like=x), slope)
+    slope = g.where(g.op("Less", x, g.const(-3.0, like=x)), g.const(0.0, like=x), slope)
+    return [g.op("Mul", n.gy, slope)]
+
+
+# -- smooth activations -------------------------------------------------------------------
+@rule("Elu")
+def elu(g: GraphBuilder, n: Node):
+    alpha = g.const(n.attr("alpha", 1.0), like=n.x)
+    return [g.where(_positive(g, n.x), n.gy, g.op("Mul", n.gy, g.op("Add", n.y, alpha)))]
+
+
+@rule("Selu")
+def selu(g: GraphBuilder, n: Node):
+    alpha, gamma = n.attr("alpha", 1.67326319217681884765625), n.attr("gamma", 1.05070102214813232421875)
+    positive = g.op("Mul", n.gy, g.const(gamma, like=n.x))
+    negative = g.op("Mul", n.gy, g.op("Add", n.y, g.const(alpha * gamma, like=n.x)))
+    return [g.where(_positive(g, n.x), positive, negative)]
+
+
+@rule("Sigmoid")
+def sigmoid(g: GraphBuilder, n: Node):
+    return [g.op("Mul", n.gy, g.op("Mul", n.y, g.op("Sub", g.const(1.0, like=n.y), n.y)))]
+
+
+@rule("Tanh")
+def tanh(g: GraphBuilder, n: Node):
+    return [g.op("Mul", n.gy, g.op("Sub", g.const(1.0, like=n.y), g.op("Mul", n.y, n.y)))]
+
+
+@rule("Softplus")
+def softplus(g: GraphBuilder, n: Node):
+    return [g.op("Mul", n.gy, g.op("Sigmoid", n.x))]
+
+
+@rule("Erf")
+def erf(g: GraphBuilder, n: Node):
+    density = g.op("Exp", g.op("Neg", g.op("Mul", n.x, n.x)))
+    return [g.op("Mul", n.gy, g.op("Mul", density, g.const(2.0 / math.sqrt(math.pi), like=n.x)))]
+
+
+@rule("Gelu")
+def gelu(g: GraphBuilder, n: Node):
+    x = n.x
+    if n.attr("approximate", b"none") in (b"tanh", "tanh"):  # y = x/2 (1 + tanh(u)), u = c (x + k x^3)
+        c, k = math.sqrt(2.0 / math.pi), 0.044715
+        x2 = g.op("Mul", x, x)
+        u = g.op("Mul", g.const(c, like=x), g.op("Add", x, g.op("Mul", g.const(k, like=x), g.op("Mul", x2, x))))
+        t = g.op("Tanh", u)
+        du = g.op("Mul", g.const(c, like=x), g.op("Add", g.const(1.0, like=x), g.op("Mul", g.const(3 * k, like=x), x2)))
+        sech2 = g.op("Sub", g.const(1.0, like=x), g.op("Mul", t, t))
+        slope = g.op("Add", g.op("Mul", g.const(0.5, like=x), g.op("Add", g.const(1.0, like=x), t)),
+                     g.op("Mul", g.op("Mul", g.const(0.5, like=x), x), g.op("Mul", sech2, du)))
+    else:  # Φ(x) + x φ(x)
+        cdf = g.op("Mul", g.const(0.5, like=x),
+                   g.op("Add", g.const(1.0, like=x), g.op("Erf", g.op("Mul", x, g.const(1 / math.sqrt(2.0), like=x)))))
+        pdf = g.op("Mul", g.const(1 / math.sqrt(2 * math.pi), like=x),
+                   g.op("Exp", g.op("Mul", g.const(-0.5, like=x), g.op("Mul", x, x))))
+        slope = g.op("Add", cdf, g.op("Mul", x, pdf))
+    return [g.op("Mul", n.gy, slope)]
+
+
+# -- unary math -----------------------------------------------------------------------------
+@rule("Exp")
+def exp(g: GraphBuilder, n: Node):
+    return [g.op("Mul", n.gy, n.y)]
+
+
+@rule("Log")
+def log(g: GraphBuilder, n: Node):
+    return [g.op("Div", n.gy, n.x)]
+
+
+@rule("Sqrt")
+def sqrt(g: GraphBuilder, n: Node):
+    return [g.op("Div", n.gy, g.op("Mul", n.y, g.const(2.0, like=n.y)))]
+
+
+@rule("Reciprocal")
+def reciprocal(g: GraphBuilder, n: Node):
+    return [g.op("Neg", g.op("Mul", n.gy, g.op("Mul", n.y, n.y)))]
+
+
+@rule("Neg")
+def neg(g: GraphBuilder, n: Node):
+    return [g.op("Neg", n.gy)]
+
+
+@rule("Abs")
+def abs_(g: GraphBuilder, n: Node):
+    return [g.op("Mul", n.gy, g.op("Sign", n.x))]
+
+
+# -- identities -------------------------------------------------------------------------------
+@rule("Identity")
+def identity(g: GraphBuilder, n: Node):
+    return [n.gy]
+
+
+@rule("Dropout")
+def dropout(g: GraphBuilder, n: Node):
+    """Inference-mode Dropout is the identity; training mode is refused."""
+    n.constant(1, 2)
+    training = n.value(2)
+    if n.input(2) is not None and (training is None or bool(training)):
+        raise n.unsupported("training_mode (or one not known to be false)")
+    return [n.gy] + [None] * (len(n.inputs) - 1)
+
+
+@rule("Cast")
+def cast(g: GraphBuilder, n: Node):
+    """Casting back the gradient; from a non-float type nothing flows."""
+    if g.elem_type(n.x) not in FLOAT_TYPES or n.attr("to") not in FLOAT_TYPES:
+        return [None]
+    return [g.op("CastLike", n.gy, n.x)]
+
+
+@rule("Where")
+def where(g: GraphBuilder, n: Node):
+    cond, a, b = n.inputs
+    return [None, g.unbroadcast(g.where(cond, n.gy, 0.0), a, n.y),
+            g.unbroadcast(g.op("Where", cond, g.const(0.0, like=n.gy), n.gy), b, n.y)]
+

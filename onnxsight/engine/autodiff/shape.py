@@ -1,0 +1,107 @@
+"""VJP rules of data movement: reshapes, transposes, concatenation, slicing, gathering, resizing.
+
+Ops that pick elements (Slice, Pad, Gather) are differentiated by running the same op on the
+flat indices of their input and scatter-adding the gradient back to those indices, so every
+attribute (steps, negative starts, reflect padding, repeated indices) is honoured by
+construction.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import helper
+
+from .builder import GraphBuilder
+from .registry import Node, rule
+
+
+def _rest(n: Node, *grads):
+    return list(grads) + [None] * (len(n.inputs) - len(grads))
+
+
+@rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def reshape(g: GraphBuilder, n: Node):
+    return _rest(n, g.reshape_like(n.gy, n.x))
+
+
+@rule("Transpose")
+def transpose(g: GraphBuilder, n: Node):
+    perm = n.attr("perm")
+    if perm is None:  # reversing the axes is its own inverse
+        return [g.op("Transpose", n.gy)]
+    return [g.op("Transpose", n.gy, perm=[int(i) for i in np.argsort(perm)])]
+
+
+@rule("Expand")
+def expand(g: GraphBuilder, n: Node):
+    return [g.unbroadcast(n.gy, n.x, n.y), None]
+
+
+@rule("Concat")
+def concat(g: GraphBuilder, n: Node):
+    axis = n.attr("axis")
+    sizes = g.op("Concat", *(g.dim(x, axis) for x in n.inputs), axis=0)
+    parts = g.op("Split", n.gy, sizes, axis=axis, outputs=len(n.inputs))
+    return [parts] if isinstance(parts, str) else list(parts)
+
+
+@rule("Split")
+def split(g: GraphBuilder, n: Node):
+    parts = [c if c is not None else g.zeros_like(o) for c, o in zip(n.cots, n.outputs)]
+    return _rest(n, g.op("Concat", *parts, axis=n.attr("axis", 0)))
+
+
+@rule("Slice")
+def slice_(g: GraphBuilder, n: Node):
+    picked = g.op("Slice", g.iota_like(n.x), *n.inputs[1:])
+    return _rest(n, g.scatter_add(picked, n.gy, like=n.x))
+
+
+@rule("Pad")
+def pad(g: GraphBuilder, n: Node):
+    """Pads the flat indices the same way (padding gets -1, reflect/edge repeat indices)."""
+    n.constant(1, 2, 3)
+    inputs = [g.iota_like(n.x), n.inputs[1], g.ints(-1), *n.inputs[3:]]
+    picked = g.op("Pad", *inputs, mode=n.attr("mode"))
+    return _rest(n, g.scatter_add(picked, n.gy, like=n.x))
+
+
+@rule("Gather")
+def gather(g: GraphBuilder, n: Node):
+    picked = g.op("Gather", g.iota_like(n.x), n.inputs[1], axis=n.attr("axis", 0))
+    return [g.scatter_add(picked, n.gy, like=n.x), None]
+
+
+@rule("Resize")
+def resize(g: GraphBuilder, n: Node):
+    """Resize is separable: per resized axis, the matrix A (out × in) is the same Resize applied
+    to an identity matrix, and the gradient is dY·A along that axis (any mode: nearest, linear, cubic)."""
+    n.constant(1, 2, 3)
+    transform = n.attr("coordinate_transformation_mode", b"half_pixel")
+    policy = n.attr("keep_aspect_ratio_policy", b"stretch")
+    if transform in (b"tf_crop_and_resize", "tf_crop_and_resize") or policy not in (b"stretch", "stretch"):
+        raise n.unsupported("coordinate_transformation_mode=tf_crop_and_resize or keep_aspect_ratio_policy")
+    shape_in, shape_out = g.static_shape(n.x), g.static_shape(n.y)
+    if shape_in is None or shape_out is None:
+        raise n.unsupported("unknown input or output rank")
+    rank = len(shape_in)
+    axes = [a % rank for a in (n.attr("axes") or range(rank))]
+    scales = n.value(2)
+    per_axis_scale = dict(zip(axes, scales)) if scales is not None and scales.size else {}
+    attrs = {a.name: helper.get_attribute_value(a) for a in n.proto.attribute if a.name not in ("axes",)}
+    grad = n.gy
+    for axis in range(rank):
+        scale = per_axis_scale.get(axis)
+        if shape_in[axis] == shape_out[axis] and (scale is None or scale == 1):
+            continue
+        if shape_in[axis] is None or shape_out[axis] is None:
+            raise n.unsupported(f"a resized axis {axis} of dynamic size")
+        eye = g.const(np.eye(shape_in[axis]), like=n.x)
+        if scale is not None:
+            matrix = g.op("Resize", eye, "", g.const(np.array([scale, 1.0], np.float32)), **attrs)
+        else:
+            matrix = g.op("Resize", eye, "", "", g.ints([shape_out[axis], shape_in[axis]]), **attrs)
+        perm = [i for i in range(rank) if i != axis] + [axis]
+        back = [int(i) for i in np.argsort(perm)]
+        grad = g.op("Transpose", g.op("MatMul", g.op("Transpose", grad, perm=perm), matrix), perm=back)
+    return _rest(n, grad)

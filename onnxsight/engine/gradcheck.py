@@ -1,0 +1,173 @@
+"""Verify gradient graphs by central finite differences along random directions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxsight.engine.model import with_outputs
+from onnxsight.engine.precision import to_float64
+from onnxsight.engine.reference import reference_evaluator
+from onnxsight.engine.session import open_session
+from onnxsight.errors import InvalidArgument, ModelFileError
+
+if TYPE_CHECKING:
+    from onnxsight.engine.model import Model
+
+# Relative error accepted, and the finite-difference step (along a unit direction, times the
+# tensor's scale) per precision.
+TOLERANCE = {"float64": 1e-5, "float32": 5e-2}
+STEP = {"float64": 1e-5, "float32": 1e-3}
+# One-sided differences that disagree by more than KINK × tolerance (relative, at most 0.1)
+# mean the step crossed a kink (a ReLU turning on, a max-pool tie): that direction says
+# nothing about the gradient.
+KINK = 10
+_FEED = "onnxsight/gradcheck/"
+
+
+@dataclass(frozen=True)
+class GradcheckRow:
+    """One ``wrt`` tensor: the worst relative error over the smooth random directions."""
+
+    wrt: str
+    tensor: str
+    relative_error: float
+    analytic: float  # <gradient, direction> of the worst direction
+    numeric: float  # its central difference
+    kinks: int  # directions skipped because the step crossed a non-differentiable point
+    status: str  # "ok", "FAIL", or "kink": every direction crossed one, nothing to compare
+
+    @property
+    def passed(self) -> bool:
+        return self.status != "FAIL"
+
+
+@dataclass(frozen=True)
+class GradcheckReport:
+    """Finite-difference verification of ``d(of · cotangent)/d(wrt)``."""
+
+    of: str
+    precision: str
+    runtime: str  # "onnxruntime" or "onnx.reference" (float64 ops onnxruntime lacks)
+    tolerance: float
+    directions: int
+    rows: tuple[GradcheckRow, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(row.passed for row in self.rows)
+
+
+def gradcheck(
+    model: "Model",
+    x: np.ndarray,
+    of: str = "logits",
+    wrt: Sequence[str] = ("input",),
+    directions: int = 3,
+    tolerance: float | None = None,
+    precision: str = "float64",
+    seed: int = 0,
+) -> GradcheckReport:
+    """Compare the VJP of ``of`` with central differences for each ``wrt`` (input or layers).
+
+    A random cotangent probes the whole Jacobian, along random unit directions. "float64"
+    runs in double precision — in onnxruntime when it has every op in double, else in
+    ``onnx.reference`` — with tolerance 1e-5; "float32" runs onnxruntime as deployed, with
+    tolerance 5e-2. Directions whose step crosses a kink (one-sided differences disagree)
+    are skipped and counted; a row fails when a smooth direction disagrees beyond the
+    tolerance, and says "kink" when no direction was smooth.
+    """
+    if precision not in TOLERANCE:
+        raise InvalidArgument(f"precision must be float64 or float32, got {precision!r}")
+    wrt = [wrt] if isinstance(wrt, str) else list(wrt)
+    x = model.check_input(x)
+    augmented = model.augmented(of, wrt)
+    tensors = {name: model.tensor(name) for name in wrt}
+    dtype = np.float64 if precision == "float64" else np.float32
+    limit = TOLERANCE[precision] if tolerance is None else tolerance
+    rng = np.random.default_rng(seed)
+    data = x.astype(dtype)
+
+    backward_outputs = [augmented.of, *augmented.gradients.values(), *tensors.values()]
+    backward, runtime = _runner(augmented.model, backward_outputs, precision, model)
+    of_value = _forward(model, augmented.of, data, precision)
+    cotangent = rng.standard_normal(of_value.shape).astype(dtype)
+    results = dict(zip(backward_outputs, backward({model.input_name: data, augmented.cotangent: cotangent})))
+
+    rows = []
+    for name, tensor in tensors.items():
+        gradient, point = results[augmented.gradients[name]].astype(np.float64), results[tensor]
+        score = _score(model, tensor, augmented.of, cotangent, data, precision)
+
+        step = STEP[precision] * max(1.0, float(np.abs(point).max()))
+        centre, worst, kinks = score(point), (0.0, 0.0, 0.0), 0
+        for _ in range(directions):
+            direction = rng.standard_normal(point.shape)
+            direction = (direction / np.linalg.norm(direction)).astype(dtype)
+            right, left = score(point + step * direction), score(point - step * direction)
+            one_sided = ((right - centre) / step, (centre - left) / step)
+            if abs(one_sided[0] - one_sided[1]) > min(KINK * limit, 0.1) * max(*map(abs, one_sided), 1e-12):
+                kinks += 1
+                continue
+            numeric = (right - left) / (2 * step)
+            analytic = float(np.sum(gradient * direction))
+            error = abs(numeric - analytic) / max(abs(numeric), abs(analytic), 1e-12)
+            worst = max(worst, (error, analytic, numeric))
+        status = "kink" if kinks == directions else "ok" if worst[0] <= limit else "FAIL"
+        rows.append(GradcheckRow(name, tensor, worst[0], worst[1], worst[2], kinks, status))
+    return GradcheckReport(of, precision, runtime, limit, directions, tuple(rows))
+
+
+def _score(model: "Model", tensor: str, of: str, cotangent: np.ndarray, data: np.ndarray, precision: str):
+    """value of ``tensor`` -> sum(of * cotangent), with everything upstream of ``tensor`` fixed."""
+    if tensor == of:
+        return lambda value: float(np.sum(value.astype(np.float64) * cotangent))
+    probe, _ = _runner(_fed_at(model, tensor), [of], precision, model)
+    name = model.input_name if tensor == model.input_name else _FEED + tensor
+    return lambda value: float(np.sum(probe({model.input_name: data, name: value})[0].astype(np.float64) * cotangent))
+
+
+def _forward(model: "Model", of: str, data: np.ndarray, precision: str) -> np.ndarray:
+    run, _ = _runner(model.proto, [of], precision, model)
+    return run({model.input_name: data})[0]
+
+
+def _runner(proto: onnx.ModelProto, outputs: Sequence[str], precision: str, model: "Model"):
+    """A function feeds -> outputs in ``precision``, and the runtime that serves it."""
+    elem = onnx.TensorProto.DOUBLE if precision == "float64" else onnx.TensorProto.FLOAT
+    typed = {name: helper.make_tensor_value_info(name, elem, None) for name in outputs}
+    proto = with_outputs(to_float64(proto) if precision == "float64" else proto, outputs, typed)
+    try:
+        session = open_session(proto, model.providers, model.source)
+        return (lambda feeds: session.run(list(outputs), _used(session, feeds))), "onnxruntime"
+    except ModelFileError:
+        if precision != "float64":
+            raise
+    reference = reference_evaluator(proto)
+    names = set(reference.input_names)
+    return (lambda feeds: reference.run(list(outputs), {k: v for k, v in feeds.items() if k in names})), "onnx.reference"
+
+
+def _used(session, feeds: dict) -> dict:
+    names = {i.name for i in session.get_inputs()}
+    return {k: v for k, v in feeds.items() if k in names}
+
+
+def _fed_at(model: "Model", tensor: str) -> onnx.ModelProto:
+    """The model with ``tensor``'s consumers reading a new graph input (upstream held fixed)."""
+    if tensor == model.input_name:
+        return model.proto
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    for node in proto.graph.node:
+        for i, name in enumerate(node.input):
+            if name == tensor:
+                node.input[i] = _FEED + tensor
+    elem = model.values[tensor].type.tensor_type.elem_type
+    proto.graph.input.append(helper.make_tensor_value_info(_FEED + tensor, elem, None))
+    return proto
