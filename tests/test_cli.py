@@ -14,7 +14,7 @@ from onnxsight import __version__, load
 from onnxsight.cli.app import app
 from tests.foreign_models import nchw_cnn
 
-COMMANDS = ["convert", "inspect", "predict", "activations", "filters", "demo"]
+COMMANDS = ["convert", "inspect", "predict", "activations", "filters", "augment", "gradcheck", "demo"]
 
 
 @pytest.fixture()
@@ -103,6 +103,9 @@ def test_filters_draws_conv_weights(runner, files):
         (["filters", "{model}", "-l", "pool1", "-o", "{dir}/o"], "not a convolution"),
         (["predict", "{model}", "{batch}", "--device", "tpu"], "unknown device 'tpu'"),
         (["predict", "{model}", "{png}", "--mean", "0.1", "--mean", "0.2"], "mean needs 1 or 3 values"),
+        (["augment", "{model}", "-o", "{dir}/a.onnx", "--modifier", "smooth"], "unknown modifier 'smooth'"),
+        (["gradcheck", "{model}", "--wrt", "conv7"], "unknown layer 'conv7'"),
+        (["gradcheck", "{model}", "--input-shape", "3,x"], "--input-shape must be comma-separated"),
     ],
 )
 def test_bad_input_is_one_red_line_and_exit_code_1(runner, files, args, message):
@@ -112,3 +115,30 @@ def test_bad_input_is_one_red_line_and_exit_code_1(runner, files, args, message)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
     assert "Traceback" not in result.output
+
+
+def test_augment_writes_a_servable_gradient_model(runner, files):
+    target = files["dir"] / "explain.onnx"
+    result = invoke(runner, "augment", files["model"], "--wrt", "input", "--wrt", "conv1", "--modifier", "guided",
+                    "--activation", "pool1", "-o", target)
+    assert result.exit_code == 0, result.output
+    augmented = onnx.load(str(target))
+    onnx.checker.check_model(augmented, full_check=True)
+    info = json.loads({p.key: p.value for p in augmented.metadata_props}["onnxsight.augmented"])
+    assert info["modifier"] == "guided" and info["activations"] == {"pool1": "pool1"}
+    again = invoke(runner, "augment", files["model"], "-o", target)
+    assert again.exit_code == 1 and "already exists" in again.stderr
+
+
+def test_gradcheck_reports_every_layer_and_passes(runner, files):
+    result = invoke(runner, "gradcheck", files["model"], "--all-layers", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["passed"] and report["precision"] == "float64"
+    assert [row["wrt"] for row in report["rows"]] == ["input", "conv1", "relu1", "pool1", "flatten", "fc"]
+
+
+def test_gradcheck_exits_1_when_the_error_exceeds_the_tolerance(runner, files):
+    result = invoke(runner, "gradcheck", files["model"], "--precision", "float32", "--tolerance", "1e-12")
+    assert result.exit_code == 1
+    assert "FAIL" in result.stdout and "gradient check failed: input" in result.stderr

@@ -23,10 +23,9 @@ if TYPE_CHECKING:
 # tensor's scale) per precision.
 TOLERANCE = {"float64": 1e-5, "float32": 5e-2}
 STEP = {"float64": 1e-5, "float32": 1e-3}
-# One-sided differences that disagree by more than KINK × tolerance (relative, at most 0.1)
-# mean the step crossed a kink (a ReLU turning on, a max-pool tie): that direction says
-# nothing about the gradient.
-KINK = 10
+# One-sided differences that disagree by more than this (relative) mean the step crossed a
+# kink (a ReLU turning on, a max-pool tie): that direction says nothing about the gradient.
+KINK = {"float64": 1e-3, "float32": 0.1}
 _FEED = "onnxsight/gradcheck/"
 
 
@@ -111,7 +110,7 @@ def gradcheck(
             direction = (direction / np.linalg.norm(direction)).astype(dtype)
             right, left = score(point + step * direction), score(point - step * direction)
             one_sided = ((right - centre) / step, (centre - left) / step)
-            if abs(one_sided[0] - one_sided[1]) > min(KINK * limit, 0.1) * max(*map(abs, one_sided), 1e-12):
+            if abs(one_sided[0] - one_sided[1]) > KINK[precision] * max(*map(abs, one_sided), 1e-12):
                 kinks += 1
                 continue
             numeric = (right - left) / (2 * step)
