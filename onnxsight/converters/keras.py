@@ -1,0 +1,416 @@
+"""Keras models (.keras, .h5, SavedModel, in memory) to one ONNX file with a layer map.
+
+Naming in the written graph: the only graph input is ``input`` (float32, dynamic batch) and
+the only graph output is ``output`` (the model's output as Keras returns it, e.g. softmax
+scores). Every top-level layer's output tensor is renamed to the layer's name when that name
+is free; otherwise (the last layer, whose tensor is ``output``, or a Dropout whose tensor is
+its predecessor's) the layer maps to the tensor it shares. The input of a final Softmax is
+``logits`` unless a layer already names it. ``metadata_props`` record the layer map, the
+logits tensor, the input layout and the source (see ``onnxsight.engine.metadata``).
+
+TensorFlow, Keras and tf2onnx are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnxsight.converters import rewrites
+from onnxsight.engine.graph import data_inputs, producers, runtime_compatible
+from onnxsight.engine.metadata import LayerRecord, ModelMetadata
+from onnxsight.errors import ConversionError, InternalError, InvalidArgument, MissingDependency, ModelFileError
+
+MIN_OPSET = 17
+PARITY_BATCH = 8
+PARITY_SEED = 0
+
+
+@dataclass
+class Conversion:
+    """What a conversion wrote and how faithful it is."""
+
+    path: Path
+    max_abs_diff: float  # over the final output, Keras versus onnxruntime on a random batch
+    layers: list[LayerRecord]
+    logits: str
+    input_layout: str | None
+    source: str
+
+
+@dataclass
+class _Traced:
+    """A tf.function of the input returning the model output first, then one tensor per layer."""
+
+    function: Any
+    input_shape: tuple[int, ...]  # without the batch dimension
+    layers: list[tuple[str, str]]  # (name, kind) of each extra output; empty: take scopes
+    layout: str | None
+    source: str
+
+
+def convert_keras(
+    model_or_path: Any, output_path: str | os.PathLike, *, opset: int = MIN_OPSET,
+    tolerance: float = 1e-4, overwrite: bool = False,
+) -> Path:
+    """Convert a Keras model or model file to ONNX at ``output_path``; returns that path."""
+    return convert_keras_model(
+        model_or_path, output_path, opset=opset, tolerance=tolerance, overwrite=overwrite
+    ).path
+
+
+def convert_keras_model(
+    model_or_path: Any, output_path: str | os.PathLike, *, opset: int = MIN_OPSET,
+    tolerance: float = 1e-4, overwrite: bool = False,
+) -> Conversion:
+    """Convert, check parity with Keras on a random batch, and write atomically.
+
+    ``model_or_path``: a Keras 3 or tf_keras model, or the path of a ``.keras`` or ``.h5``
+    file or a SavedModel folder. Raises ConversionError when the graph would hold ops that
+    are not ONNX or when the outputs differ by more than ``tolerance``.
+    """
+    output = Path(output_path)
+    _check_output(output, overwrite)
+    if opset < MIN_OPSET:
+        raise InvalidArgument(f"opset must be >= {MIN_OPSET}, got {opset}")
+    traced = _trace(model_or_path)
+    model, tf_outputs, names = _tf2onnx(traced, opset)
+    layers, logits = _name_tensors(model, tf_outputs, names)
+    meta = ModelMetadata(layers, logits, traced.layout, traced.source)
+    meta.write(model)
+    onnx.checker.check_model(runtime_compatible(model), full_check=True)
+    diff = _parity(model, traced)
+    if not diff <= tolerance:
+        raise ConversionError(
+            f"ONNX output differs from Keras by {diff:.3g} (max abs) on a random batch, "
+            f"above the tolerance {tolerance:g}"
+        )
+    _write(model, output, overwrite)
+    return Conversion(output, diff, layers, logits, traced.layout, traced.source)
+
+
+def _check_output(output: Path, overwrite: bool) -> None:
+    if output.is_dir():
+        raise InvalidArgument(f"{output} is a directory, not a file name")
+    if output.exists() and not overwrite:
+        raise InvalidArgument(f"{output} exists; pass overwrite=True to replace it")
+
+
+def _modules() -> tuple[Any, Any]:
+    try:
+        import tensorflow as tf
+        import tf2onnx
+    except ImportError as error:
+        raise MissingDependency(error.name or "tensorflow", "keras") from error
+    return tf, tf2onnx
+
+
+def _tf_keras() -> Any:
+    try:
+        import tf_keras
+    except ImportError as error:
+        raise MissingDependency("tf_keras", "keras") from error
+    return tf_keras
+
+
+# --- loading and tracing -----------------------------------------------------------------
+
+def _trace(model_or_path: Any) -> _Traced:
+    if not isinstance(model_or_path, (str, os.PathLike)):
+        return _trace_keras(model_or_path, f"in-memory model {getattr(model_or_path, 'name', '?')!r}")
+    path = Path(model_or_path)
+    if not path.exists():
+        raise ModelFileError(f"model file not found: {path}")
+    if path.is_dir():
+        return _trace_saved_model(path)
+    return _trace_keras(_load_file(path), str(path))
+
+
+def _load_file(path: Path) -> Any:
+    _modules()  # Keras 3 must run on TensorFlow here
+    import keras
+
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as keras3_error:  # noqa: BLE001 - any failure means: try the Keras 2 reader
+        try:
+            return _tf_keras().models.load_model(path, compile=False)
+        except Exception as keras2_error:  # noqa: BLE001 - reported with both causes
+            raise ModelFileError(
+                f"cannot read Keras model {path}: {keras3_error}; tf_keras: {keras2_error}"
+            ) from keras2_error
+
+
+def _trace_saved_model(path: Path) -> _Traced:
+    tf, _ = _modules()
+    if (path / "keras_metadata.pb").exists():  # written by tf_keras: a Keras model inside
+        return _trace_keras(_tf_keras().models.load_model(path, compile=False), str(path))
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except (OSError, ValueError) as error:
+        raise ModelFileError(f"cannot read SavedModel {path}: {error}") from error
+    signature = loaded.signatures.get("serving_default")
+    if signature is None:
+        raise ConversionError(f"SavedModel {path} has no serving_default signature")
+    args = signature.structured_input_signature[1]
+    outputs = signature.structured_outputs
+    if len(args) != 1 or len(outputs) != 1:
+        raise ConversionError(
+            f"SavedModel {path}: only models with one input and one output are supported, "
+            f"its signature has inputs {sorted(args)} and outputs {sorted(outputs)}"
+        )
+    (arg, spec), (key,) = next(iter(args.items())), outputs
+    shape = _input_shape(spec.shape[1:])
+
+    @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32, name="input")])
+    def function(x):  # reads the signature through ``loaded``, which owns the variables
+        return [loaded.signatures["serving_default"](**{arg: tf.cast(x, spec.dtype)})[key]]
+
+    return _Traced(function, shape, [], _layout(len(shape) + 1, channels_first=False), str(path))
+
+
+def _trace_keras(model: Any, source: str) -> _Traced:
+    tf, _ = _modules()
+    api = _keras_api(model)
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ConversionError(
+            f"{source}: only models with one input and one output are supported, "
+            f"it has {len(model.inputs)} inputs and {len(model.outputs)} outputs"
+        )
+    layers = [
+        layer for layer in model.layers
+        if not isinstance(layer, api.layers.InputLayer) and _single_output(layer)
+    ]
+    probe = api.Model(model.inputs, [model.outputs[0], *(layer.output for layer in layers)])
+    shape = _input_shape(model.inputs[0].shape[1:])
+
+    @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32, name="input")])
+    def function(x):
+        return probe(x, training=False)
+
+    channels_first = any(getattr(layer, "data_format", None) == "channels_first" for layer in layers)
+    return _Traced(
+        function, shape, [(layer.name, type(layer).__name__) for layer in layers],
+        _layout(len(shape) + 1, channels_first), f"{api.__name__} {api.__version__} {source}",
+    )
+
+
+def _keras_api(model: Any) -> Any:
+    import keras
+
+    if isinstance(model, keras.Model):
+        if keras.backend.backend() != "tensorflow":
+            raise ConversionError(f"converting needs the Keras TensorFlow backend, not {keras.backend.backend()!r}")
+        return keras
+    tf_keras = sys.modules.get("tf_keras")  # a tf_keras model implies it is imported
+    if tf_keras is not None and isinstance(model, tf_keras.Model):
+        return tf_keras
+    raise InvalidArgument(f"expected a Keras model or a model path, got {type(model).__name__}")
+
+
+def _single_output(layer: Any) -> bool:
+    """Whether the layer has one output tensor (layers with several are not mapped)."""
+    try:
+        output = layer.output
+    except (AttributeError, ValueError):  # a layer never called in this model
+        return False
+    return not isinstance(output, (list, tuple, dict))
+
+
+def _input_shape(shape: Any) -> tuple[int, ...]:
+    dims = tuple(shape)
+    if any(d is None for d in dims):
+        raise ConversionError(f"the input shape must be known except for the batch size, got {dims}")
+    return tuple(int(d) for d in dims)
+
+
+def _layout(rank: int, channels_first: bool) -> str | None:
+    if rank == 2:
+        return "NC"
+    if not 3 <= rank <= 5:
+        return None
+    spatial = "DHW"[5 - rank:]
+    return f"NC{spatial}" if channels_first else f"N{spatial}C"
+
+
+# --- TensorFlow graph to ONNX ------------------------------------------------------------
+
+def _tf2onnx(traced: _Traced, opset: int) -> tuple[onnx.ModelProto, list[str], list[tuple[str, str]]]:
+    """Convert; returns the model, the TF names of its outputs (model output first), the layers."""
+    _, tf2onnx = _modules()
+    graph_def, input_name, tf_outputs = _frozen(traced.function)
+    layers = traced.layers
+    if not layers:
+        scoped = _scoped_layers(graph_def)
+        layers = [(name, "") for name, _ in scoped]
+        tf_outputs += [tensor for _, tensor in scoped]
+    with _quiet("tf2onnx"):  # it logs ops it cannot convert; they are rewritten or refused below
+        model, _ = tf2onnx.convert.from_graph_def(
+            graph_def, input_names=[input_name], output_names=tf_outputs, opset=opset,
+            tensors_to_rename={input_name: "input"},
+        )
+    rewrites.replace_erfc(model)
+    _refuse_foreign_ops(model, [name for name, _ in layers])
+    if len(data_inputs(model.graph)) != 1:
+        names = [v.name for v in data_inputs(model.graph)]
+        raise ConversionError(f"expected one graph input, the converted graph has {names}")
+    return model, tf_outputs, layers
+
+
+@contextmanager
+def _quiet(logger_name: str):
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _frozen(function: Any) -> tuple[Any, str, list[str]]:
+    """Frozen GraphDef of ``function`` with XLA-only calls made inlinable; input/output names."""
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    concrete = function.get_concrete_function()
+    # Captured constants (e.g. a Normalization layer's mean and variance) become Const nodes
+    # here; left as captures they would be dangling graph inputs.
+    frozen = convert_variables_to_constants_v2(concrete, lower_control_flow=False, aggressive_inlining=True)
+    graph_def = frozen.graph.as_graph_def(add_shapes=True)
+    # Keras runs grouped convolutions as jit_compile functions, which grappler never
+    # inlines; without these marks tf2onnx inlines them like any other function.
+    functions = graph_def.library.function
+    nodes = [*graph_def.node, *(node for function_def in functions for node in function_def.node_def)]
+    for attrs in [*(node.attr for node in nodes), *(function_def.attr for function_def in functions)]:
+        for key in ("_XlaMustCompile", "_noinline"):
+            attrs.pop(key, None)
+    return graph_def, frozen.inputs[0].name, [tensor.name for tensor in frozen.outputs]
+
+
+def _scoped_layers(graph_def: Any) -> list[tuple[str, str]]:
+    """Layers of a plain SavedModel from node name scopes: (scope, tensor read outside it)."""
+    scope_of = {}
+    for node in graph_def.node:
+        parts = [p for p in node.name.split("/") if p != "StatefulPartitionedCall"]
+        if len(parts) >= 3 and parts[0] != "Func" and node.op != "Const":
+            scope_of[node.name] = parts[1]
+    leaving: dict[str, str] = {}
+    for node in graph_def.node:
+        for name in node.input:
+            if name.startswith("^"):
+                continue
+            source = name.split(":")[0]
+            scope = scope_of.get(source)
+            if scope is not None and scope_of.get(node.name) != scope:
+                leaving[scope] = name if ":" in name else f"{name}:0"
+    return list(leaving.items())
+
+
+def _refuse_foreign_ops(model: onnx.ModelProto, layer_names: list[str]) -> None:
+    foreign = rewrites.foreign_nodes(model)
+    if not foreign:
+        return
+    ops = sorted({node.op_type for node in foreign})
+    layers = sorted({_layer_of(node.name, layer_names) for node in foreign})
+    raise ConversionError(
+        f"TensorFlow ops with no ONNX conversion: {', '.join(ops)}; in layers: {', '.join(layers)}"
+    )
+
+
+def _layer_of(node_name: str, layer_names: list[str]) -> str:
+    """The layer a TF node name belongs to (Keras 3 scopes add a ``_1`` suffix)."""
+    known = set(layer_names)
+    for part in node_name.split("/"):
+        if part in known:
+            return part
+        stem = part.rpartition("_")[0]
+        if stem in known:
+            return stem
+    return node_name
+
+
+# --- naming ------------------------------------------------------------------------------
+
+def _name_tensors(
+    model: onnx.ModelProto, tf_outputs: list[str], layers: list[tuple[str, str]]
+) -> tuple[list[LayerRecord], str]:
+    """Keep ``output`` as the only graph output and name the layer tensors.
+
+    ``layers`` (name, kind) line up with ``tf_outputs[1:]``. Returns the layer records and
+    the logits tensor.
+    """
+    graph = model.graph
+    outputs = {value.name: value for value in graph.output}
+    missing = [name for name in tf_outputs if name not in outputs]
+    if missing:
+        raise InternalError(f"tf2onnx dropped the outputs {missing[:5]}")
+    final = onnx.ValueInfoProto()
+    final.CopyFrom(outputs[tf_outputs[0]])
+    sources = [rewrites.identity_source(graph, name) for name in tf_outputs]
+    del graph.output[:]
+    rewrites.drop_unused_identities(graph)
+    named = {"input": "input", sources[0]: "output"}
+    _rename(graph, sources[0], "output")
+    records = []
+    for (name, kind), source in zip(layers, sources[1:]):
+        if source not in named:
+            named[source] = name if _free(graph, name) else source
+            _rename(graph, source, named[source])
+        rewrites.route_through(graph, named[source])
+        records.append(LayerRecord(name, named[source], kind))
+    rewrites.toposort(graph)
+    final.name = "output"
+    graph.output.append(final)
+    softmax = producers(graph).get("output")
+    if softmax is None or softmax.op_type != "Softmax":
+        return records, "output"
+    logits = softmax.input[0]
+    if logits not in named.values() and _free(graph, "logits"):
+        _rename(graph, logits, "logits")
+        return records, "logits"
+    return records, logits
+
+
+def _free(graph: onnx.GraphProto, name: str) -> bool:
+    return name not in rewrites.tensor_names(graph)
+
+
+def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
+    if old != new:
+        rewrites.rename_tensor(graph, old, new)
+
+
+# --- parity and writing ------------------------------------------------------------------
+
+def _parity(model: onnx.ModelProto, traced: _Traced) -> float:
+    """Max abs difference of the final output, Keras versus onnxruntime (CPU)."""
+    batch = np.random.default_rng(PARITY_SEED).random((PARITY_BATCH, *traced.input_shape), dtype=np.float32)
+    expected = traced.function(batch)[0].numpy()
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (actual,) = session.run(["output"], {"input": batch})
+    if actual.shape != expected.shape:
+        raise ConversionError(f"ONNX output shape {actual.shape} differs from Keras' {expected.shape}")
+    return float(np.max(np.abs(actual.astype(np.float64) - expected)))
+
+
+def _write(model: onnx.ModelProto, output: Path, overwrite: bool) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(model.SerializeToString())
+        _check_output(output, overwrite)
+        os.replace(temporary, output)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)

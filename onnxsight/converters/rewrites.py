@@ -1,0 +1,143 @@
+"""Fixes applied to the ONNX graph tf2onnx writes, before onnxsight hands it over.
+
+Each function edits the model in place; the converter owns the copy it edits.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxsight.engine.graph import consumers, initializer_names, producers, value_types
+from onnxsight.errors import InternalError
+
+
+def tensor_names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name the graph uses: inputs, initializers, node outputs."""
+    names = {v.name for v in graph.input} | initializer_names(graph)
+    return names | {out for node in graph.node for out in node.output if out}
+
+
+def rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Rename tensor ``old`` to ``new`` everywhere in ``graph``, subgraphs included."""
+    if new in tensor_names(graph):
+        raise InternalError(f"cannot rename {old!r} to {new!r}: the name is taken")
+    _rename_in(graph, old, new)
+
+
+def _rename_in(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+        node.output[:] = [new if name == old else name for name in node.output]
+        for attr in node.attribute:
+            for sub in [attr.g, *attr.graphs] if attr.type in _GRAPH_ATTRS else []:
+                _rename_in(sub, old, new)
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        if value.name == old:
+            value.name = new
+
+
+_GRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+
+
+def identity_source(graph: onnx.GraphProto, name: str) -> str:
+    """The tensor ``name`` copies through a chain of Identity nodes (itself when none)."""
+    made_by = producers(graph)
+    while name in made_by and made_by[name].op_type == "Identity":
+        name = made_by[name].input[0]
+    return name
+
+
+def drop_unused_identities(graph: onnx.GraphProto) -> None:
+    """Remove Identity nodes whose output nobody reads and that is no graph output."""
+    while True:
+        read = set(consumers(graph)) | {v.name for v in graph.output}
+        unused = [n for n in graph.node if n.op_type == "Identity" and n.output[0] not in read]
+        if not unused:
+            return
+        for node in unused:
+            graph.node.remove(node)
+
+
+def route_through(graph: onnx.GraphProto, name: str) -> None:
+    """Make tensor ``name`` lie on the path of the computation when it is a side branch.
+
+    tf2onnx computes convolutions in NCHW and copies back to NHWC (a Transpose, or a Reshape
+    when the spatial size is 1x1) only for the tensors it must return, so a layer's output can
+    be a copy that nothing reads while the next layer reads the original. Those readers are
+    redirected to the inverse of the copy applied to ``name``; onnxruntime cancels the pair.
+    """
+    node = producers(graph).get(name)
+    if node is None or node.op_type not in ("Transpose", "Reshape") or name in consumers(graph):
+        return
+    source = node.input[0]
+    readers = [n for n in consumers(graph).get(source, []) if n is not node and n.op_type not in ("Shape", "Size")]
+    if not readers:
+        return
+    back = f"{name}/onnxsight_back"
+    if node.op_type == "Transpose":
+        perm = list(helper.get_attribute_value(next(a for a in node.attribute if a.name == "perm")))
+        inverse = [helper.make_node("Transpose", [name], [back], name=back, perm=[perm.index(i) for i in range(len(perm))])]
+    else:
+        shape = f"{name}/onnxsight_source_shape"
+        inverse = [helper.make_node("Shape", [source], [shape], name=shape),
+                   helper.make_node("Reshape", [name, shape], [back], name=back)]
+    for reader in readers:
+        reader.input[:] = [back if n == source else n for n in reader.input]
+    graph.node.extend(inverse)  # the caller runs ``toposort`` once after its edits
+
+
+def toposort(graph: onnx.GraphProto) -> None:
+    """Order nodes so each comes after the producers of its inputs, keeping the order otherwise."""
+    nodes = list(graph.node)
+    made_by = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    waiting_on = [{made_by[name] for name in node.input if name in made_by} for node in nodes]
+    readers: dict[int, list[int]] = {}
+    for i, needs in enumerate(waiting_on):
+        for j in needs:
+            readers.setdefault(j, []).append(i)
+    ready = [i for i, needs in enumerate(waiting_on) if not needs]
+    heapq.heapify(ready)
+    ordered = []
+    while ready:
+        i = heapq.heappop(ready)
+        ordered.append(nodes[i])
+        for k in readers.get(i, []):
+            waiting_on[k].discard(i)
+            if not waiting_on[k]:
+                heapq.heappush(ready, k)
+    if len(ordered) != len(nodes):
+        raise InternalError("the graph has a cycle; cannot order its nodes")
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def replace_erfc(model: onnx.ModelProto) -> None:
+    """Rewrite every ``Erfc(x)`` (exact GELU in TensorFlow) as ``1 - Erf(x)``."""
+    graph = model.graph
+    types = value_types(model)
+    for node in list(graph.node):
+        if node.op_type != "Erfc":
+            continue
+        x, base = node.input[0], node.name or node.output[0]
+        if x not in types:
+            raise InternalError(f"no element type known for {x!r}, the input of Erfc {base!r}")
+        one = numpy_helper.from_array(np.ones((), helper.tensor_dtype_to_np_dtype(types[x])), f"{base}/one")
+        graph.initializer.append(one)
+        erf = helper.make_node("Erf", [x], [f"{base}/erf"], name=f"{base}/erf")
+        sub = helper.make_node("Sub", [one.name, erf.output[0]], list(node.output), name=base)
+        position = list(graph.node).index(node)
+        graph.node.remove(node)
+        graph.node.insert(position, sub)
+        graph.node.insert(position, erf)
+
+
+def foreign_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Nodes that are not operators of the default ONNX domain (leftover TensorFlow ops)."""
+    return [
+        node for node in model.graph.node
+        if node.domain not in ("", "ai.onnx") or not onnx.defs.has(node.op_type)
+    ]
