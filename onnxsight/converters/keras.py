@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxsight.converters import rewrites
+from onnxsight.data.files import atomic_write, refuse_overwrite
 from onnxsight.engine.graph import data_inputs, producers, runtime_compatible
 from onnxsight.engine.metadata import LayerRecord, ModelMetadata
 from onnxsight.errors import ConversionError, InternalError, InvalidArgument, MissingDependency, ModelFileError
@@ -102,17 +102,41 @@ def convert_keras_model(
 def _check_output(output: Path, overwrite: bool) -> None:
     if output.is_dir():
         raise InvalidArgument(f"{output} is a directory, not a file name")
-    if output.exists() and not overwrite:
-        raise InvalidArgument(f"{output} exists; pass overwrite=True to replace it")
+    refuse_overwrite(output, overwrite)
+
+
+def import_keras() -> Any:
+    """Keras on TensorFlow, imported quietly (no C++ log lines about absent GPUs)."""
+    _modules()
+    import keras
+
+    return keras
 
 
 def _modules() -> tuple[Any, Any]:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow reads it when first imported
     try:
-        import tensorflow as tf
-        import tf2onnx
+        with _silenced_stderr():  # absl prints oneDNN/CUDA notices before any log level applies
+            import tensorflow as tf
+            import tf2onnx
     except ImportError as error:
         raise MissingDependency(error.name or "tensorflow", "keras") from error
+    tf.get_logger().setLevel(logging.ERROR)  # tf2onnx calls TF1 APIs that log deprecations
     return tf, tf2onnx
+
+
+@contextmanager
+def _silenced_stderr():
+    """Point file descriptor 2 at /dev/null for the duration (C++ writes bypass sys.stderr)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _tf_keras() -> Any:
@@ -405,12 +429,5 @@ def _parity(model: onnx.ModelProto, traced: _Traced) -> float:
 
 def _write(model: onnx.ModelProto, output: Path, overwrite: bool) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(model.SerializeToString())
-        _check_output(output, overwrite)
-        os.replace(temporary, output)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    _check_output(output, overwrite)
+    atomic_write(output, model.SerializeToString())

@@ -60,7 +60,7 @@ def safe_name(name: str) -> str:
 
 def refuse_overwrite(target: Path, force: bool) -> None:
     if target.exists() and not force:
-        raise InvalidArgument(f"{target} already exists; pass --force to replace it")
+        raise InvalidArgument(f"{target} already exists; pass --force (overwrite=True in Python) to replace it")
 
 
 def atomic_write(target: Path, data: bytes) -> None:
