@@ -34,7 +34,15 @@ class UnknownName(InvalidArgument, KeyError):
 
 
 class UnsupportedOp(OnnxsightError):
-    """An operator that onnxsight cannot differentiate or convert."""
+    """An operator that onnxsight cannot differentiate or convert.
+
+    ``upstream``: for a gradient, the tensors the failing node depends on; gradients with
+    respect to any other tensor on the way to the differentiated one still work.
+    """
+
+    def __init__(self, message: str, upstream: frozenset[str] | set[str] = frozenset()):
+        super().__init__(message)
+        self.upstream = frozenset(upstream)
 
 
 class ConversionError(OnnxsightError):

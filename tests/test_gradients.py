@@ -11,7 +11,7 @@ from onnx.reference import ReferenceEvaluator
 
 import onnxsight
 from onnxsight.engine.autodiff import RULES
-from onnxsight.errors import InvalidArgument
+from onnxsight.errors import InvalidArgument, UnsupportedOp
 from tests.foreign_models import nchw_cnn, reference_forward
 
 
@@ -117,3 +117,13 @@ def test_gradcheck_catches_a_wrong_gradient_rule(model, x, monkeypatch):
     report = onnxsight.gradcheck(broken, x, wrt=["input"])
     assert not report.passed and report.rows[0].status == "FAIL"
     assert report.rows[0].relative_error > 1e-2
+
+
+def test_an_op_without_a_rule_names_itself_and_the_layers_still_differentiable(x):
+    model = nchw_cnn()
+    relu = next(n for n in model.graph.node if n.op_type == "Relu")
+    relu.op_type, relu.name = "Sin", "sine1"  # an op on the data path with no gradient rule
+    m = onnxsight.load(model, device="cpu")
+    with pytest.raises(UnsupportedOp, match=r"op Sin \(node 'sine1'\).*layers still differentiable: sine1, pool1, flatten, fc"):
+        m.gradient(x, target=0)
+    assert m.gradient(x, target=0, wrt=["pool1"])["pool1"].shape == (4, 4, 4, 4)

@@ -7,10 +7,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from onnxsight.converters.keras import import_keras
+
+
+def _keras(*names: str) -> tuple:
+    keras = import_keras()
+    return tuple(getattr(keras, name) for name in names)
+
 
 def mnist_cnn(num_classes: int = 10) -> Any:
     """Seed 000: the MNIST CNN whose class output is ``preds``; input 28×28×1."""
-    from keras import Input, Sequential, layers
+    Input, Sequential, layers = _keras("Input", "Sequential", "layers")
 
     return Sequential([
         Input((28, 28, 1)),
@@ -27,7 +34,7 @@ def mnist_cnn(num_classes: int = 10) -> Any:
 
 def mnist_cnn_keras_vis(num_classes: int = 10) -> Any:
     """Seed 002: the keras-vis MNIST example; input 28×28×1."""
-    from keras import Input, Sequential, layers
+    Input, Sequential, layers = _keras("Input", "Sequential", "layers")
 
     return Sequential([
         Input((28, 28, 1)),
@@ -44,7 +51,7 @@ def mnist_cnn_keras_vis(num_classes: int = 10) -> Any:
 
 def cifar_cnn5(num_classes: int = 10) -> Any:
     """Seeds 001 and 004: the CIFAR-10 CNN5; input 32×32×3."""
-    from keras import Input, Sequential, layers
+    Input, Sequential, layers = _keras("Input", "Sequential", "layers")
 
     return Sequential([
         Input((32, 32, 3)),
@@ -62,7 +69,7 @@ def cifar_cnn5(num_classes: int = 10) -> Any:
 
 def residual_cnn(num_classes: int = 10) -> Any:
     """A small functional CNN with batch norm and one residual block; input 32×32×3."""
-    from keras import Input, Model, layers
+    Input, Model, layers = _keras("Input", "Model", "layers")
 
     inputs = Input((32, 32, 3), name="image")
     x = layers.Conv2D(16, 3, padding="same", name="stem_conv")(inputs)

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING
 import onnx
 
 from onnxsight.engine.autodiff import build_vjp
+from onnxsight.engine.graph import ancestors
 from onnxsight.engine.metadata import AUGMENTED, set_props
+from onnxsight.errors import UnsupportedOp
 
 if TYPE_CHECKING:
     from onnxsight.engine.model import Model
@@ -46,8 +48,16 @@ def augment_model(
     of_tensor = model.tensor(of)
     wrt_tensors = {name: model.tensor(name) for name in wrt}
     kept = {name: model.tensor(name) for name in activations}
-    vjp = build_vjp(model.proto, of_tensor, list(wrt_tensors.values()), modifier=modifier,
-                    keep_outputs=list(kept.values()))
+    try:
+        vjp = build_vjp(model.proto, of_tensor, list(wrt_tensors.values()), modifier=modifier,
+                        keep_outputs=list(kept.values()))
+    except UnsupportedOp as error:
+        if not error.upstream:
+            raise
+        reachable = ancestors(model.proto.graph, of_tensor) - error.upstream
+        still = [layer.name for layer in model.layers if layer.tensor in reachable]
+        raise UnsupportedOp(f"{error}; layers still differentiable: {', '.join(still) or 'none'}",
+                            error.upstream) from error
     gradients = {name: vjp.gradients[tensor] for name, tensor in wrt_tensors.items()}
     description = {
         "of": of, "of_tensor": of_tensor, "cotangent_input": vjp.cotangent, "modifier": modifier,

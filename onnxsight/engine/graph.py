@@ -38,6 +38,21 @@ def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     return result
 
 
+def ancestors(graph: onnx.GraphProto, tensor: str) -> set[str]:
+    """``tensor`` and every tensor it is computed from."""
+    made_by = producers(graph)
+    seen, stack = {tensor}, [tensor]
+    while stack:
+        node = made_by.get(stack.pop())
+        if node is None:
+            continue
+        for name in node.input:
+            if name and name not in seen:
+                seen.add(name)
+                stack.append(name)
+    return seen
+
+
 def dependent_tensors(graph: onnx.GraphProto, sources: Iterable[str]) -> set[str]:
     """Tensors whose value depends on any of ``sources``; the rest are constants.
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import onnx
 from onnx import helper, shape_inference
 
-from onnxsight.engine.graph import data_inputs, dependent_tensors, opset_version, producers, runtime_compatible
+from onnxsight.engine.graph import ancestors, data_inputs, dependent_tensors, opset_version, producers, runtime_compatible
 from onnxsight.engine.opset import upgrade
 from onnxsight.errors import InternalError, InvalidArgument, UnknownName, UnsupportedOp
 
@@ -89,7 +89,7 @@ def build_vjp(
     g.record(cotangent, like=of)
 
     active = dependent_tensors(graph, wrt)
-    upstream = _ancestors(graph, of)
+    upstream = ancestors(graph, of)
     path = [n for n in graph.node
             if any(i in active for i in n.input) and any(o in upstream for o in n.output)]
 
@@ -189,21 +189,6 @@ def _free_prefix(names: Sequence[str], base: str) -> str:
     return candidate
 
 
-def _ancestors(graph: onnx.GraphProto, tensor: str) -> set[str]:
-    """``tensor`` and every tensor it is computed from."""
-    made_by = producers(graph)
-    seen, stack = {tensor}, [tensor]
-    while stack:
-        node = made_by.get(stack.pop())
-        if node is None:
-            continue
-        for name in node.input:
-            if name and name not in seen:
-                seen.add(name)
-                stack.append(name)
-    return seen
-
-
 def _live_nodes(nodes: list[onnx.NodeProto], wanted: set[str]) -> list[onnx.NodeProto]:
     """The added nodes that some wanted output reads, directly or not (dead-code elimination)."""
     needed, keep = set(wanted), []
@@ -219,9 +204,9 @@ def _unsupported(graph: onnx.GraphProto, proto: onnx.NodeProto, name: str, wrt: 
     upstream = set()
     for tensor in proto.input:
         if tensor:
-            upstream |= _ancestors(graph, tensor)
+            upstream |= ancestors(graph, tensor)
     still = [w for w in wrt if w not in upstream]
     domain = f" (domain {proto.domain!r})" if proto.domain not in ("", "ai.onnx") else ""
     hint = (f"gradients with respect to {', '.join(still)} are still computable without it; retry with wrt={still}"
             if still else f"no requested wrt tensor avoids it; tensors downstream of it (e.g. {list(proto.output)}) do")
-    return UnsupportedOp(f"no gradient rule for op {proto.op_type}{domain} (node {name!r}); {hint}")
+    return UnsupportedOp(f"no gradient rule for op {proto.op_type}{domain} (node {name!r}); {hint}", upstream)
