@@ -142,3 +142,19 @@ def test_gradcheck_exits_1_when_the_error_exceeds_the_tolerance(runner, files):
     result = invoke(runner, "gradcheck", files["model"], "--precision", "float32", "--tolerance", "1e-12")
     assert result.exit_code == 1
     assert "FAIL" in result.stdout and "gradient check failed: input" in result.stderr
+
+
+def test_convert_writes_onnx_from_a_keras_file_and_reports_parity(runner, tmp_path):
+    from onnxsight.demo.architectures import cifar_cnn5
+
+    source = tmp_path / "cnn5.keras"
+    cifar_cnn5().save(source)
+    target = tmp_path / "cnn5.onnx"
+    result = invoke(runner, "convert", source, target)
+    assert result.exit_code == 0, result.output
+    assert "max |keras - onnx|" in result.stdout and "logits 'logits'" in result.stdout
+    assert [layer.name for layer in load(target, device="cpu").layers][:2] == ["conv_0", "max_pooling2d"]
+    again = invoke(runner, "convert", source, target)
+    assert again.exit_code == 1 and "already exists" in again.stderr
+    missing = invoke(runner, "convert", tmp_path / "absent.h5", tmp_path / "x.onnx")
+    assert missing.exit_code == 1 and "absent.h5" in missing.stderr and "Traceback" not in missing.output
