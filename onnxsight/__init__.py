@@ -4,6 +4,9 @@ from onnxsight.engine.augment import augment
 from onnxsight.engine.gradcheck import GradcheckReport, gradcheck
 from onnxsight.engine.model import Layer, Model, load
 from onnxsight.errors import OnnxsightError
+from onnxsight.methods import (
+    class_saliency, completeness_gap, embedding, gradcam, integrated_gradients, occlusion, saliency, top_k_images,
+)
 
 __version__ = "0.1.0"
 
@@ -16,6 +19,7 @@ def convert_keras(model_or_path, output_path, **options):
 
 
 __all__ = [
-    "GradcheckReport", "Layer", "Model", "OnnxsightError",
-    "augment", "convert_keras", "gradcheck", "load", "__version__",
+    "GradcheckReport", "Layer", "Model", "OnnxsightError", "augment", "class_saliency", "completeness_gap",
+    "convert_keras", "embedding", "gradcam", "gradcheck", "integrated_gradients", "load", "occlusion", "saliency",
+    "top_k_images", "__version__",
 ]

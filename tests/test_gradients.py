@@ -67,12 +67,14 @@ def test_predicted_target_equals_the_argmax_class(model, x):
                                model.gradient(x, target=predicted)["input"], rtol=1e-6)
 
 
-def test_gradient_wrt_layers_and_outputs_alongside(model, x):
-    result = model.gradient(x, target=1, wrt=["input", "pool1"], outputs=["relu1"])
-    assert result["pool1"].shape == (4, 4, 4, 4)
-    np.testing.assert_allclose(result["relu1"], reference_forward(model.proto, x)["relu1"], rtol=1e-4, atol=1e-5)
+def test_backward_gives_gradients_and_activations_of_the_same_layer_from_one_run(model, x):
+    result = model.backward(x, target=1, wrt=["input", "pool1"], outputs=["relu1", "pool1"])
+    assert set(result.gradients) == {"input", "pool1"} and set(result.activations) == {"relu1", "pool1"}
+    reference = reference_forward(model.proto, x)
+    np.testing.assert_allclose(result.activations["relu1"], reference["relu1"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(result.activations["pool1"], reference["pool1"], rtol=1e-4, atol=1e-5)
     weights = onnx.numpy_helper.to_array(next(t for t in model.proto.graph.initializer if t.name == "fc_w"))
-    np.testing.assert_allclose(result["pool1"].reshape(4, -1), np.tile(weights[1], (4, 1)), rtol=1e-6)
+    np.testing.assert_allclose(result.gradients["pool1"].reshape(4, -1), np.tile(weights[1], (4, 1)), rtol=1e-6)
 
 
 def test_batches_give_the_same_gradients_as_one_call(model, x):

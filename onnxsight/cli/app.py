@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from onnxsight import __version__
-from onnxsight.cli import convert, demo, gradients, layers, models
+from onnxsight.cli import attribution, convert, dataset_views, demo, gradients, layers, models
 from onnxsight.cli.options import err
 from onnxsight.errors import OnnxsightError
 
@@ -54,6 +54,14 @@ app.command("activations")(layers.activations)
 app.command("filters")(layers.filters)
 app.command("augment")(gradients.augment)
 app.command("gradcheck")(gradients.gradcheck)
+app.command("saliency")(attribution.saliency)
+app.command("smoothgrad")(attribution.smoothgrad)
+app.command("ig")(attribution.ig)
+app.command("gradcam")(attribution.gradcam)
+app.command("occlusion")(attribution.occlusion)
+app.command("class-saliency")(dataset_views.class_saliency)
+app.command("top-k")(dataset_views.top_k)
+app.command("embed")(dataset_views.embed)
 app.command("demo")(demo.demo)
 
 

@@ -61,3 +61,13 @@ def mnist_npz(path: str | Path) -> Dataset:
         images(arrays["x_test"]), arrays["y_test"].astype(np.int64).ravel(),
         tuple(str(d) for d in range(10)), path.name,
     )
+
+
+def load_dataset(spec: str | Path) -> Dataset:
+    """``"digits"`` (the bundled set at 28x28) or the path of a Keras-style MNIST ``.npz``."""
+    if str(spec) == "digits":
+        return digits()
+    path = Path(spec)
+    if path.suffix.lower() != ".npz":
+        raise InvalidArgument(f"--data takes 'digits' or an MNIST-style .npz file, got {spec}")
+    return mnist_npz(path)

@@ -26,6 +26,14 @@ _CHANNELWISE = {"Relu", "LeakyRelu", "Elu", "Selu", "Sigmoid", "Tanh", "Clip", "
 
 
 @dataclass(frozen=True)
+class Backward:
+    """Gradients keyed by the ``wrt`` names, and activations keyed by the ``outputs`` names."""
+
+    gradients: dict[str, np.ndarray]
+    activations: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
 class Layer:
     """A named tensor of the model: ``shape`` has None for dynamic dims (the batch)."""
 
@@ -135,31 +143,55 @@ class Model:
         target: targets.Target = None,
         wrt: Sequence[str] = ("input",),
         modifier: str | None = None,
-        outputs: Sequence[str] = (),
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> dict[str, np.ndarray]:
         """Gradients of the target score of ``of`` with respect to each ``wrt``, batched.
 
         ``target``: a class (2-D ``of``) or channel (N-D ``of``: score = that channel's mean),
         one per image, "predicted", or None (the sum of the whole tensor). ``modifier``: None,
-        "guided" or "deconv" (keras-vis backprop modifiers). ``outputs``: activations returned
-        alongside, from the same run. Results are keyed by the names given, in each tensor's
-        own layout.
+        "guided" or "deconv" (keras-vis backprop modifiers). Results are keyed by the names
+        in ``wrt``, each in its tensor's own layout.
         """
+        return self.backward(x, of, target, wrt, modifier, batch_size=batch_size).gradients
+
+    def backward(
+        self,
+        x: np.ndarray,
+        of: str = "logits",
+        target: targets.Target = None,
+        wrt: Sequence[str] = ("input",),
+        modifier: str | None = None,
+        outputs: Sequence[str] = (),
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> Backward:
+        """Gradients as in ``gradient``, and the activations named in ``outputs``, from one run."""
         x = self.check_input(x)
         augmented = self.augmented(of, wrt, modifier, outputs)
+        indices = self.target_indices(x, target, of, batch_size)
         static = self.shapes.get(augmented.of)
-        values = None
-        if isinstance(target, str) or static is None or None in static[1:]:
-            values = self.run(x, [augmented.of], batch_size=batch_size)[0]
-        shape = values.shape if values is not None else (len(x), *static[1:])
-        axis = self.channel_axis(of)
-        indices = targets.resolve(target, shape, axis, values)
-        cotangent = targets.cotangent(shape, indices, axis, self.dtype_of(augmented.of))
-        names = [*augmented.gradients, *augmented.activations]
+        shape = (len(x), *static[1:]) if static is not None and None not in static[1:] else \
+            (len(x), *self.run(x[:1], [augmented.of])[0].shape[1:])
+        cotangent = targets.cotangent(shape, indices, self.channel_axis(of), self.dtype_of(augmented.of))
         tensors = [*augmented.gradients.values(), *augmented.activations.values()]
         results = self.run(x, tensors, batch_size, augmented.model, {augmented.cotangent: cotangent})
-        return dict(zip(names, results))
+        count = len(augmented.gradients)
+        return Backward(dict(zip(augmented.gradients, results[:count])), dict(zip(augmented.activations, results[count:])))
+
+    def target_indices(
+        self, x: np.ndarray, target: targets.Target, of: str = "logits", batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> np.ndarray | None:
+        """One class/channel index of ``of`` per image (None for "the whole tensor").
+
+        "predicted" runs the model on ``x``; resolve once on clean images and pass the indices
+        on to noisy copies or path points, so that they keep their image's target.
+        """
+        tensor = self.tensor(of)
+        static = self.shapes.get(tensor)
+        values = None
+        if isinstance(target, str) or static is None or None in static[1:]:
+            values = self.run(x, [tensor], batch_size=batch_size)[0]
+        shape = values.shape if values is not None else (len(x), *static[1:])
+        return targets.resolve(target, shape, self.channel_axis(of), values)
 
     def augmented(
         self, of: str, wrt: Sequence[str], modifier: str | None = None, outputs: Sequence[str] = ()

@@ -48,3 +48,11 @@ def as_rgb8(image: np.ndarray) -> np.ndarray:
     if image.ndim == 2:
         return colorize(normalize(image), "gray")
     return np.clip(np.rint(normalize(image[..., :3]) * 255), 0, 255).astype(np.uint8)
+
+
+def overlay(picture: np.ndarray, heatmap: np.ndarray, cmap: str = "jet", alpha: float = 0.5) -> np.ndarray:
+    """An RGB uint8 ``picture`` blended with ``heatmap`` (HxW in [0, 1], same size) in ``cmap``."""
+    if not 0 <= alpha <= 1:
+        raise InvalidArgument(f"overlay alpha must be in [0, 1], got {alpha}")
+    colored = colorize(np.clip(heatmap, 0, 1), cmap).astype(np.float32)
+    return np.rint((1 - alpha) * picture.astype(np.float32) + alpha * colored).astype(np.uint8)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from onnxsight.kernels.colors import as_rgb8, colorize, normalize
+from onnxsight.kernels.colors import as_rgb8, colorize, normalize, overlay
 
 BACKGROUND = 255
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -79,3 +79,9 @@ def side_by_side(images: Sequence[np.ndarray], gap: int = 8) -> np.ndarray:
 def activation_figure(picture: np.ndarray, maps: np.ndarray, columns: int | None = None, cmap: str = "gray") -> np.ndarray:
     """One row of seed 001's figure: the input picture, then the grid of its feature maps."""
     return side_by_side([tile([picture], 1, cell=128), feature_grid(maps, columns, cmap)])
+
+
+def attribution_figure(picture: np.ndarray, heatmap: np.ndarray, cmap: str = "jet", alpha: float = 0.5) -> np.ndarray:
+    """Input, heat map and overlay side by side; ``heatmap`` is HxW in [0, 1] at the picture's size."""
+    colored = colorize(heatmap, cmap)
+    return side_by_side([tile([image], 1, cell=128) for image in (picture, colored, overlay(picture, heatmap, cmap, alpha))])

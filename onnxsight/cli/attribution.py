@@ -1,0 +1,202 @@
+"""Per-image attribution commands: saliency, smoothgrad, ig, gradcam, occlusion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+
+from onnxsight.cli.inputs import Inputs, load_inputs
+from onnxsight.cli.options import (
+    BatchSize, DataOpt, Device, Force, Mean, ModelArg, OptionalImagesArg, OutputDir, Scale, Std, err, out,
+)
+from onnxsight.data.files import OutputDir as Folder
+from onnxsight.engine.model import Model, load
+from onnxsight.engine.targets import resolve
+from onnxsight.errors import InvalidArgument
+from onnxsight.kernels.colors import COLORMAPS, normalize
+from onnxsight.kernels.grids import attribution_figure
+from onnxsight.kernels.images import spatial_size
+
+Count = Annotated[Optional[int], typer.Option(min=1, help="With --data: how many test images (default 16).")]
+Target = Annotated[str, typer.Option(help="'predicted' (argmax), a class/channel index, or one index per image: 3,1,4.")]
+Of = Annotated[str, typer.Option(help="Scored tensor: logits (softmax swapped for linear), output, or a layer (target = its channel).")]
+Cmap = Annotated[str, typer.Option(help=f"Heat-map colormap: {', '.join(COLORMAPS)}.")]
+Modifier = Annotated[Optional[str], typer.Option(help="Backprop modifier: guided or deconv (keras-vis 'relu'); default vanilla.")]
+Reduce = Annotated[str, typer.Option(help="Channel reduction of the gradient: max (keras-vis), mean or sum.")]
+Signed = Annotated[bool, typer.Option("--signed", help="Keep the gradient's sign (default: absolute value, as keras-vis).")]
+Negate = Annotated[bool, typer.Option("--negate", help="Negate the gradient: what speaks against the target (keras-vis 'negate').")]
+TimesInput = Annotated[bool, typer.Option("--times-input", help="Gradient x Input.")]
+
+DEFAULT_DATA_COUNT = 16
+
+
+def parse_target(text: str):
+    """'predicted', an int, or comma-separated ints (one per image)."""
+    if text == "predicted":
+        return text
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError as error:
+        raise InvalidArgument(f"--target must be 'predicted', an index or comma-separated indices, got {text!r}") from error
+    return values[0] if len(values) == 1 else values
+
+
+def run_method(method: str, model: Path, images, data, count, target, of, output, force, cmap, device,
+               scale, mean, std, compute, options: dict) -> None:
+    """Shared steps: load inputs, resolve the target once, compute maps, write PNG/.npy/JSON."""
+    m = load(model, device=device)
+    inputs = load_inputs(m, images, data, count or (DEFAULT_DATA_COUNT if data else None), scale, mean, std)
+    indices = _indices(m, inputs.x, parse_target(target), of)
+    maps = compute(m, inputs.x, indices)
+    write_results(method, m, inputs, maps, indices, of, Folder(output, force), cmap, options)
+
+
+def write_results(method: str, m: Model, inputs: Inputs, maps: np.ndarray, indices, of: str, folder: Folder,
+                  cmap: str, options: dict) -> None:
+    """One PNG per image (input | map | overlay), the maps as .npy, and a JSON summary."""
+    probabilities = m.predict(inputs.x)
+    folder.npy(f"{method}.npy", maps)
+    if maps.ndim == 3 and inputs.pictures:
+        height, width, _ = spatial_size(m.input_shape, m.input_layout)
+        for name, picture, heat in zip(inputs.names, inputs.pictures, maps):
+            if heat.shape == (height, width):
+                folder.png(f"{name}_{method}.png", attribution_figure(picture, normalize(heat), cmap))
+    rows = []
+    for i, name in enumerate(inputs.names):
+        row = {"image": name, "predicted": int(probabilities[i].argmax()), "probability": float(probabilities[i].max())}
+        row["target"] = None if indices is None else int(indices[i])
+        if inputs.labels is not None:
+            row["label"] = int(inputs.labels[i])
+        rows.append(row)
+    folder.json(f"{method}.json", {"method": method, "model": m.source, "of": of, "options": options, "images": rows})
+    err.print(f"{method}: {len(rows)} images")
+    out.print(f"wrote {len(folder.written)} files to {folder.path}")
+
+
+def _indices(m: Model, x: np.ndarray, target, of: str):
+    """Targets as explicit indices per image, "predicted" resolved once on the clean input."""
+    values = m.activations(x, [of])[of]
+    return resolve(target, values.shape, m.channel_axis(of), values)
+
+
+def saliency(
+    model: ModelArg, images: OptionalImagesArg = None, data: DataOpt = None, count: Count = None,
+    target: Target = "predicted", of: Of = "logits", modifier: Modifier = None, reduce: Reduce = "max",
+    signed: Signed = False, negate: Negate = False, times_input: TimesInput = False,
+    output: OutputDir = Path("saliency"), cmap: Cmap = "jet", batch_size: BatchSize = 64, device: Device = "auto",
+    scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False,
+) -> None:
+    """Gradient saliency (Simonyan et al.): vanilla, guided or deconv; |gradient| max over channels by default."""
+    from onnxsight.methods.saliency import saliency as method
+
+    options = {"modifier": modifier, "reduce": reduce, "absolute": not signed, "negate": negate, "times_input": times_input}
+    run_method("saliency", model, images, data, count, target, of, output, force, cmap, device, scale, mean, std,
+               lambda m, x, t: method(m, x, target=t, of=of, batch_size=batch_size, **options), options)
+
+
+def smoothgrad(
+    model: ModelArg, images: OptionalImagesArg = None, data: DataOpt = None, count: Count = None,
+    target: Target = "predicted", of: Of = "logits", modifier: Modifier = None, reduce: Reduce = "max",
+    samples: Annotated[int, typer.Option(min=1, help="Noisy copies per image.")] = 20,
+    noise: Annotated[float, typer.Option(min=0, help="Noise level: std as a fraction of the image's value range.")] = 0.15,
+    noise_mode: Annotated[str, typer.Option(help="relative (tf-keras-vis, default) or absolute (Captum's stdevs).")] = "relative",
+    aggregate: Annotated[str, typer.Option(help="mean (SmoothGrad), square (SmoothGrad²) or variance (VarGrad).")] = "mean",
+    signed: Signed = False, negate: Negate = False, times_input: TimesInput = False,
+    seed: Annotated[int, typer.Option(help="Seed of the noise.")] = 0,
+    output: OutputDir = Path("smoothgrad"), cmap: Cmap = "jet", batch_size: BatchSize = 64, device: Device = "auto",
+    scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False,
+) -> None:
+    """SmoothGrad (Smilkov et al.): saliency averaged over noisy copies; SmoothGrad² and VarGrad too."""
+    from onnxsight.methods.saliency import saliency as method
+
+    options = {"modifier": modifier, "reduce": reduce, "absolute": not signed, "negate": negate,
+               "times_input": times_input, "smooth_samples": samples, "smooth_noise": noise, "noise": noise_mode,
+               "smooth_aggregate": aggregate, "seed": seed}
+    run_method("smoothgrad", model, images, data, count, target, of, output, force, cmap, device, scale, mean, std,
+               lambda m, x, t: method(m, x, target=t, of=of, batch_size=batch_size, **options), options)
+
+
+def ig(
+    model: ModelArg, images: OptionalImagesArg = None, data: DataOpt = None, count: Count = None,
+    target: Target = "predicted", of: Of = "logits",
+    steps: Annotated[int, typer.Option(min=1, help="Points on the path from the baseline to the image.")] = 50,
+    baseline: Annotated[str, typer.Option(help="black, grey, blur, a number, or an .npy file shaped like one input.")] = "black",
+    method_name: Annotated[str, typer.Option("--method", help="Quadrature: riemann_trapezoid, riemann_left/right/middle, gausslegendre.")] = "riemann_trapezoid",
+    reduce: Annotated[str, typer.Option(help="Channel reduction for the picture: sum (default), mean or max.")] = "sum",
+    output: OutputDir = Path("ig"), cmap: Cmap = "jet", batch_size: BatchSize = 64, device: Device = "auto",
+    scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False,
+) -> None:
+    """Integrated Gradients (Sundararajan et al.); the JSON reports each image's completeness gap."""
+    from onnxsight.methods.integrated_gradients import completeness_gap, integrated_gradients
+
+    chosen = _baseline(baseline)
+    options = {"steps": steps, "baseline": baseline, "method": method_name, "reduce": reduce}
+
+    def compute(m, x, t):
+        attributions = integrated_gradients(m, x, target=t, of=of, steps=steps, baseline=chosen, method=method_name,
+                                            batch_size=batch_size)
+        options["completeness_gap"] = completeness_gap(m, x, attributions, t, of=of, baseline=chosen).tolist()
+        axis = 3 if m.input_layout == "NHWC" else 1
+        return getattr(attributions, reduce)(axis=axis) if attributions.ndim == 4 else attributions
+
+    run_method("ig", model, images, data, count, target, of, output, force, cmap, device, scale, mean, std,
+               compute, options)
+
+
+def _baseline(text: str):
+    if text in ("black", "grey", "gray", "blur"):
+        return text
+    if text.endswith(".npy"):
+        return np.load(text, allow_pickle=False)
+    try:
+        return float(text)
+    except ValueError as error:
+        raise InvalidArgument(f"--baseline must be black, grey, blur, a number or an .npy file, got {text!r}") from error
+
+
+def gradcam(
+    model: ModelArg, images: OptionalImagesArg = None, data: DataOpt = None, count: Count = None,
+    target: Target = "predicted", of: Of = "logits",
+    layer: Annotated[Optional[str], typer.Option(help="Conv layer (default: the last spatial layer before flatten/pooling).")] = None,
+    variant: Annotated[str, typer.Option(help="gradcam, gradcam++, xgradcam, hirescam, layercam or scorecam.")] = "gradcam",
+    guided: Annotated[bool, typer.Option("--guided", help="Guided Grad-CAM: times guided backprop.")] = False,
+    relu: Annotated[bool, typer.Option(help="ReLU on the map (Grad-CAM's default).")] = True,
+    upsample: Annotated[str, typer.Option(help="bilinear (default) or nearest.")] = "bilinear",
+    output: OutputDir = Path("gradcam"), cmap: Cmap = "jet", batch_size: BatchSize = 64, device: Device = "auto",
+    scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False,
+) -> None:
+    """Grad-CAM and its family, upsampled to the input, normalised, overlaid."""
+    from onnxsight.methods.cam import gradcam as method
+
+    options = {"layer": layer, "variant": variant, "guided": guided, "relu": relu, "upsample": upsample}
+    run_method("gradcam", model, images, data, count, target, of, output, force, cmap, device, scale, mean, std,
+               lambda m, x, t: method(m, x, target=t, of=of, batch_size=batch_size, **options), options)
+
+
+def occlusion(
+    model: ModelArg, images: OptionalImagesArg = None, data: DataOpt = None, count: Count = None,
+    target: Target = "predicted", of: Of = "logits",
+    window: Annotated[int, typer.Option(min=1, help="Occluding square's side in pixels (seed 003: 11).")] = 4,
+    stride: Annotated[int, typer.Option(min=1, help="Step between windows (seed 003: 4).")] = 2,
+    fill: Annotated[str, typer.Option(help="A number, mean (the image's mean) or blur.")] = "0",
+    output: OutputDir = Path("occlusion"), cmap: Cmap = "jet", batch_size: BatchSize = 256, device: Device = "auto",
+    scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False,
+) -> None:
+    """Occlusion sensitivity (Zeiler & Fergus): the score drop when a window hides each pixel."""
+    from onnxsight.methods.occlusion import occlusion as method
+
+    filler = fill if fill in ("mean", "blur") else _number(fill, "--fill")
+    options = {"window": window, "stride": stride, "fill": fill}
+    run_method("occlusion", model, images, data, count, target, of, output, force, cmap, device, scale, mean, std,
+               lambda m, x, t: method(m, x, target=t, of=of, window=window, stride=stride, fill=filler,
+                                      batch_size=batch_size), options)
+
+
+def _number(text: str, option: str) -> float:
+    try:
+        return float(text)
+    except ValueError as error:
+        raise InvalidArgument(f"{option} must be a number, mean or blur, got {text!r}") from error

@@ -1,0 +1,120 @@
+"""Class activation maps as array numerics: channel weights per variant, weighted sum, upsampling.
+
+Activations ``a`` and gradients ``g`` of the CAM layer are channel-last, (N, h, w, K): callers
+move the layer's channel axis there with ``channels_last(a, channel_axis)``. A weighting function
+``(a, g) -> weights`` returns an array broadcastable to ``a``: (N, 1, 1, K) for the variants that
+weigh whole channels, (N, h, w, K) for the elementwise ones (HiResCAM, LayerCAM).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from onnxsight.errors import InvalidArgument
+
+# Added to XGradCAM's denominator (sum of a channel's activations), as pytorch-grad-cam does.
+XGRADCAM_EPS = 1e-7
+# OpenCV 5 processes at most this many channels per call (CV_CN_MAX).
+_CV_CHANNELS = 128
+UPSAMPLING = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
+
+
+def channels_last(a: np.ndarray, channel_axis: int) -> np.ndarray:
+    """A 4-D layer output with its channel axis moved last: (N, h, w, K), as float64."""
+    return np.moveaxis(np.asarray(a, np.float64), channel_axis, -1)
+
+
+# ---- channel weights, one small function per variant --------------------------------------
+def gradcam_weights(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Grad-CAM (Selvaraju et al. 2017): the spatial mean of each channel's gradient."""
+    return g.mean(axis=(1, 2), keepdims=True)
+
+
+def gradcam_plus_plus_weights(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Grad-CAM++ (Chattopadhyay et al. 2018, eq. 19 with exp-free scores, as pytorch-grad-cam).
+
+    alpha = g² / (2 g² + sum_ij(a) g³) and weights = sum_ij(alpha · relu(g)). alpha is only
+    needed where g > 0; it is 0 where the denominator vanishes (the paper's convention, no eps).
+    """
+    g2 = g * g
+    denominator = 2 * g2 + a.sum(axis=(1, 2), keepdims=True) * g2 * g
+    alpha = np.divide(g2, denominator, out=np.zeros_like(g2), where=(g > 0) & (denominator != 0))
+    return (alpha * np.maximum(g, 0)).sum(axis=(1, 2), keepdims=True)
+
+
+def xgradcam_weights(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """XGradCAM (Fu et al. 2020): sum_ij(a · g) / (sum_ij(a) + 1e-7)."""
+    return (a * g).sum(axis=(1, 2), keepdims=True) / (a.sum(axis=(1, 2), keepdims=True) + XGRADCAM_EPS)
+
+
+def hirescam_weights(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """HiResCAM (Draelos & Carin 2020): the gradient itself, elementwise (no spatial averaging)."""
+    return g
+
+
+def layercam_weights(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """LayerCAM (Jiang et al. 2021): relu(g), elementwise."""
+    return np.maximum(g, 0)
+
+
+GRADIENT_WEIGHTS = {
+    "gradcam": gradcam_weights,
+    "gradcam++": gradcam_plus_plus_weights,
+    "xgradcam": xgradcam_weights,
+    "hirescam": hirescam_weights,
+    "layercam": layercam_weights,
+}
+
+
+def scorecam_weights(scores: np.ndarray) -> np.ndarray:
+    """Score-CAM (Wang et al. 2020): softmax over the channels of (N, K) masked-input scores, (N, 1, 1, K)."""
+    scores = np.asarray(scores, np.float64)
+    e = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True))[:, None, None, :]
+
+
+# ---- shared steps --------------------------------------------------------------------------
+def weighted_sum(a: np.ndarray, weights: np.ndarray, relu: bool = True) -> np.ndarray:
+    """(N, h, w): sum over channels of weights · a, then ReLU when ``relu``."""
+    cam = (a * weights).sum(axis=-1)
+    return np.maximum(cam, 0) if relu else cam
+
+
+def check_upsample(mode: str) -> int:
+    """The OpenCV interpolation flag of an upsampling mode, or InvalidArgument."""
+    if mode not in UPSAMPLING:
+        raise InvalidArgument(f"upsample must be one of {', '.join(UPSAMPLING)}; got {mode!r}")
+    return UPSAMPLING[mode]
+
+
+def upsample(maps: np.ndarray, size: Sequence[int], mode: str = "bilinear") -> np.ndarray:
+    """(N, h, w) maps resized to ``size`` = (H, W) with OpenCV ("bilinear" or "nearest"), float32."""
+    flag = check_upsample(mode)
+    height, width = size
+    stacked = np.ascontiguousarray(np.moveaxis(np.asarray(maps, np.float32), 0, -1))  # h, w, N
+    parts = []
+    for start in range(0, stacked.shape[-1], _CV_CHANNELS):
+        chunk = np.ascontiguousarray(stacked[..., start:start + _CV_CHANNELS])
+        parts.append(cv2.resize(chunk, (width, height), interpolation=flag).reshape(height, width, -1))
+    return np.moveaxis(np.concatenate(parts, axis=-1), -1, 0)
+
+
+def normalize(maps: np.ndarray) -> np.ndarray:
+    """Each (H, W) map of an (N, H, W) stack min-max scaled to [0, 1]; a constant map becomes 0."""
+    maps = np.asarray(maps, np.float64)
+    low = maps.min(axis=(1, 2), keepdims=True)
+    span = maps.max(axis=(1, 2), keepdims=True) - low
+    return np.divide(maps - low, span, out=np.zeros_like(maps), where=span > 0)
+
+
+def guided(cam: np.ndarray, saliency: np.ndarray, channel_axis: int) -> np.ndarray:
+    """Guided Grad-CAM (Selvaraju et al.): guided backprop ⊙ upsampled CAM, reduced by max |.| over channels.
+
+    ``cam`` is (N, H, W) at the input size; ``saliency`` the guided gradient in the input's
+    layout with its channels on ``channel_axis``.
+    """
+    product = np.asarray(saliency, np.float64) * np.expand_dims(cam, channel_axis)
+    return np.abs(product).max(axis=channel_axis)

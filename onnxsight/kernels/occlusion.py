@@ -1,0 +1,92 @@
+"""Occlusion (Zeiler & Fergus 2014) as array numerics: windows, occluded copies, fills, averaging.
+
+Images are a batch in any 4-D layout with the channels on ``channel_axis`` (1 or 3); the two
+other non-batch axes are height and width, in that order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from onnxsight.errors import InvalidArgument
+
+FILLS = ("a float (constant)", "'mean'", "'blur'")
+_CV_CHANNELS = 128  # OpenCV 5's CV_CN_MAX
+
+
+def window_starts(size: int, window: int, stride: int) -> np.ndarray:
+    """Window starts 0, stride, 2·stride, ... while start + window <= size, plus one flush with the border.
+
+    The extra last window (start = size - window) is added when the strided ones stop short of
+    the border, so every pixel is covered by at least one window.
+    """
+    starts = list(range(0, size - window + 1, stride))
+    if starts[-1] + window < size:
+        starts.append(size - window)
+    return np.asarray(starts)
+
+
+def window_indicators(starts: np.ndarray, window: int, size: int) -> np.ndarray:
+    """(P, size) booleans: which of ``size`` pixels each window starting at ``starts`` covers."""
+    pixels = np.arange(size)
+    return (pixels >= starts[:, None]) & (pixels < starts[:, None] + window)
+
+
+def grid(height: int, width: int, window: Sequence[int], stride: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indicators of every window position, row-major: (P, H) and (P, W)."""
+    rows = window_indicators(window_starts(height, window[0], stride[0]), window[0], height)
+    cols = window_indicators(window_starts(width, window[1], stride[1]), window[1], width)
+    return np.repeat(rows, len(cols), axis=0), np.tile(cols, (len(rows), 1))
+
+
+def occlude(
+    x: np.ndarray, fill: np.ndarray, rows: np.ndarray, cols: np.ndarray, channel_axis: int
+) -> np.ndarray:
+    """Copies of ``x`` (R, ...) with the window given by ``rows`` (R, H) and ``cols`` (R, W) set to ``fill``."""
+    inside = np.expand_dims(rows[:, :, None] & cols[:, None, :], channel_axis)
+    return np.where(inside, fill, x)
+
+
+def fill_values(x: np.ndarray, fill: float | str, channel_axis: int, sigma: Sequence[float]) -> np.ndarray:
+    """What an occluded window shows, for each image: an array shaped like ``x``.
+
+    ``fill``: a float (that constant), "mean" (each image's per-channel mean) or "blur" (the
+    image blurred with a Gaussian of standard deviations ``sigma`` = (sigma_y, sigma_x), OpenCV's
+    default reflected border).
+    """
+    if isinstance(fill, str):
+        if fill == "mean":
+            spatial = tuple(axis for axis in (1, 2, 3) if axis != channel_axis)
+            return np.broadcast_to(x.mean(axis=spatial, keepdims=True), x.shape).astype(x.dtype)
+        if fill == "blur":
+            return gaussian_blur(x, sigma, channel_axis)
+    elif isinstance(fill, (int, float, np.integer, np.floating)) and not isinstance(fill, bool):
+        if not np.isfinite(fill):
+            raise InvalidArgument(f"fill must be finite, got {fill}")
+        return np.full_like(x, fill)
+    raise InvalidArgument(f"fill must be {', '.join(FILLS)}; got {fill!r}")
+
+
+def gaussian_blur(x: np.ndarray, sigma: Sequence[float], channel_axis: int) -> np.ndarray:
+    """Every channel of every image blurred with cv2.GaussianBlur (kernel size from sigma)."""
+    hwc = np.moveaxis(x, channel_axis, -1)
+    count, height, width, channels = hwc.shape
+    stacked = np.ascontiguousarray(hwc.transpose(1, 2, 0, 3).reshape(height, width, count * channels))
+    parts = []
+    for start in range(0, stacked.shape[-1], _CV_CHANNELS):
+        chunk = np.ascontiguousarray(stacked[..., start:start + _CV_CHANNELS])
+        blurred = cv2.GaussianBlur(chunk, (0, 0), sigmaX=float(sigma[1]), sigmaY=float(sigma[0]))
+        parts.append(blurred.reshape(height, width, -1))
+    result = np.concatenate(parts, axis=-1).reshape(height, width, count, channels).transpose(2, 0, 1, 3)
+    return np.ascontiguousarray(np.moveaxis(result, -1, channel_axis)).astype(x.dtype)
+
+
+def average_drops(drops: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(N, H, W): each pixel's mean of the (N, P) score drops over the windows covering it (0 if none)."""
+    rows, cols = rows.astype(np.float64), cols.astype(np.float64)
+    sums = np.einsum("np,ph,pw->nhw", np.asarray(drops, np.float64), rows, cols)
+    counts = np.einsum("ph,pw->hw", rows, cols)
+    return np.divide(sums, counts, out=np.zeros_like(sums), where=counts > 0)

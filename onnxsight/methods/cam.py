@@ -1,0 +1,170 @@
+"""Class activation maps: Grad-CAM and its variants, one weighting function per variant.
+
+Every variant shares the same steps (target resolution, one batched run for the layer's
+activations and gradients, weighted sum, ReLU, upsampling, normalisation); a variant only says
+how the layer's channels are weighed: a row of ``VARIANTS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxsight.engine import targets
+from onnxsight.engine.model import Model
+from onnxsight.errors import InvalidArgument
+from onnxsight.kernels import cam as k
+from onnxsight.methods.common import require_image, spatial_size
+from onnxsight.methods.occlusion import copy_scores
+
+# (channel-last activations, gradients or None, masked_scores) -> weights broadcastable to the activations;
+# masked_scores(a) runs the input masked by each upsampled channel of ``a`` and returns (N, K) scores.
+Weights = Callable[[np.ndarray, "np.ndarray | None", Callable[[np.ndarray], np.ndarray]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How one CAM weighs the layer's channels; ``gradients``: whether it needs d(score)/d(layer)."""
+
+    weights: Weights
+    gradients: bool = True
+
+
+def _from_gradients(rule: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Variant:
+    return Variant(lambda a, g, masked_scores: rule(a, g))
+
+
+VARIANTS: dict[str, Variant] = {
+    **{name: _from_gradients(rule) for name, rule in k.GRADIENT_WEIGHTS.items()},
+    "scorecam": Variant(lambda a, g, masked_scores: k.scorecam_weights(masked_scores(a)), gradients=False),
+}
+
+
+def gradcam(
+    model: Model,
+    x: np.ndarray,
+    target: targets.Target = "predicted",
+    *,
+    layer: str | None = None,
+    variant: str = "gradcam",
+    guided: bool = False,
+    relu: bool = True,
+    upsample: str = "bilinear",
+    normalize: bool = True,
+    of: str = "logits",
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Class activation maps of a batch ``x`` at the input's size, (N, H, W) float32.
+
+    target: a class of ``of`` (default "predicted": the argmax on the clean input), one per
+        image, a channel of an intermediate layer ``of`` (scored by its mean), or None (sum).
+    layer: the layer whose feature maps are weighed; default :func:`default_cam_layer`.
+    variant: "gradcam" (default: spatial mean of the gradient), "gradcam++", "xgradcam",
+        "hirescam", "layercam" or "scorecam" (see ``onnxsight.kernels.cam`` for each formula).
+        Score-CAM's channel weights are the softmax over channels of the target's score of ``of``
+        (logits by default) on the input masked by each channel (upsampled with ``upsample``,
+        min-max scaled to [0, 1]), as pytorch-grad-cam does; the paper scores post-softmax
+        confidence increases instead. All N·K masked copies run in large batches.
+    guided: Guided Grad-CAM: the (normalised) CAM times the guided-backprop gradient of the
+        same target at the input, reduced over input channels by max |.| (default False).
+    relu: ReLU on the weighted sum (default True, as in Grad-CAM).
+    upsample: "bilinear" (default) or "nearest" resizing to the input's H×W with OpenCV.
+    normalize: min-max scale each map to [0, 1] (default True; constant maps become 0).
+    of: the scored tensor, default "logits" (softmax swapped for linear); any layer name.
+    batch_size: rows per onnxruntime run (default 64).
+    """
+    x = model.check_input(x)
+    if variant not in VARIANTS:
+        raise InvalidArgument(f"unknown CAM variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    k.check_upsample(upsample)
+    rule = VARIANTS[variant]
+    input_axis = require_image(model, "gradcam")
+    size = spatial_size(x, input_axis)
+    layer = default_cam_layer(model) if layer is None else check_cam_layer(model, layer)
+    indices = model.target_indices(x, target, of, batch_size)
+    a, g = _layer_values(model, x, layer, of, indices, rule.gradients, batch_size)
+
+    def masked_scores(acts: np.ndarray) -> np.ndarray:
+        channels = acts.shape[-1]
+
+        def masked(rows: np.ndarray) -> np.ndarray:
+            image, channel = rows // channels, rows % channels
+            masks = k.normalize(k.upsample(acts[image, :, :, channel], size, upsample))
+            return (x[image] * np.expand_dims(masks, input_axis)).astype(x.dtype)
+
+        return copy_scores(model, x, channels, masked, indices, of, batch_size).reshape(len(x), channels)
+
+    cam = k.weighted_sum(a, rule.weights(a, g, masked_scores), relu)
+    cam = k.upsample(cam, size, upsample)
+    if normalize:
+        cam = k.normalize(cam)
+    if guided:
+        saliency = model.gradient(x, of=of, target=indices, modifier="guided", batch_size=batch_size)["input"]
+        cam = k.guided(cam, saliency, input_axis)
+        if normalize:
+            cam = k.normalize(cam)
+    return cam.astype(np.float32)
+
+
+def default_cam_layer(model: Model) -> str:
+    """The last layer with a spatial output before the first flat one (Flatten, global pooling, Dense).
+
+    Layers are walked in order; a spatial layer has a 4-D output larger than 1×1. This is
+    keras-vis' "nearest pre layer" (seed 002): for seed 000's CNN ``max_pooling2d_2``, 4×4.
+    """
+    chosen = None
+    for layer in model.layers:
+        if layer.shape is None:
+            continue
+        if _spatial(model, layer.name):
+            chosen = layer.name
+        elif chosen is not None:
+            break
+    if chosen is None:
+        raise InvalidArgument(f"{model.source} has no layer with a spatial (4-D) output for a CAM")
+    return chosen
+
+
+def check_cam_layer(model: Model, layer: str) -> str:
+    """``layer`` if it has a spatial (4-D) output, else InvalidArgument naming its shape and the default."""
+    shape = model.layer(layer).shape
+    if shape is not None and len(shape) != 4:
+        try:
+            hint = f"; the default CAM layer is {default_cam_layer(model)!r}"
+        except InvalidArgument:
+            hint = ""
+        dims = "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
+        raise InvalidArgument(f"layer {layer!r} has no spatial output (shape {dims}) for a CAM{hint}")
+    return layer
+
+
+def _spatial(model: Model, name: str) -> bool:
+    shape = model.layer(name).shape
+    if shape is None or len(shape) != 4:
+        return False
+    axis = model.channel_axis(name)
+    return any(d is None or d > 1 for i, d in enumerate(shape[1:], 1) if i != axis)
+
+
+def _layer_values(
+    model: Model, x: np.ndarray, layer: str, of: str, indices: np.ndarray | None, gradients: bool, batch_size: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The layer's activations and (if asked) the target score's gradient there, from one batched run.
+
+    Channel-last float64 (N, h, w, K).
+    """
+    axis = model.channel_axis(layer)
+    if not gradients:
+        a = model.activations(x, [layer], batch_size=batch_size)[layer]
+        return k.channels_last(_four_d(a, layer), axis), None
+    result = model.backward(x, of, indices, [layer], outputs=[layer], batch_size=batch_size)
+    g, a = result.gradients[layer], result.activations[layer]
+    return k.channels_last(_four_d(a, layer), axis), k.channels_last(g, axis)
+
+
+def _four_d(a: np.ndarray, layer: str) -> np.ndarray:
+    if a.ndim != 4:
+        raise InvalidArgument(f"layer {layer!r} has no spatial output (shape {a.shape}) for a CAM")
+    return a
