@@ -166,13 +166,31 @@ class Model:
     ) -> Backward:
         """Gradients as in ``gradient``, and the activations named in ``outputs``, from one run."""
         x = self.check_input(x)
-        augmented = self.augmented(of, wrt, modifier, outputs)
         indices = self.target_indices(x, target, of, batch_size)
-        static = self.shapes.get(augmented.of)
+        tensor = self.tensor(of)
+        static = self.shapes.get(tensor)
         shape = (len(x), *static[1:]) if static is not None and None not in static[1:] else \
-            (len(x), *self.run(x[:1], [augmented.of])[0].shape[1:])
-        cotangent = targets.cotangent(shape, indices, self.channel_axis(of), self.dtype_of(augmented.of))
+            (len(x), *self.run(x[:1], [tensor])[0].shape[1:])
+        cotangent = targets.cotangent(shape, indices, self.channel_axis(of), self.dtype_of(tensor))
+        return self.vjp(x, of, cotangent, wrt, modifier, outputs, batch_size)
+
+    def vjp(
+        self,
+        x: np.ndarray,
+        of: str,
+        cotangent: np.ndarray,
+        wrt: Sequence[str] = ("input",),
+        modifier: str | None = None,
+        outputs: Sequence[str] = (),
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> Backward:
+        """``d(sum(of * cotangent))/d(wrt)`` for an explicit ``cotangent`` shaped like ``of``."""
+        x = self.check_input(x)
+        augmented = self.augmented(of, wrt, modifier, outputs)
+        if len(cotangent) != len(x):
+            raise InvalidArgument(f"cotangent has {len(cotangent)} rows for {len(x)} images")
         tensors = [*augmented.gradients.values(), *augmented.activations.values()]
+        cotangent = np.ascontiguousarray(cotangent, dtype=self.dtype_of(augmented.of))
         results = self.run(x, tensors, batch_size, augmented.model, {augmented.cotangent: cotangent})
         count = len(augmented.gradients)
         return Backward(dict(zip(augmented.gradients, results[:count])), dict(zip(augmented.activations, results[count:])))
