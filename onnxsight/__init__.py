@@ -4,9 +4,11 @@ from onnxsight.engine.augment import augment
 from onnxsight.engine.gradcheck import GradcheckReport, gradcheck
 from onnxsight.engine.model import Layer, Model, load
 from onnxsight.errors import OnnxsightError
-from onnxsight.methods import (
-    class_saliency, completeness_gap, embedding, gradcam, integrated_gradients, occlusion, saliency, top_k_images,
-)
+from onnxsight.methods.cam import gradcam
+from onnxsight.methods.dataset import class_saliency, embedding, top_k_images
+from onnxsight.methods.integrated_gradients import completeness_gap, integrated_gradients
+from onnxsight.methods.occlusion import occlusion
+from onnxsight.methods.saliency import saliency
 
 __version__ = "0.1.0"
 

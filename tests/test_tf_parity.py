@@ -77,17 +77,20 @@ def _check(tmp_path, keras_model, layer, seed=0):
 
 @pytest.mark.parametrize("name", list(_seed_models()))
 def test_seed_model_gradients_match_tensorflow(tmp_path, name):
+    keras.utils.set_random_seed(0)
     build, layer = _seed_models()[name]
     _check(tmp_path, build(), layer)
 
 
 @pytest.mark.parametrize("name", ["MobileNetV2", "EfficientNetB0", "ResNet50"])
 def test_keras_applications_gradients_match_tensorflow(tmp_path, name):
+    keras.utils.set_random_seed(0)  # random deep nets amplify float32 rounding; keep the weights fixed
     build, layer = _applications()[name]
     _check(tmp_path, build(), layer)
 
 
 def test_transformer_block_gradients_match_tensorflow(tmp_path):
+    keras.utils.set_random_seed(0)
     _check(tmp_path, transformer_block(), "ln_2")
 
 

@@ -1,6 +1,5 @@
 """Gradients of ONNX graphs as ONNX graphs: one VJP rule per op type, one backward driver."""
 
-from . import conv, elementwise, linalg, normalization, reduction, shape  # noqa: F401  (register the rules)
 from . import conv, elementwise, linalg, normalization, reduction, shape  # noqa: F401  (fills the rule table)
 from .backward import VJPGraph, build_vjp
 from .registry import MODIFIER_RULES, RULES, Node, rule, rules_for

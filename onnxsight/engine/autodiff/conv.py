@@ -2,9 +2,11 @@
 
 Conv and ConvTranspose are each other's transpose: the input gradient of one is the other with
 the same weights, strides, dilations, groups and pads (``output_padding`` restores the rows a
-strided Conv never read). Average pooling is a window sum times a per-position factor, so its
-gradient is a ones-kernel ConvTranspose; max pooling routes the gradient through the
-``Indices`` output of a second MaxPool with ``ScatterElements(reduction="add")``.
+strided Conv never read); at stride 1 a Conv's input gradient is itself a Conv, with the kernel
+flipped. Average pooling is a window sum times a per-position factor, so its gradient is a
+ones-kernel ConvTranspose. Max pooling over windows that tile the input compares x with y
+upsampled; other max pools route the gradient through the ``Indices`` output of a second MaxPool
+with ``ScatterElements(reduction="add")``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import helper
+from onnx import TensorProto, helper
 
 from .builder import GraphBuilder
 from .registry import Node, rule
@@ -44,6 +46,12 @@ class Window:
     def outputs(self) -> list[int]:
         return [(i + b + e - k) // s + 1 for i, b, e, k, s in zip(self.spatial, self.begin, self.end, self.effective, self.strides)]
 
+    def flipped_pads(self) -> list[int]:
+        """Pads of the stride-1 Conv with the flipped kernel that maps the output back onto the
+        input: full padding less the forward pads (negative where the forward pads reach past it)."""
+        full = [e - 1 for e in self.effective]
+        return [f - b for f, b in zip(full, self.begin)] + [f - e for f, e in zip(full, self.end)]
+
     def transpose_attrs(self) -> dict:
         return dict(strides=self.strides, dilations=self.dilations, pads=self.begin + self.end,
                     output_padding=self.remainders())
@@ -74,6 +82,24 @@ def _channel_sum(g: GraphBuilder, gy: str, rank: int) -> str:
     return g.reduce_sum(gy, [0, *range(2, rank)], keepdims=0)
 
 
+# At stride 1 the input gradient is a full-padding Conv with the flipped kernel; onnxruntime's blocked
+# (NCHWc) Conv runs it up to 2-3x faster than ConvTranspose, but slower for narrow inputs (images).
+_WIDE_CHANNELS = 16
+
+
+def _flipped_kernel(g: GraphBuilder, w: str, group: int) -> str:
+    """Conv's (M, C/G, k...) kernel as the (C, M/G, k...) kernel of its transpose: channels
+    swapped within each group, spatially flipped."""
+    out_channels, group_channels, *kernel = g.static_shape(w)
+    r = len(kernel)
+    grouped = g.op("Reshape", w, g.ints([group, out_channels // group, group_channels, *kernel]))
+    axes = list(range(3, 3 + r))
+    swapped = g.op("Transpose", grouped, perm=[0, 2, 1, *axes])
+    first = np.iinfo(np.int64).min
+    flipped = g.op("Slice", swapped, g.ints([-1] * r), g.ints([first] * r), g.ints(axes), g.ints([-1] * r))
+    return g.op("Reshape", flipped, g.ints([group * group_channels, out_channels // group, *kernel]))
+
+
 @rule("Conv")
 def conv(g: GraphBuilder, n: Node):
     n.constant(1)
@@ -82,7 +108,15 @@ def conv(g: GraphBuilder, n: Node):
     if not kernel or None in kernel:
         raise n.unsupported("a kernel of unknown shape")
     window = _window(g, n, list(kernel))
-    dx = g.op("ConvTranspose", n.gy, w, group=n.attr("group", 1), kernel_shape=list(kernel), **window.transpose_attrs())
+    group = n.attr("group", 1)
+    w_shape = g.static_shape(w) or (None,)
+    pads = window.flipped_pads()
+    wide = None not in w_shape and group * w_shape[1] >= _WIDE_CHANNELS
+    if set(window.strides) == {1} and min(pads) >= 0 and wide:
+        dx = g.op("Conv", n.gy, _flipped_kernel(g, w, group), group=group, kernel_shape=list(kernel),
+                  dilations=window.dilations, pads=pads)
+    else:
+        dx = g.op("ConvTranspose", n.gy, w, group=group, kernel_shape=list(kernel), **window.transpose_attrs())
     grads = [dx, None]
     if n.input(2) is not None:
         grads.append(_channel_sum(g, n.gy, g.rank(n.x)))
@@ -107,11 +141,57 @@ def conv_transpose(g: GraphBuilder, n: Node):
     return grads
 
 
+_EXACT_FLOAT32 = 2**24  # the ranks of _tiled_max_pool are exact float32 integers up to this plane size
+
+
+def _tiling(g: GraphBuilder, n: Node) -> Window | None:
+    """The window of a pool whose windows tile its input (kernel == strides, no padding or
+    dilation, static spatial dims; a floor-mode remainder is left out), else None."""
+    shape = g.static_shape(n.x)
+    if shape is None or None in shape[2:]:
+        return None
+    window = _window(g, n, list(n.attr("kernel_shape")))
+    if (window.strides != window.kernel or set(window.dilations) != {1} or any(window.begin + window.end)
+            or (n.attr("ceil_mode", 0) and any(window.remainders()))):
+        return None
+    return window
+
+
+def _tiled_max_pool(g: GraphBuilder, n: Node, window: Window) -> str:
+    """Each window's gradient goes to its first maximum, as MaxPool's ``Indices`` would name it:
+    the maxima are where x equals y upsampled (nearest-neighbour Resize), the first of them has
+    the largest descending rank ``plane size - flat index``; MaxUnpool places the gradient.
+    Rows a floor-mode pool never read get zeros."""
+    r, out, kernel, spatial = len(window.kernel), window.outputs(), window.kernel, window.spatial
+    covered = [o * k for o, k in zip(out, kernel)]
+    x = n.x
+    if covered != spatial:
+        x = g.op("Slice", x, g.ints([0] * r), g.ints(covered), g.ints(list(range(2, 2 + r))))
+    scales = g.const(np.array([1, 1, *kernel], np.float32))
+    y_up = g.op("Resize", n.y, None, scales, mode="nearest", coordinate_transformation_mode="asymmetric",
+                nearest_mode="floor")
+    plane = int(np.prod(covered))
+    ranks = g.const(np.arange(plane, 0, -1, dtype=np.float32).reshape(covered))
+    scores = g.op("Mul", g.op("Cast", g.op("Equal", x, y_up), to=TensorProto.FLOAT), ranks)
+    best = g.op("MaxPool", scores, kernel_shape=kernel, strides=kernel)
+    in_plane = g.op("Sub", g.ints(plane), g.op("Cast", best, to=TensorProto.INT64))
+    total = g.op("Mul", g.op("Size", n.y), g.ints(int(np.prod(kernel))))  # N * C * plane
+    starts = g.op("Reshape", g.op("Range", g.ints(0), total, g.ints(plane)), g.ints([-1, 1]))
+    index = g.op("Add", g.op("Reshape", in_plane, g.ints([-1, int(np.prod(out))])), starts)
+    dx = g.op("MaxUnpool", n.gy, g.reshape_like(index, n.y), kernel_shape=kernel, strides=kernel)
+    if covered != spatial:
+        dx = g.op("Pad", dx, g.ints([0] * (2 + r) + [0, 0] + [s - c for s, c in zip(spatial, covered)]))
+    return dx
+
+
 @rule("MaxPool")
 def max_pool(g: GraphBuilder, n: Node):
-    """Each output's gradient goes to the input element its window's maximum came from."""
+    """Each output's gradient goes to the input element its window's (first) maximum came from."""
     if n.attr("storage_order", 0) != 0:
         raise n.unsupported("storage_order=1")
+    window = _tiling(g, n)
+    if window is not None and np.prod(window.spatial) <= _EXACT_FLOAT32:
+        return [_tiled_max_pool(g, n, window)]
     attrs = {a.name: helper.get_attribute_value(a) for a in n.proto.attribute}
     _, indices = g.op("MaxPool", n.x, outputs=2, **attrs)
     return [g.scatter_add(indices, n.gy, like=n.x)]
