@@ -59,21 +59,6 @@ def run_onnx(path, x, tensors=()):
     return dict(zip(names, session.run(names, {"input": x})))
 
 
-def ancestors(graph, name):
-    """Tensors the computation of ``name`` reads, directly or not."""
-    made_by = {out: node for node in graph.node for out in node.output}
-    seen, todo = set(), [name]
-    while todo:
-        node = made_by.get(todo.pop())
-        if node is None:
-            continue
-        for tensor in node.input:
-            if tensor and tensor not in seen:
-                seen.add(tensor)
-                todo.append(tensor)
-    return seen
-
-
 def _api(model):
     import keras
 

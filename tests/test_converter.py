@@ -11,11 +11,11 @@ import pytest
 
 from onnxsight.converters import convert_keras, convert_keras_model, rewrites
 from onnxsight.demo import architectures
+from onnxsight.engine.graph import ancestors
 from onnxsight.engine.metadata import ModelMetadata
 from onnxsight.errors import ConversionError, InvalidArgument, ModelFileError
-
 from tests.keras_models import (
-    ancestors, batch, gelu_model, keras_logits, keras_outputs, legacy_cnn, lgamma_model, randomize,
+    batch, gelu_model, keras_logits, keras_outputs, legacy_cnn, lgamma_model, randomize,
     run_onnx,
 )
 

@@ -17,9 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import onnx
-from onnx import helper, shape_inference
+from onnx import helper
 
-from onnxsight.engine.graph import ancestors, data_inputs, dependent_tensors, opset_version, producers, runtime_compatible
+from onnxsight.engine.graph import (
+    ancestors, data_inputs, dependent_tensors, opset_version, producers, runtime_compatible, value_infos,
+)
 from onnxsight.engine.opset import upgrade
 from onnxsight.errors import InternalError, InvalidArgument, UnknownName, UnsupportedOp
 
@@ -79,7 +81,7 @@ def build_vjp(
             raise InvalidArgument(f"tensor {name!r} does not depend on the model input (it is a constant); "
                                   "only data-path tensors can be differentiated")
 
-    infos = _value_infos(model)
+    infos = value_infos(model)
     if infos.get(of) is None or infos[of].type.tensor_type.elem_type not in FLOAT_TYPES:
         raise InvalidArgument(f"tensor {of!r} is not a floating-point tensor; it cannot be differentiated")
 
@@ -156,18 +158,6 @@ def _tensor_names(graph: onnx.GraphProto) -> list[str]:
     names = [v.name for v in graph.input] + [t.name for t in graph.initializer]
     names += [o for n in graph.node for o in n.output if o]
     return list(dict.fromkeys(names))
-
-
-def _value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
-    try:
-        inferred = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except onnx.shape_inference.InferenceError:
-        inferred = model
-    g = inferred.graph
-    infos = {v.name: v for v in [*g.input, *g.value_info, *g.output]}
-    for t in g.initializer:
-        infos.setdefault(t.name, helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    return infos
 
 
 def _output_info(infos: dict[str, onnx.ValueInfoProto], name: str, rename: str | None = None) -> onnx.ValueInfoProto:
