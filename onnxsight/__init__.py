@@ -7,6 +7,7 @@ from onnxsight.errors import OnnxsightError
 from onnxsight.methods.cam import gradcam
 from onnxsight.methods.dataset import class_saliency, embedding, top_k_images
 from onnxsight.methods.integrated_gradients import completeness_gap, integrated_gradients
+from onnxsight.methods.maximize import Maximization, maximize
 from onnxsight.methods.occlusion import occlusion
 from onnxsight.methods.saliency import saliency
 
@@ -21,7 +22,7 @@ def convert_keras(model_or_path, output_path, **options):
 
 
 __all__ = [
-    "GradcheckReport", "Layer", "Model", "OnnxsightError", "augment", "class_saliency", "completeness_gap",
-    "convert_keras", "embedding", "gradcam", "gradcheck", "integrated_gradients", "load", "occlusion", "saliency",
+    "GradcheckReport", "Layer", "Maximization", "Model", "OnnxsightError", "augment", "class_saliency", "completeness_gap",
+    "convert_keras", "embedding", "gradcam", "gradcheck", "integrated_gradients", "load", "maximize", "occlusion", "saliency",
     "top_k_images", "__version__",
 ]

@@ -45,6 +45,11 @@ class UnsupportedOp(OnnxsightError):
         self.upstream = frozenset(upstream)
 
 
+class GradientCheckFailed(OnnxsightError):
+    """A gradient disagreed with its finite-difference check beyond the tolerance: no result
+    computed with it may be trusted (activation maximization stops rather than draw a picture)."""
+
+
 class ConversionError(OnnxsightError):
     """A model could not be converted to a faithful ONNX file."""
 

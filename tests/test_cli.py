@@ -14,7 +14,7 @@ from onnxsight import __version__, load
 from onnxsight.cli.app import app
 from tests.foreign_models import nchw_cnn
 
-COMMANDS = ["convert", "inspect", "predict", "activations", "filters", "augment", "gradcheck", "demo"]
+COMMANDS = ["convert", "inspect", "predict", "activations", "filters", "augment", "gradcheck", "maximize", "demo"]
 
 
 @pytest.fixture()

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from onnxsight import __version__
-from onnxsight.cli import attribution, convert, dataset_views, demo, gradients, layers, models
+from onnxsight.cli import attribution, convert, dataset_views, demo, gradients, layers, maximize, models
 from onnxsight.cli.options import err
 from onnxsight.errors import OnnxsightError
 
@@ -62,6 +62,7 @@ app.command("occlusion")(attribution.occlusion)
 app.command("class-saliency")(dataset_views.class_saliency)
 app.command("top-k")(dataset_views.top_k)
 app.command("embed")(dataset_views.embed)
+app.command("maximize")(maximize.maximize)
 app.command("demo")(demo.demo)
 
 

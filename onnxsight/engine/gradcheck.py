@@ -93,7 +93,7 @@ def gradcheck(
     data = x.astype(dtype)
 
     backward_outputs = [augmented.of, *augmented.gradients.values(), *tensors.values()]
-    backward, runtime = _runner(augmented.model, backward_outputs, precision, model)
+    backward, runtime = runner(augmented.model, backward_outputs, precision, model)
     of_value = _forward(model, augmented.of, data, precision)
     cotangent = rng.standard_normal(of_value.shape).astype(dtype)
     results = dict(zip(backward_outputs, backward({model.input_name: data, augmented.cotangent: cotangent})))
@@ -109,8 +109,7 @@ def gradcheck(
             direction = rng.standard_normal(point.shape)
             direction = (direction / np.linalg.norm(direction)).astype(dtype)
             right, left = score(point + step * direction), score(point - step * direction)
-            one_sided = ((right - centre) / step, (centre - left) / step)
-            if abs(one_sided[0] - one_sided[1]) > KINK[precision] * max(*map(abs, one_sided), 1e-12):
+            if kinked(right, centre, left, step, precision):
                 kinks += 1
                 continue
             numeric = (right - left) / (2 * step)
@@ -126,18 +125,28 @@ def _score(model: "Model", tensor: str, of: str, cotangent: np.ndarray, data: np
     """value of ``tensor`` -> sum(of * cotangent), with everything upstream of ``tensor`` fixed."""
     if tensor == of:
         return lambda value: float(np.sum(value.astype(np.float64) * cotangent))
-    probe, _ = _runner(_fed_at(model, tensor), [of], precision, model)
+    probe, _ = runner(_fed_at(model, tensor), [of], precision, model)
     name = model.input_name if tensor == model.input_name else _FEED + tensor
     return lambda value: float(np.sum(probe({model.input_name: data, name: value})[0].astype(np.float64) * cotangent))
 
 
 def _forward(model: "Model", of: str, data: np.ndarray, precision: str) -> np.ndarray:
-    run, _ = _runner(model.proto, [of], precision, model)
+    run, _ = runner(model.proto, [of], precision, model)
     return run({model.input_name: data})[0]
 
 
-def _runner(proto: onnx.ModelProto, outputs: Sequence[str], precision: str, model: "Model"):
-    """A function feeds -> outputs in ``precision``, and the runtime that serves it."""
+def kinked(right, centre, left, step: float, precision: str = "float64", limit: float | None = None):
+    """True where the one-sided differences ``(right - centre)/step`` and ``(centre - left)/step``
+    disagree beyond ``limit`` (relative; default ``KINK[precision]``): the step crossed a
+    non-differentiable point. Works on floats and elementwise on arrays."""
+    forward, backward = (np.asarray(right) - centre) / step, (centre - np.asarray(left)) / step
+    scale = np.maximum(np.maximum(np.abs(forward), np.abs(backward)), 1e-12)
+    return np.abs(forward - backward) > (KINK[precision] if limit is None else limit) * scale
+
+
+def runner(proto: onnx.ModelProto, outputs: Sequence[str], precision: str, model: "Model"):
+    """A function feeds -> outputs in ``precision``, and the runtime that serves it: onnxruntime,
+    or for float64 ops it lacks ``onnx.reference``. Feeds the model does not read are dropped."""
     elem = onnx.TensorProto.DOUBLE if precision == "float64" else onnx.TensorProto.FLOAT
     typed = {name: helper.make_tensor_value_info(name, elem, None) for name in outputs}
     proto = with_outputs(to_float64(proto) if precision == "float64" else proto, outputs, typed)
