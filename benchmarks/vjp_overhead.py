@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +18,9 @@ import onnxsight
 from onnxsight.demo.architectures import mnist_cnn
 from onnxsight.engine.model import with_outputs
 from onnxsight.engine.targets import cotangent
+from timing import best_of  # benchmarks/ is the script's folder
 
 TARGET_RATIO = 3.0
-
-
-def best_of(run, repeats: int) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
