@@ -148,12 +148,17 @@ def test_convert_writes_onnx_from_a_keras_file_and_reports_parity(runner, tmp_pa
     from onnxsight.demo.architectures import cifar_cnn5
 
     source = tmp_path / "cnn5.keras"
-    cifar_cnn5().save(source)
+    keras_model = cifar_cnn5()
+    keras_model.save(source)
     target = tmp_path / "cnn5.onnx"
     result = invoke(runner, "convert", source, target)
     assert result.exit_code == 0, result.output
     assert "max |keras - onnx|" in result.stdout and "logits 'logits'" in result.stdout
-    assert [layer.name for layer in load(target, device="cpu").layers][:2] == ["conv_0", "max_pooling2d"]
+    layers = load(target, device="cpu").layers
+    assert [layer.name for layer in layers] == [layer.name for layer in keras_model.layers]
+    assert [layer.params for layer in layers] == [layer.count_params() for layer in keras_model.layers]  # as summary()
+    table = invoke(runner, "inspect", target)
+    assert "Total params: 122,570" in table.stdout  # seed 001's summary
     again = invoke(runner, "convert", source, target)
     assert again.exit_code == 1 and "already exists" in again.stderr
     missing = invoke(runner, "convert", tmp_path / "absent.h5", tmp_path / "x.onnx")

@@ -297,26 +297,45 @@ class Model:
         return [r[:rows] for r in results]
 
     def _read_layers(self) -> list[Layer]:
-        producer = g.producers(self.proto.graph)
-        weights = {t.name: int(np.prod(t.dims)) for t in self.proto.graph.initializer if t.data_type in _FLOAT_TYPES}
-
-        def layer(name: str, tensor: str, kind: str = "") -> Layer:
-            node = producer.get(tensor)
-            params = sum(weights.get(i, 0) for i in node.input) if node is not None else 0
-            op = node.op_type if node is not None else "Input"
-            return Layer(name, tensor, op, self.shapes.get(tensor), params, kind)
-
         if self.metadata.layers:
-            return [layer(r.name, r.tensor, r.kind) for r in self.metadata.layers]
-        dependent = g.dependent_tensors(self.proto.graph, [self.input_name])
-        layers, seen = [], set()
-        for node in self.proto.graph.node:
-            for tensor in node.output:
-                if tensor in dependent and tensor not in seen:
-                    name = node.name if node.name and node.name not in seen and len(node.output) == 1 else tensor
-                    seen.update((name, tensor))
-                    layers.append(layer(name, tensor))
-        return layers
+            named = [(r.name, r.tensor, r.kind) for r in self.metadata.layers]
+        else:  # foreign files: every data-dependent node output, named after its node
+            dependent = g.dependent_tensors(self.proto.graph, [self.input_name])
+            named, seen = [], set()
+            for node in self.proto.graph.node:
+                for tensor in node.output:
+                    if tensor in dependent and tensor not in seen:
+                        name = node.name if node.name and node.name not in seen and len(node.output) == 1 else tensor
+                        seen.update((name, tensor))
+                        named.append((name, tensor, ""))
+        producer = g.producers(self.proto.graph)
+        counts = _parameters_per_layer(self.proto.graph, [tensor for _, tensor, _ in named])
+        return [
+            Layer(name, tensor, producer[tensor].op_type if tensor in producer else "Input", self.shapes.get(tensor),
+                  count, kind)
+            for (name, tensor, kind), count in zip(named, counts)
+        ]
+
+
+def _parameters_per_layer(graph: onnx.GraphProto, tensors: Sequence[str]) -> list[int]:
+    """Float weights per layer, in order: those read by the nodes computing each layer's tensor
+    that no earlier layer already counted (a Keras layer's kernel and bias, folded BN included)."""
+    producer = g.producers(graph)
+    weights = {t.name: int(np.prod(t.dims)) for t in graph.initializer if t.data_type in _FLOAT_TYPES}
+    visited: set[str] = set()
+    counts = []
+    for tensor in tensors:
+        count, stack = 0, [tensor]
+        while stack:
+            name = stack.pop()
+            if name in visited:
+                continue
+            visited.add(name)
+            count += weights.get(name, 0)
+            node = producer.get(name)
+            stack.extend(i for i in (node.input if node is not None else []) if i)
+        counts.append(count)
+    return counts
 
 
 def load(model: str | os.PathLike | onnx.ModelProto, device: str = "auto") -> Model:
