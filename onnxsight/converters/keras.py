@@ -54,7 +54,7 @@ class _Traced:
 
     function: Any
     input_shape: tuple[int, ...]  # without the batch dimension
-    layers: list[tuple[str, str]]  # (name, kind) of each extra output; empty: take scopes
+    layers: list[tuple[str, str, int | None]]  # (name, kind, params) per extra output; empty: take scopes
     layout: str | None
     source: str
 
@@ -224,7 +224,7 @@ def _trace_keras(model: Any, source: str) -> _Traced:
 
     channels_first = any(getattr(layer, "data_format", None) == "channels_first" for layer in layers)
     return _Traced(
-        function, shape, [(layer.name, type(layer).__name__) for layer in layers],
+        function, shape, [(layer.name, type(layer).__name__, layer.count_params()) for layer in layers],
         _layout(len(shape) + 1, channels_first), f"{api.__name__} {api.__version__} {source}",
     )
 
@@ -269,14 +269,14 @@ def _layout(rank: int, channels_first: bool) -> str | None:
 
 # --- TensorFlow graph to ONNX ------------------------------------------------------------
 
-def _tf2onnx(traced: _Traced, opset: int) -> tuple[onnx.ModelProto, list[str], list[tuple[str, str]]]:
+def _tf2onnx(traced: _Traced, opset: int) -> tuple[onnx.ModelProto, list[str], list[tuple[str, str, int | None]]]:
     """Convert; returns the model, the TF names of its outputs (model output first), the layers."""
     _, tf2onnx = _modules()
     graph_def, input_name, tf_outputs = _frozen(traced.function)
     layers = traced.layers
     if not layers:
         scoped = _scoped_layers(graph_def)
-        layers = [(name, "") for name, _ in scoped]
+        layers = [(name, "", None) for name, _ in scoped]
         tf_outputs += [tensor for _, tensor in scoped]
     with _quiet("tf2onnx"):  # it logs ops it cannot convert; they are rewritten or refused below
         model, _ = tf2onnx.convert.from_graph_def(
@@ -284,7 +284,7 @@ def _tf2onnx(traced: _Traced, opset: int) -> tuple[onnx.ModelProto, list[str], l
             tensors_to_rename={input_name: "input"},
         )
     rewrites.replace_erfc(model)
-    _refuse_foreign_ops(model, [name for name, _ in layers])
+    _refuse_foreign_ops(model, [name for name, _, _ in layers])
     if len(data_inputs(model.graph)) != 1:
         names = [v.name for v in data_inputs(model.graph)]
         raise ConversionError(f"expected one graph input, the converted graph has {names}")
@@ -366,11 +366,11 @@ def _layer_of(node_name: str, layer_names: list[str]) -> str:
 # --- naming ------------------------------------------------------------------------------
 
 def _name_tensors(
-    model: onnx.ModelProto, tf_outputs: list[str], layers: list[tuple[str, str]]
+    model: onnx.ModelProto, tf_outputs: list[str], layers: list[tuple[str, str, int | None]]
 ) -> tuple[list[LayerRecord], str]:
     """Keep ``output`` as the only graph output and name the layer tensors.
 
-    ``layers`` (name, kind) line up with ``tf_outputs[1:]``. Returns the layer records and
+    ``layers`` (name, kind, params) line up with ``tf_outputs[1:]``. Returns the layer records and
     the logits tensor.
     """
     graph = model.graph
@@ -386,12 +386,12 @@ def _name_tensors(
     named = {"input": "input", sources[0]: "output"}
     _rename(graph, sources[0], "output")
     records = []
-    for (name, kind), source in zip(layers, sources[1:]):
+    for (name, kind, params), source in zip(layers, sources[1:]):
         if source not in named:
             named[source] = name if _free(graph, name) else source
             _rename(graph, source, named[source])
         rewrites.route_through(graph, named[source])
-        records.append(LayerRecord(name, named[source], kind))
+        records.append(LayerRecord(name, named[source], kind, params))
     rewrites.toposort(graph)
     final.name = "output"
     graph.output.append(final)

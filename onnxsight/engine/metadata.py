@@ -21,6 +21,7 @@ class LayerRecord:
     name: str
     tensor: str
     kind: str = ""  # the framework's layer class, e.g. "Conv2D"
+    params: int | None = None  # the framework's own parameter count (Keras' summary())
 
 
 @dataclass

@@ -298,7 +298,7 @@ class Model:
 
     def _read_layers(self) -> list[Layer]:
         if self.metadata.layers:
-            named = [(r.name, r.tensor, r.kind) for r in self.metadata.layers]
+            named = [(r.name, r.tensor, r.kind, r.params) for r in self.metadata.layers]
         else:  # foreign files: every data-dependent node output, named after its node
             dependent = g.dependent_tensors(self.proto.graph, [self.input_name])
             named, seen = [], set()
@@ -307,19 +307,20 @@ class Model:
                     if tensor in dependent and tensor not in seen:
                         name = node.name if node.name and node.name not in seen and len(node.output) == 1 else tensor
                         seen.update((name, tensor))
-                        named.append((name, tensor, ""))
+                        named.append((name, tensor, "", None))
         producer = g.producers(self.proto.graph)
-        counts = _parameters_per_layer(self.proto.graph, [tensor for _, tensor, _ in named])
+        counts = _parameters_per_layer(self.proto.graph, [tensor for _, tensor, _, _ in named])
         return [
             Layer(name, tensor, producer[tensor].op_type if tensor in producer else "Input", self.shapes.get(tensor),
-                  count, kind)
-            for (name, tensor, kind), count in zip(named, counts)
+                  count if params is None else params, kind)
+            for (name, tensor, kind, params), count in zip(named, counts)
         ]
 
 
 def _parameters_per_layer(graph: onnx.GraphProto, tensors: Sequence[str]) -> list[int]:
     """Float weights per layer, in order: those read by the nodes computing each layer's tensor
-    that no earlier layer already counted (a Keras layer's kernel and bias, folded BN included)."""
+    that no earlier layer already counted. Used when the file does not record the framework's
+    own counts (converters may fold or drop weights, e.g. an all-zero bias)."""
     producer = g.producers(graph)
     weights = {t.name: int(np.prod(t.dims)) for t in graph.initializer if t.data_type in _FLOAT_TYPES}
     visited: set[str] = set()
