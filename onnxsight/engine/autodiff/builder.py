@@ -8,7 +8,8 @@ through ``CastLike``, shapes are read at run time (dynamic batch) with ``Shape``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -18,6 +19,19 @@ from onnxsight.errors import InternalError, UnsupportedOp
 
 _INT64_MAX = np.iinfo(np.int64).max
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+
+
+@dataclass(frozen=True)
+class Routed:
+    """A max-pool cotangent ``place(values)``: each pooled cotangent in ``values`` lands on one
+    element of the forward tensor ``onto`` that holds its window's maximum (the forward tensor
+    ``maxima``, shaped like ``values``); every other element is zero. A rule downstream can mask
+    ``values`` at the pooled size instead of the placed cotangent at full size (see Relu)."""
+
+    values: str
+    maxima: str
+    onto: str
+    place: Callable[[str], str]
 
 
 class GraphBuilder:
@@ -30,6 +44,7 @@ class GraphBuilder:
         self.nodes: list[onnx.NodeProto] = []
         self._scope = "graph"
         self._counter: dict[str, int] = {}
+        self.routed: dict[str, Routed] = {}  # cotangent name -> how a max pool placed it
 
     # -- naming -------------------------------------------------------------------------
     def scope(self, name: str) -> None:

@@ -11,12 +11,13 @@ with ``ScatterElements(reduction="add")``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from onnx import TensorProto, helper
 
-from .builder import GraphBuilder
+from .builder import GraphBuilder, Routed
 from .registry import Node, rule
 
 
@@ -157,7 +158,7 @@ def _tiling(g: GraphBuilder, n: Node) -> Window | None:
     return window
 
 
-def _tiled_max_pool(g: GraphBuilder, n: Node, window: Window) -> str:
+def _tiled_max_pool(g: GraphBuilder, n: Node, window: Window) -> Callable[[str], str]:
     """Each window's gradient goes to its first maximum, as MaxPool's ``Indices`` would name it:
     the maxima are where x equals y upsampled (nearest-neighbour Resize), the first of them has
     the largest descending rank ``plane size - flat index``; MaxUnpool places the gradient.
@@ -167,21 +168,27 @@ def _tiled_max_pool(g: GraphBuilder, n: Node, window: Window) -> str:
     x = n.x
     if covered != spatial:
         x = g.op("Slice", x, g.ints([0] * r), g.ints(covered), g.ints(list(range(2, 2 + r))))
-    scales = g.const(np.array([1, 1, *kernel], np.float32))
-    y_up = g.op("Resize", n.y, None, scales, mode="nearest", coordinate_transformation_mode="asymmetric",
-                nearest_mode="floor")
+    lead = g.op("Slice", g.shape(n.y), g.ints([0]), g.ints([2]))  # N, C
+    # Resize by sizes: onnxruntime runs Resize by scales in its blocked layout, then reorders the result
+    y_up = g.op("Resize", n.y, None, None, g.op("Concat", lead, g.ints(covered), axis=0), mode="nearest",
+                coordinate_transformation_mode="asymmetric", nearest_mode="floor")
     plane = int(np.prod(covered))
     ranks = g.const(np.arange(plane, 0, -1, dtype=np.float32).reshape(covered))
     scores = g.op("Mul", g.op("Cast", g.op("Equal", x, y_up), to=TensorProto.FLOAT), ranks)
     best = g.op("MaxPool", scores, kernel_shape=kernel, strides=kernel)
-    in_plane = g.op("Sub", g.ints(plane), g.op("Cast", best, to=TensorProto.INT64))
+    # flat index = plane start + plane - best; the plane ends are plane, 2·plane, ..., N·C·plane
     total = g.op("Mul", g.op("Size", n.y), g.ints(int(np.prod(kernel))))  # N * C * plane
-    starts = g.op("Reshape", g.op("Range", g.ints(0), total, g.ints(plane)), g.ints([-1, 1]))
-    index = g.op("Add", g.op("Reshape", in_plane, g.ints([-1, int(np.prod(out))])), starts)
-    dx = g.op("MaxUnpool", n.gy, g.reshape_like(index, n.y), kernel_shape=kernel, strides=kernel)
-    if covered != spatial:
-        dx = g.op("Pad", dx, g.ints([0] * (2 + r) + [0, 0] + [s - c for s, c in zip(spatial, covered)]))
-    return dx
+    ends = g.op("Range", g.ints(plane), g.op("Add", total, g.ints(plane)), g.ints(plane))
+    ends = g.op("Reshape", ends, g.op("Concat", lead, g.ints([1] * r), axis=0))
+    index = g.op("Sub", ends, g.op("Cast", best, to=TensorProto.INT64))
+
+    def place(gy: str) -> str:
+        dx = g.op("MaxUnpool", gy, index, kernel_shape=kernel, strides=kernel)
+        if covered != spatial:
+            dx = g.op("Pad", dx, g.ints([0] * (2 + r) + [0, 0] + [s - c for s, c in zip(spatial, covered)]))
+        return dx
+
+    return place
 
 
 @rule("MaxPool")
@@ -191,10 +198,14 @@ def max_pool(g: GraphBuilder, n: Node):
         raise n.unsupported("storage_order=1")
     window = _tiling(g, n)
     if window is not None and np.prod(window.spatial) <= _EXACT_FLOAT32:
-        return [_tiled_max_pool(g, n, window)]
-    attrs = {a.name: helper.get_attribute_value(a) for a in n.proto.attribute}
-    _, indices = g.op("MaxPool", n.x, outputs=2, **attrs)
-    return [g.scatter_add(indices, n.gy, like=n.x)]
+        place = _tiled_max_pool(g, n, window)
+    else:
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.proto.attribute}
+        _, indices = g.op("MaxPool", n.x, outputs=2, **attrs)
+        place = lambda gy: g.scatter_add(indices, gy, like=n.x)  # noqa: E731
+    dx = place(n.gy)
+    g.routed[dx] = Routed(n.gy, n.y, n.x, place)
+    return [dx]
 
 
 @rule("AveragePool")

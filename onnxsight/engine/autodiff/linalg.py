@@ -26,6 +26,8 @@ def matmul(g: GraphBuilder, n: Node):
         gy = g.unsqueeze(gy, [-1])
     da = g.op("MatMul", gy, _swap_last(g, b2, max(rb, 2)))
     db = g.op("MatMul", _swap_last(g, a2, max(ra, 2)), gy)
+    if ra == rb == 2:  # no batch dims: nothing was broadcast
+        return [da, db]
     return [g.reshape_like(g.unbroadcast(da, a2), a), g.reshape_like(g.unbroadcast(db, b2), b)]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
-from .builder import GraphBuilder
+from .builder import GraphBuilder, Routed
 from .registry import Node, rule
 
 
@@ -27,9 +27,13 @@ def reshape(g: GraphBuilder, n: Node):
 @rule("Transpose")
 def transpose(g: GraphBuilder, n: Node):
     perm = n.attr("perm")
-    if perm is None:  # reversing the axes is its own inverse
-        return [g.op("Transpose", n.gy)]
-    return [g.op("Transpose", n.gy, perm=[int(i) for i in np.argsort(perm)])]
+    inverse = None if perm is None else [int(i) for i in np.argsort(perm)]  # None: reversing is its own inverse
+    dx = g.op("Transpose", n.gy, perm=inverse)
+    routed = g.routed.get(n.gy)
+    if routed is not None:  # a max pool's placement, moved along (the maxima keep their values)
+        g.routed[dx] = Routed(routed.values, routed.maxima, n.x,
+                              lambda values: g.op("Transpose", routed.place(values), perm=inverse))
+    return [dx]
 
 
 @rule("Expand")
