@@ -29,19 +29,9 @@ import onnxsight
 from onnxsight.demo.architectures import mnist_cnn
 from onnxsight.engine.objectives import objective_head
 from onnxsight.methods.maximize import Modifiers, Regularizers, _Loop, maximize
+from timing import timed  # benchmarks/ is the script's folder
 
 TARGET_RATIO = 3.5
-
-
-def timed(run, repeats: int) -> np.ndarray:
-    """Seconds of each of ``repeats`` calls after one warm-up call."""
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return np.array(times)
 
 
 def main() -> None:
@@ -68,11 +58,11 @@ def main() -> None:
 
     forward = ort.InferenceSession(model.proto.SerializeToString(), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).uniform(0, 1, (args.batch, 28, 28, 1)).astype(np.float32)
-    forward_times = timed(lambda: forward.run(None, {model.input_name: x}), args.steps * args.repeats)
+    forward_times = np.array(timed(lambda: forward.run(None, {model.input_name: x}), args.steps * args.repeats))
     t_forward, t_forward_median = float(forward_times.min()), float(np.median(forward_times))
     # the part of a step that is the engine's: the objective head's forward+VJP graph in onnxruntime
     loop = _Loop(model, objective_head(model, "preds", "logit"), units, Regularizers(), Modifiers(), 3, 1e-3)
-    t_vjp = float(timed(lambda: loop.run(x), args.steps * args.repeats).min())
+    t_vjp = min(timed(lambda: loop.run(x), args.steps * args.repeats))
     result = {
         "model": "seed-000 MNIST CNN", "batch": args.batch, "objective": "logit", **options,
         "forward_ms": round(1e3 * t_forward, 3), "step_ms": round(1e3 * t_step, 3),

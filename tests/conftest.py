@@ -28,3 +28,11 @@ def mnist_onnx(mnist_keras, tmp_path_factory):
     import onnxsight
 
     return onnxsight.convert_keras(mnist_keras, tmp_path_factory.mktemp("mnist") / "mnist_cnn.onnx")
+
+
+@pytest.fixture(scope="session")
+def model(mnist_onnx):
+    """The trained CNN loaded on the CPU (test modules about other models override ``model``)."""
+    import onnxsight
+
+    return onnxsight.load(mnist_onnx, device="cpu")

@@ -112,11 +112,6 @@ def reference_scorecam(keras_model, x, layer, target):
 
 # ---- fixtures ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def model(mnist_onnx):
-    return onnxsight.load(mnist_onnx, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def x(digits_data):
     return digits_data.x_test[:64]
 

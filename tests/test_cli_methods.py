@@ -25,11 +25,6 @@ def invoke(runner, *args):
 
 
 @pytest.fixture(scope="module")
-def model(mnist_onnx):
-    return onnxsight.load(mnist_onnx, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def x(digits_data):
     return digits_data.x_test[:3]
 

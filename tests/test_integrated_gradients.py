@@ -18,11 +18,6 @@ TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
-def model(mnist_onnx):
-    return onnxsight.load(mnist_onnx, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def images(digits_data):
     return digits_data.x_test[:4]
 

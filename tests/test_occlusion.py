@@ -51,11 +51,6 @@ def reference_occlusion(score, x, window, stride, fill, channel_axis):
 
 
 @pytest.fixture(scope="module")
-def model(mnist_onnx):
-    return onnxsight.load(mnist_onnx, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def x(digits_data):
     return digits_data.x_test[:3]
 

@@ -14,7 +14,6 @@ from onnxsight.cli.options import (
 )
 from onnxsight.data.files import OutputDir as Folder
 from onnxsight.engine.model import Model, load
-from onnxsight.engine.targets import resolve
 from onnxsight.errors import InvalidArgument
 from onnxsight.kernels.colors import COLORMAPS, normalize
 from onnxsight.kernels.grids import attribution_figure
@@ -49,7 +48,7 @@ def run_method(method: str, model: Path, images, data, count, target, of, output
     """Shared steps: load inputs, resolve the target once, compute maps, write PNG/.npy/JSON."""
     m = load(model, device=device)
     inputs = load_inputs(m, images, data, count or (DEFAULT_DATA_COUNT if data else None), scale, mean, std)
-    indices = _indices(m, inputs.x, parse_target(target), of)
+    indices = m.target_indices(inputs.x, parse_target(target), of)
     maps = compute(m, inputs.x, indices)
     write_results(method, m, inputs, maps, indices, of, Folder(output, force), cmap, options)
 
@@ -74,12 +73,6 @@ def write_results(method: str, m: Model, inputs: Inputs, maps: np.ndarray, indic
     folder.json(f"{method}.json", {"method": method, "model": m.source, "of": of, "options": options, "images": rows})
     err.print(f"{method}: {len(rows)} images")
     out.print(f"wrote {len(folder.written)} files to {folder.path}")
-
-
-def _indices(m: Model, x: np.ndarray, target, of: str):
-    """Targets as explicit indices per image, "predicted" resolved once on the clean input."""
-    values = m.activations(x, [of])[of]
-    return resolve(target, values.shape, m.channel_axis(of), values)
 
 
 def saliency(
