@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-import cv2
 import numpy as np
 
 from onnxsight.errors import InvalidArgument
+from onnxsight.kernels.images import gaussian_blur
 
 REDUCTIONS = ("max", "mean", "sum", None)
 NOISE_MODES = ("relative", "absolute")
@@ -33,15 +33,6 @@ def reduce_channels(a: np.ndarray, channel_axis: int | None, how: str | None = "
     if how is None or channel_axis is None:
         return a
     return {"max": np.max, "mean": np.mean, "sum": np.sum}[how](a, axis=channel_axis)
-
-
-def normalize_per_image(a: np.ndarray) -> np.ndarray:
-    """Min-max scale each image (axis 0 indexes images) to [0, 1]; a constant image becomes 0."""
-    flat = a.reshape(len(a), -1)
-    low, high = flat.min(axis=1, keepdims=True), flat.max(axis=1, keepdims=True)
-    span = high - low
-    scaled = np.where(span > 0, (flat - low) / np.where(span > 0, span, 1), 0)
-    return scaled.reshape(a.shape).astype(a.dtype, copy=False)
 
 
 def postprocess(g: np.ndarray, x: np.ndarray, negate: bool, times_input: bool, absolute: bool) -> np.ndarray:
@@ -121,23 +112,6 @@ def finish_aggregate(total: np.ndarray, squares: np.ndarray, count: int, how: st
 
 
 # ---- Integrated Gradients ------------------------------------------------------------
-def gaussian_blur(x: np.ndarray, sigma: float, channel_axis: int) -> np.ndarray:
-    """Each image and channel of a 4-D batch blurred over its two spatial axes (opencv
-    ``GaussianBlur``: kernel side ``round(8σ + 1) | 1``, reflect-101 borders)."""
-    if x.ndim != 4 or channel_axis not in (1, 3):
-        raise InvalidArgument(f"a blur needs a 4-D image batch with channels on axis 1 or 3, got shape {x.shape}")
-    if sigma <= 0:
-        return x.copy()
-    hwc = np.ascontiguousarray(np.moveaxis(x, channel_axis, -1))
-    blurred = np.empty_like(hwc)
-    for i, image in enumerate(hwc):  # cv2 blurs up to 4 channels at once; split wider ones
-        for c in range(0, image.shape[-1], 4):
-            part = cv2.GaussianBlur(np.ascontiguousarray(image[..., c:c + 4]), (0, 0), sigmaX=sigma, sigmaY=sigma,
-                                    borderType=cv2.BORDER_REFLECT_101)
-            blurred[i, ..., c:c + 4] = part.reshape(*image.shape[:2], -1)
-    return np.moveaxis(blurred, -1, channel_axis)
-
-
 def blur_sigma(x: np.ndarray, channel_axis: int) -> float:
     """The "blur" baseline's σ in pixels: ``BLUR_FRACTION`` of the larger spatial side."""
     spatial = [n for axis, n in enumerate(x.shape[1:], 1) if axis != channel_axis]

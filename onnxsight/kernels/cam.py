@@ -14,11 +14,11 @@ import cv2
 import numpy as np
 
 from onnxsight.errors import InvalidArgument
+from onnxsight.kernels.images import CV_CHANNELS
 
 # Added to XGradCAM's denominator (sum of a channel's activations), as pytorch-grad-cam does.
 XGRADCAM_EPS = 1e-7
 # OpenCV 5 processes at most this many channels per call (CV_CN_MAX).
-_CV_CHANNELS = 128
 UPSAMPLING = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
 
 
@@ -96,18 +96,10 @@ def upsample(maps: np.ndarray, size: Sequence[int], mode: str = "bilinear") -> n
     height, width = size
     stacked = np.ascontiguousarray(np.moveaxis(np.asarray(maps, np.float32), 0, -1))  # h, w, N
     parts = []
-    for start in range(0, stacked.shape[-1], _CV_CHANNELS):
-        chunk = np.ascontiguousarray(stacked[..., start:start + _CV_CHANNELS])
+    for start in range(0, stacked.shape[-1], CV_CHANNELS):
+        chunk = np.ascontiguousarray(stacked[..., start:start + CV_CHANNELS])
         parts.append(cv2.resize(chunk, (width, height), interpolation=flag).reshape(height, width, -1))
     return np.moveaxis(np.concatenate(parts, axis=-1), -1, 0)
-
-
-def normalize(maps: np.ndarray) -> np.ndarray:
-    """Each (H, W) map of an (N, H, W) stack min-max scaled to [0, 1]; a constant map becomes 0."""
-    maps = np.asarray(maps, np.float64)
-    low = maps.min(axis=(1, 2), keepdims=True)
-    span = maps.max(axis=(1, 2), keepdims=True) - low
-    return np.divide(maps - low, span, out=np.zeros_like(maps), where=span > 0)
 
 
 def guided(cam: np.ndarray, saliency: np.ndarray, channel_axis: int) -> np.ndarray:

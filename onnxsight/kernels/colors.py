@@ -26,6 +26,15 @@ def normalize(a: np.ndarray, symmetric: bool = False) -> np.ndarray:
     return np.zeros_like(a) if high == low else (a - low) / (high - low)
 
 
+def normalize_each(a: np.ndarray) -> np.ndarray:
+    """Min-max scale each item along axis 0 to [0, 1]; a constant item becomes 0; dtype kept."""
+    flat = a.reshape(len(a), -1)
+    low, high = flat.min(axis=1, keepdims=True), flat.max(axis=1, keepdims=True)
+    span = high - low
+    scaled = np.where(span > 0, (flat - low) / np.where(span > 0, span, 1), 0)
+    return scaled.reshape(a.shape).astype(a.dtype, copy=False)
+
+
 def colorize(unit: np.ndarray, cmap: str = "gray") -> np.ndarray:
     """An HxW array in [0, 1] as an HxWx3 uint8 RGB image."""
     if cmap not in COLORMAPS:

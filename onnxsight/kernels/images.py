@@ -75,3 +75,27 @@ def to_channels(image: np.ndarray, channels: int | None) -> np.ndarray:
 def to_hwc(x: np.ndarray, layout: str) -> np.ndarray:
     """A batch in model layout as (N, H, W, C)."""
     return x if layout == "NHWC" else x.transpose(0, 2, 3, 1)
+
+
+CV_CHANNELS = 128  # the most channels one OpenCV 5 call takes (CV_CN_MAX)
+
+
+def gaussian_blur(x: np.ndarray, sigma: float | Sequence[float], channel_axis: int) -> np.ndarray:
+    """Every channel of every image of a 4-D batch blurred over its spatial axes (``cv2.GaussianBlur``,
+    kernel size from ``sigma`` — one value or (sigma_y, sigma_x) —, reflect-101 borders); dtype kept."""
+    sigma_y, sigma_x = (sigma, sigma) if np.ndim(sigma) == 0 else sigma
+    if x.ndim != 4 or channel_axis not in (1, 3):
+        raise InvalidArgument(f"a blur needs a 4-D image batch with channels on axis 1 or 3, got shape {x.shape}")
+    if min(sigma_y, sigma_x) <= 0:
+        raise InvalidArgument(f"blur sigma must be positive, got {sigma}")
+    hwc = np.moveaxis(x, channel_axis, -1)
+    count, height, width, channels = hwc.shape
+    stacked = np.ascontiguousarray(hwc.transpose(1, 2, 0, 3).reshape(height, width, count * channels))
+    parts = []
+    for start in range(0, stacked.shape[-1], CV_CHANNELS):
+        chunk = np.ascontiguousarray(stacked[..., start:start + CV_CHANNELS])
+        blurred = cv2.GaussianBlur(chunk, (0, 0), sigmaX=float(sigma_x), sigmaY=float(sigma_y),
+                                   borderType=cv2.BORDER_REFLECT_101)
+        parts.append(blurred.reshape(height, width, -1))
+    result = np.concatenate(parts, axis=-1).reshape(height, width, count, channels).transpose(2, 0, 1, 3)
+    return np.ascontiguousarray(np.moveaxis(result, -1, channel_axis)).astype(x.dtype)

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 
 from onnxsight.errors import InvalidArgument
+from onnxsight.kernels.images import gaussian_blur
 
 FILLS = ("a float (constant)", "'mean'", "'blur'")
-_CV_CHANNELS = 128  # OpenCV 5's CV_CN_MAX
 
 
 def window_starts(size: int, window: int, stride: int) -> np.ndarray:
@@ -68,20 +67,6 @@ def fill_values(x: np.ndarray, fill: float | str, channel_axis: int, sigma: Sequ
             raise InvalidArgument(f"fill must be finite, got {fill}")
         return np.full_like(x, fill)
     raise InvalidArgument(f"fill must be {', '.join(FILLS)}; got {fill!r}")
-
-
-def gaussian_blur(x: np.ndarray, sigma: Sequence[float], channel_axis: int) -> np.ndarray:
-    """Every channel of every image blurred with cv2.GaussianBlur (kernel size from sigma)."""
-    hwc = np.moveaxis(x, channel_axis, -1)
-    count, height, width, channels = hwc.shape
-    stacked = np.ascontiguousarray(hwc.transpose(1, 2, 0, 3).reshape(height, width, count * channels))
-    parts = []
-    for start in range(0, stacked.shape[-1], _CV_CHANNELS):
-        chunk = np.ascontiguousarray(stacked[..., start:start + _CV_CHANNELS])
-        blurred = cv2.GaussianBlur(chunk, (0, 0), sigmaX=float(sigma[1]), sigmaY=float(sigma[0]))
-        parts.append(blurred.reshape(height, width, -1))
-    result = np.concatenate(parts, axis=-1).reshape(height, width, count, channels).transpose(2, 0, 1, 3)
-    return np.ascontiguousarray(np.moveaxis(result, -1, channel_axis)).astype(x.dtype)
 
 
 def average_drops(drops: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

@@ -106,14 +106,6 @@ def unwarp(gradient: np.ndarray, matrix: np.ndarray, channel_axis: int) -> np.nd
         image, matrix, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT))
 
 
-def blur(x: np.ndarray, sigma: float, channel_axis: int) -> np.ndarray:
-    """Gaussian blur of each image (``cv2.GaussianBlur``, kernel from ``sigma``, reflected border)."""
-    if sigma <= 0:
-        raise InvalidArgument(f"blur sigma must be positive, got {sigma}")
-    return _per_image(x, channel_axis, lambda image, size: cv2.GaussianBlur(
-        image, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101))
-
-
 def clip(x: np.ndarray, value_range: Sequence[float]) -> np.ndarray:
     """Values clamped to ``value_range`` (low, high)."""
     low, high = check_range(value_range)

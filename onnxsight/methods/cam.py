@@ -16,6 +16,7 @@ from onnxsight.engine import targets
 from onnxsight.engine.model import Model
 from onnxsight.errors import InvalidArgument
 from onnxsight.kernels import cam as k
+from onnxsight.kernels.colors import normalize_each
 from onnxsight.methods.common import require_image, spatial_size
 from onnxsight.methods.occlusion import copy_scores
 
@@ -91,7 +92,7 @@ def gradcam(
 
         def masked(rows: np.ndarray) -> np.ndarray:
             image, channel = rows // channels, rows % channels
-            masks = k.normalize(k.upsample(acts[image, :, :, channel], size, upsample))
+            masks = normalize_each(k.upsample(acts[image, :, :, channel], size, upsample))
             return (x[image] * np.expand_dims(masks, input_axis)).astype(x.dtype)
 
         return copy_scores(model, x, channels, masked, indices, of, batch_size).reshape(len(x), channels)
@@ -99,12 +100,12 @@ def gradcam(
     cam = k.weighted_sum(a, rule.weights(a, g, masked_scores), relu)
     cam = k.upsample(cam, size, upsample)
     if normalize:
-        cam = k.normalize(cam)
+        cam = normalize_each(cam)
     if guided:
         saliency = model.gradient(x, of=of, target=indices, modifier="guided", batch_size=batch_size)["input"]
         cam = k.guided(cam, saliency, input_axis)
         if normalize:
-            cam = k.normalize(cam)
+            cam = normalize_each(cam)
     return cam.astype(np.float32)
 
 

@@ -34,6 +34,7 @@ from onnxsight.engine.objectives import OBJECTIVES, ObjectiveHead, objective_hea
 from onnxsight.engine.session import first_line, open_session
 from onnxsight.errors import GradientCheckFailed, InvalidArgument, OnnxsightError
 from onnxsight.kernels import regularizers as k
+from onnxsight.kernels.images import gaussian_blur
 from onnxsight.methods.common import image_channel_axis
 
 # Relative error accepted between the VJP (float32, as it steers the ascent) and a float64
@@ -196,7 +197,7 @@ def maximize(
         if clip:
             x = k.clip(x, value_range)
         if regs.blur_every and (index + 1) % regs.blur_every == 0:
-            x = k.blur(x, regs.blur_sigma, axis)
+            x = gaussian_blur(x, regs.blur_sigma, axis)
         if progress is not None:
             progress(index + 1)
     options = {"steps": steps, "lr": lr, "init": init if isinstance(init, (str, int, float)) else "image",

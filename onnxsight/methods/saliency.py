@@ -9,6 +9,7 @@ from onnxsight.engine.augment import MODIFIERS
 from onnxsight.engine.model import DEFAULT_BATCH_SIZE, Model
 from onnxsight.errors import InvalidArgument
 from onnxsight.kernels import attribution as k
+from onnxsight.kernels.colors import normalize_each
 from onnxsight.methods.common import image_channel_axis
 
 MAX_CHUNK_BYTES = 256 * 2**20  # noisy copies (and their gradients) held at once, per m.gradient call
@@ -86,7 +87,7 @@ def saliency(
         maps = k.finish_aggregate(total, squares, samples, smooth_aggregate)
     maps = k.reduce_channels(maps, image_channel_axis(model), reduce)
     if normalize:
-        maps = k.normalize_per_image(maps)
+        maps = normalize_each(maps)
     return maps.astype(np.float32)
 
 
