@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import onnx
 import pytest
@@ -19,7 +20,6 @@ from tests.keras_models import (
     run_onnx,
 )
 
-keras = pytest.importorskip("keras")
 tf_keras = pytest.importorskip("tf_keras")
 
 SEEDS = ["mnist_cnn", "mnist_cnn_keras_vis", "cifar_cnn5", "residual_cnn"]

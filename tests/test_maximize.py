@@ -81,7 +81,8 @@ def test_finite_difference_check_passes_on_every_step_of_the_seed_models(tmp_pat
 
 
 def test_finite_difference_check_passes_on_a_keras_applications_model(tmp_path):
-    keras = pytest.importorskip("keras")
+    import keras
+
     net = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), alpha=0.35, classes=10)
     model = onnxsight.load(onnxsight.convert_keras(net, tmp_path / "mobilenet.onnx"), device="cpu")
     for layer, units in (("logits", [1, 7]), ("block_6_expand_relu", [3])):
@@ -127,7 +128,8 @@ def test_rotation_and_scale_check_the_model_gradient_at_the_warped_image(small):
 # ---- the loop equals TensorFlow ---------------------------------------------------------------
 @pytest.mark.parametrize("objective", ["logit", "cross_entropy"])
 def test_ten_steps_equal_a_tensorflow_reimplementation(mnist, mnist_keras, objective):
-    tf = pytest.importorskip("tensorflow")
+    import tensorflow as tf
+
     steps, lr, l2, tv, jitter, seed = 10, 0.05, 1e-3, 1e-2, 2, 7
     # A noisy start: on a grey image max-pool windows tie exactly and, once the first step has
     # moved some pixels, the runtimes' rounding decides which maximum a gradient goes to. Even

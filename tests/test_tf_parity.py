@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
 import onnxsight
 from tests.tf_reference import gradients, relative_error
-
-keras = pytest.importorskip("keras")
 
 TOLERANCE = 1e-4
 
