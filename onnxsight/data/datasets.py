@@ -1,8 +1,9 @@
-"""Labelled image sets: scikit-learn's bundled digits as 28x28 MNIST look-alikes, or a user's MNIST .npz."""
+"""Labelled image sets: scikit-learn's bundled digits as 28x28 MNIST look-alikes, a user's MNIST .npz or CIFAR-10 batches."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+import pickle
 from pathlib import Path
 
 import cv2
@@ -63,11 +64,57 @@ def mnist_npz(path: str | Path) -> Dataset:
     )
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles dicts, lists, bytes and numpy arrays only: a batch file cannot run code."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def cifar10_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """One file of the CIFAR-10 python version: (N, 32, 32, 3) float32 in [0, 1] and int64 labels."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"CIFAR-10 batch file not found: {path}")
+    try:
+        with path.open("rb") as file:
+            batch = _ArraysOnly(file, encoding="bytes").load()
+        pixels, labels = batch[b"data"], batch[b"labels"]
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, AttributeError) as error:
+        raise ModelFileError(f"{path} is not a CIFAR-10 python batch (a pickled dict with data and labels): {error}") from error
+    images = np.asarray(pixels, dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return images.astype(np.float32) / 255.0, np.asarray(labels, dtype=np.int64)
+
+
+def cifar10(folder: str | Path) -> Dataset:
+    """The ``cifar-10-batches-py`` folder: ``data_batch_1..5`` for training, ``test_batch`` for testing."""
+    folder = Path(folder)
+    train_files = sorted(folder.glob("data_batch_*"))
+    if not folder.is_dir() or not train_files or not (folder / "test_batch").is_file():
+        raise ModelFileError(f"{folder}: a CIFAR-10 folder needs data_batch_1..5 and test_batch (the python version)")
+    train = [cifar10_batch(f) for f in train_files]
+    x_test, y_test = cifar10_batch(folder / "test_batch")
+    return Dataset(
+        np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), x_test, y_test,
+        CIFAR10_CLASSES, folder.name,
+    )
+
+
 def load_dataset(spec: str | Path) -> Dataset:
-    """``"digits"`` (the bundled set at 28x28) or the path of a Keras-style MNIST ``.npz``."""
+    """``"digits"`` (the bundled set at 28x28), a Keras-style MNIST ``.npz`` or a CIFAR-10 batches folder."""
     if str(spec) == "digits":
         return digits()
     path = Path(spec)
+    if path.is_dir():
+        return cifar10(path)
     if path.suffix.lower() != ".npz":
-        raise InvalidArgument(f"--data takes 'digits' or an MNIST-style .npz file, got {spec}")
+        raise InvalidArgument(f"--data takes 'digits', an MNIST-style .npz file or a CIFAR-10 batches folder, got {spec}")
     return mnist_npz(path)
