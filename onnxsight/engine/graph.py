@@ -108,6 +108,20 @@ def opset_version(model: onnx.ModelProto) -> int:
     raise onnx.checker.ValidationError("model imports no version of the default ONNX domain")
 
 
+def with_batch(model: onnx.ModelProto, size: int) -> onnx.ModelProto:
+    """A copy of ``model`` whose data inputs have the fixed batch size ``size`` (first axis), so
+    that shape inference and onnxruntime see static shapes and fold the shape arithmetic."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for info in data_inputs(fixed.graph):
+        dims = info.type.tensor_type.shape.dim
+        if len(dims):
+            dims[0].Clear()
+            dims[0].dim_value = size
+    del fixed.graph.value_info[:]
+    return fixed
+
+
 def runtime_compatible(model: onnx.ModelProto) -> onnx.ModelProto:
     """Lower the IR version in place to one onnxruntime reads; returns the model."""
     if model.ir_version > RUNTIME_IR_VERSION:

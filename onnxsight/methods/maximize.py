@@ -29,6 +29,7 @@ import numpy as np
 
 from onnxsight.engine import gradcheck
 from onnxsight.engine.autodiff import build_vjp
+from onnxsight.engine.graph import with_batch
 from onnxsight.engine.model import Model
 from onnxsight.engine.objectives import OBJECTIVES, ObjectiveHead, objective_head, pre_softmax
 from onnxsight.engine.session import first_line, open_session
@@ -213,7 +214,8 @@ class _Loop:
     def __init__(self, model: Model, head: ObjectiveHead, units, regs: Regularizers, mods: Modifiers, axis, tolerance):
         self.model, self.head, self.regs, self.mods, self.axis, self.tolerance = model, head, regs, mods, axis, tolerance
         self.units = None if units is None else np.asarray(units, np.int64)
-        vjp = build_vjp(head.model, head.value, [model.input_name])
+        count = 1 if units is None else len(units)  # a fixed batch: onnxruntime folds the shape arithmetic
+        vjp = build_vjp(with_batch(head.model, count), head.value, [model.input_name])
         self.gradient_name = vjp.gradients[model.input_name]
         self.cotangent = vjp.cotangent
         self.session = open_session(vjp.model, model.providers, model.source)
