@@ -168,19 +168,26 @@ def _tiled_max_pool(g: GraphBuilder, n: Node, window: Window) -> Callable[[str],
     x = n.x
     if covered != spatial:
         x = g.op("Slice", x, g.ints([0] * r), g.ints(covered), g.ints(list(range(2, 2 + r))))
-    lead = g.op("Slice", g.shape(n.y), g.ints([0]), g.ints([2]))  # N, C
-    # Resize by sizes: onnxruntime runs Resize by scales in its blocked layout, then reorders the result
-    y_up = g.op("Resize", n.y, None, None, g.op("Concat", lead, g.ints(covered), axis=0), mode="nearest",
-                coordinate_transformation_mode="asymmetric", nearest_mode="floor")
     plane = int(np.prod(covered))
+    lead_dims = (g.static_shape(n.y) or (None, None))[:2]
+    if None in lead_dims:  # N, C known at run time only
+        lead = g.op("Slice", g.shape(n.y), g.ints([0]), g.ints([2]))
+        sizes = g.op("Concat", lead, g.ints(covered), axis=0)
+        # the plane ends are plane, 2·plane, ..., N·C·plane
+        total = g.op("Mul", g.op("Size", n.y), g.ints(int(np.prod(kernel))))  # N * C * plane
+        ends = g.op("Range", g.ints(plane), g.op("Add", total, g.ints(plane)), g.ints(plane))
+        ends = g.op("Reshape", ends, g.op("Concat", lead, g.ints([1] * r), axis=0))
+    else:
+        planes = int(np.prod(lead_dims))
+        sizes = g.ints([*lead_dims, *covered])
+        ends = g.ints(np.arange(plane, (planes + 1) * plane, plane).reshape(*lead_dims, *[1] * r))
+    # Resize by sizes: onnxruntime runs Resize by scales in its blocked layout, then reorders the result
+    y_up = g.op("Resize", n.y, None, None, sizes, mode="nearest", coordinate_transformation_mode="asymmetric",
+                nearest_mode="floor")
     ranks = g.const(np.arange(plane, 0, -1, dtype=np.float32).reshape(covered))
     scores = g.op("Mul", g.op("Cast", g.op("Equal", x, y_up), to=TensorProto.FLOAT), ranks)
     best = g.op("MaxPool", scores, kernel_shape=kernel, strides=kernel)
-    # flat index = plane start + plane - best; the plane ends are plane, 2·plane, ..., N·C·plane
-    total = g.op("Mul", g.op("Size", n.y), g.ints(int(np.prod(kernel))))  # N * C * plane
-    ends = g.op("Range", g.ints(plane), g.op("Add", total, g.ints(plane)), g.ints(plane))
-    ends = g.op("Reshape", ends, g.op("Concat", lead, g.ints([1] * r), axis=0))
-    index = g.op("Sub", ends, g.op("Cast", best, to=TensorProto.INT64))
+    index = g.op("Sub", ends, g.op("Cast", best, to=TensorProto.INT64))  # plane start + plane - best
 
     def place(gy: str) -> str:
         dx = g.op("MaxUnpool", gy, index, kernel_shape=kernel, strides=kernel)
