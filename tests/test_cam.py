@@ -68,14 +68,15 @@ def keras_head(keras_model):
     return last.input if type(last).__name__ in ("Softmax", "Activation") else last.output
 
 
-def tf_layer(keras_model, x, layer, target, of=None):
-    """A and dA at ``layer`` for the summed target scores: logits[target] or mean of ``of``[..., target]."""
+def tf_layer(keras_model, x, layer, target, of=None, modifier=None):
+    """A and dA at ``layer`` for the summed target scores: logits[target] or mean of ``of``[..., target];
+    ``modifier`` overrides the ReLUs' gradient (guided / deconv)."""
     import keras
     import tensorflow as tf
 
     scored = keras_model.get_layer(of).output if of else keras_head(keras_model)
     probe = keras.Model(keras_model.inputs, [keras_model.get_layer(layer).output, scored])
-    with swapped_activations(keras_model), tf.GradientTape() as tape:
+    with swapped_activations(keras_model, modifier), tf.GradientTape() as tape:
         a, out = probe([tf.constant(x)], training=False)
         if of:
             picked = tf.gather(out, target, axis=3, batch_dims=1)  # N, h, w
@@ -139,6 +140,22 @@ def test_gradient_variants_match_the_papers_on_tf_gradients(model, mnist_keras, 
     assert got.shape == (64, 28, 28) and got.dtype == np.float32
     error = relative_error(got, want)
     assert error <= TOLERANCE, f"{variant} at {layer}: relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("modifier", ["guided", "deconv"])
+def test_guided_and_rectified_gradcam_match_tf_with_overridden_relu_gradients(model, mnist_keras, x, predicted, modifier):
+    """Seed 002's visualize_cam(backprop_modifier=...): the gradient to the layer passes modified ReLUs."""
+    a, g = tf_layer(mnist_keras, x, "conv2d_2", predicted, modifier=modifier)
+    want = finish((g.mean(axis=(1, 2), keepdims=True) * a).sum(axis=-1), 28)
+    got = gradcam(model, x, layer="conv2d_2", modifier=modifier)
+    error = relative_error(got, want)
+    assert error <= TOLERANCE, f"{modifier} Grad-CAM: relative error {error:.2e}"
+    assert relative_error(got, gradcam(model, x, layer="conv2d_2")) > 1e-2  # the modifier changes the map
+
+
+def test_scorecam_refuses_a_backprop_modifier(model, x):
+    with pytest.raises(InvalidArgument, match="uses none"):
+        gradcam(model, x[:2], variant="scorecam", modifier="guided")
 
 
 def test_without_relu_normalisation_and_with_nearest_upsampling(model, mnist_keras, x):

@@ -43,6 +43,7 @@ def test_every_method_command_has_help(runner, command):
          lambda m, x, t: onnxsight.saliency(m, x, target=t, smooth_samples=4, seed=3)),
         ("gradcam", ["--variant", "gradcam++", "--layer", "conv2d_2"],
          lambda m, x, t: onnxsight.gradcam(m, x, target=t, variant="gradcam++", layer="conv2d_2")),
+        ("gradcam", ["--modifier", "deconv"], lambda m, x, t: onnxsight.gradcam(m, x, target=t, modifier="deconv")),
         ("occlusion", ["--window", "11", "--stride", "4"],
          lambda m, x, t: onnxsight.occlusion(m, x, target=t, window=11, stride=4)),
     ],

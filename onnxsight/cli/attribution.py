@@ -156,6 +156,7 @@ def gradcam(
     layer: Annotated[Optional[str], typer.Option(help="Conv layer (default: the last spatial layer before flatten/pooling).")] = None,
     variant: Annotated[str, typer.Option(help="gradcam, gradcam++, xgradcam, hirescam, layercam or scorecam.")] = "gradcam",
     guided: Annotated[bool, typer.Option("--guided", help="Guided Grad-CAM: times guided backprop.")] = False,
+    modifier: Modifier = None,
     relu: Annotated[bool, typer.Option(help="ReLU on the map (Grad-CAM's default).")] = True,
     upsample: Annotated[str, typer.Option(help="bilinear (default) or nearest.")] = "bilinear",
     output: OutputDir = Path("gradcam"), cmap: Cmap = "jet", batch_size: BatchSize = 64, device: Device = "auto",
@@ -164,7 +165,7 @@ def gradcam(
     """Grad-CAM and its family, upsampled to the input, normalised, overlaid."""
     from onnxsight.methods.cam import gradcam as method
 
-    options = {"layer": layer, "variant": variant, "guided": guided, "relu": relu, "upsample": upsample}
+    options = {"layer": layer, "variant": variant, "guided": guided, "modifier": modifier, "relu": relu, "upsample": upsample}
     run_method("gradcam", model, images, data, count, target, of, output, force, cmap, device, scale, mean, std,
                lambda m, x, t: method(m, x, target=t, of=of, batch_size=batch_size, **options), options)
 

@@ -51,6 +51,7 @@ def gradcam(
     layer: str | None = None,
     variant: str = "gradcam",
     guided: bool = False,
+    modifier: str | None = None,
     relu: bool = True,
     upsample: str = "bilinear",
     normalize: bool = True,
@@ -70,6 +71,9 @@ def gradcam(
         confidence increases instead. All N·K masked copies run in large batches.
     guided: Guided Grad-CAM: the (normalised) CAM times the guided-backprop gradient of the
         same target at the input, reduced over input channels by max |.| (default False).
+    modifier: backprop modifier of the gradient to ``layer`` — None (default), "guided" or
+        "deconv" (keras-vis' ``visualize_cam(backprop_modifier=...)``, seed 002's guided and
+        rectified Grad-CAM); not for Score-CAM, which uses no gradient.
     relu: ReLU on the weighted sum (default True, as in Grad-CAM).
     upsample: "bilinear" (default) or "nearest" resizing to the input's H×W with OpenCV.
     normalize: min-max scale each map to [0, 1] (default True; constant maps become 0).
@@ -81,11 +85,13 @@ def gradcam(
         raise InvalidArgument(f"unknown CAM variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     k.check_upsample(upsample)
     rule = VARIANTS[variant]
+    if modifier is not None and not rule.gradients:
+        raise InvalidArgument(f"modifier {modifier!r} changes gradients; the {variant} variant uses none")
     input_axis = require_image(model, "gradcam")
     size = spatial_size(x, input_axis)
     layer = default_cam_layer(model) if layer is None else check_cam_layer(model, layer)
     indices = model.target_indices(x, target, of, batch_size)
-    a, g = _layer_values(model, x, layer, of, indices, rule.gradients, batch_size)
+    a, g = _layer_values(model, x, layer, of, indices, rule.gradients, modifier, batch_size)
 
     def masked_scores(acts: np.ndarray) -> np.ndarray:
         channels = acts.shape[-1]
@@ -150,7 +156,8 @@ def _spatial(model: Model, name: str) -> bool:
 
 
 def _layer_values(
-    model: Model, x: np.ndarray, layer: str, of: str, indices: np.ndarray | None, gradients: bool, batch_size: int
+    model: Model, x: np.ndarray, layer: str, of: str, indices: np.ndarray | None, gradients: bool,
+    modifier: str | None, batch_size: int,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The layer's activations and (if asked) the target score's gradient there, from one batched run.
 
@@ -160,7 +167,7 @@ def _layer_values(
     if not gradients:
         a = model.activations(x, [layer], batch_size=batch_size)[layer]
         return k.channels_last(_four_d(a, layer), axis), None
-    result = model.backward(x, of, indices, [layer], outputs=[layer], batch_size=batch_size)
+    result = model.backward(x, of, indices, [layer], modifier=modifier, outputs=[layer], batch_size=batch_size)
     g, a = result.gradients[layer], result.activations[layer]
     return k.channels_last(_four_d(a, layer), axis), k.channels_last(g, axis)
 
