@@ -38,8 +38,9 @@ from onnxsight.kernels import regularizers as k
 from onnxsight.kernels.images import gaussian_blur
 from onnxsight.methods.common import image_channel_axis
 
-# Relative error accepted between the VJP (float32, as it steers the ascent) and a float64
-# central difference of the total objective along a random unit direction.
+# Relative error accepted between the VJP and a central difference of the total objective along a
+# random unit direction, both in float64: the float32 run that steers the ascent can break a
+# max-pool near-tie the other way than float64 does, which is a different function, not a wrong rule.
 TOLERANCE = 1e-3
 FD_DIRECTIONS = 3  # random directions tried per image before a check gives up on a kink
 FD_STEP = 1e-6  # central-difference step along a unit direction, times max(1, max |x|), in float64
@@ -160,8 +161,8 @@ def maximize(
         spreads ±10 % of it, ``clip`` clamps to it.
     check_every: the finite-difference check runs at step 0 and every ``check_every`` steps
         (default 50; None or 0: never). It compares, per image, the directional derivative of
-        J along a random unit direction from the VJP (float32, as used) with a float64 central
-        difference (step 1e-6, float64 via onnxruntime or onnx.reference); the relative error
+        J along a random unit direction from the VJP graph (the one that steers the ascent, run
+        in float64 here) with a float64 central difference (step 1e-6, float64 via onnxruntime or onnx.reference); the relative error
         is |numeric − analytic| / max(|numeric|, |analytic|, ‖∇J‖/√D) (D = pixels per image:
         the typical size of a random directional derivative). Directions whose one-sided
         differences disagree (a ReLU or max-pool kink, e.g. ties on a grey image) are retried
@@ -218,8 +219,9 @@ class _Loop:
         vjp = build_vjp(with_batch(head.model, count), head.value, [model.input_name])
         self.gradient_name = vjp.gradients[model.input_name]
         self.cotangent = vjp.cotangent
+        self.vjp_model = vjp.model
         self.session = open_session(vjp.model, model.providers, model.source)
-        self._precise = None  # float64 runner of the head, built at the first check
+        self._precise = None  # float64 runners of the head and of its VJP graph, built at the first check
 
     def _feeds(self, z: np.ndarray, extra: dict | None = None) -> dict:
         feeds = {self.model.input_name: z, **(extra or {})}
@@ -271,17 +273,20 @@ class _Loop:
         value, model_gradient = self.run(z)
         terms, penalty_gradient = self.penalties(x)
         gradient = (self.restore(model_gradient, draw) - penalty_gradient).astype(x.dtype)
-        parts = {"z": z, "value": value, "terms": terms, "model_gradient_z": model_gradient,
-                 "penalty_gradient": penalty_gradient, "gradient": gradient}
+        parts = {"z": z, "value": value, "terms": terms, "penalty_gradient": penalty_gradient, "gradient": gradient}
         return value, gradient, parts
 
     def check(self, x: np.ndarray, draw, parts: dict, rng: np.random.Generator, index: int) -> list[float | None]:
         """Per image: the finite-difference relative error of dJ/dx (None: only kinks found)."""
         if self._precise is None:
-            self._precise, _ = gradcheck.runner(self.head.model, [self.head.value], "float64", self.model)
+            self._precise = (gradcheck.runner(self.head.model, [self.head.value], "float64", self.model)[0],
+                             gradcheck.runner(self.vjp_model, [self.gradient_name], "float64", self.model)[0])
+        objective, vjp = self._precise
         exact = draw[1] is None  # jitter alone is an exact permutation: check J w.r.t. x itself
         count, size = len(x), int(np.prod(x.shape[1:]))
         x64, z64 = x.astype(np.float64), parts["z"].astype(np.float64)
+        model_gradient = vjp(self._feeds(z64, {self.cotangent: np.ones(count)}))[0]
+        gradient = self.restore(model_gradient, draw) - parts["penalty_gradient"] if exact else None
         h = FD_STEP * max(1.0, float(np.abs(x64).max()), float(np.abs(z64).max()))
         errors: list[float | None] = [None] * count
         todo = np.arange(count)
@@ -293,15 +298,15 @@ class _Loop:
             feeds = {self.model.input_name: points}
             if self.units is not None:
                 feeds[self.head.unit_input] = np.tile(self.units[todo], 3)
-            f = self._precise(feeds)[0].astype(np.float64)
+            f = objective(feeds)[0].astype(np.float64)
             r = [self.penalties(p)[0] for p in (x64[todo], x64[todo] + h * d, x64[todo] - h * d)]
             centre, right, left = (f[i * len(todo):(i + 1) * len(todo)] - r[i]["l2"] - r[i]["tv"] for i in range(3))
             kinks = gradcheck.kinked(right, centre, left, h, limit=KINK_FRACTION * self.tolerance)
             numeric = (right - left) / (2 * h)
             if exact:  # the assembled gradient: model VJP rolled back, minus the penalties'
-                analytic = _dot(parts["gradient"][todo], d)
+                analytic = _dot(gradient[todo], d)
             else:  # the model's VJP at the warped image, and the penalties' gradient at the image
-                analytic = _dot(parts["model_gradient_z"][todo], dz) - _dot(parts["penalty_gradient"][todo], d)
+                analytic = _dot(model_gradient[todo], dz) - _dot(parts["penalty_gradient"][todo], d)
             floor = k.l2_norm(parts["gradient"][todo]) / math.sqrt(size)
             error = np.abs(numeric - analytic) / np.maximum(np.maximum(np.abs(numeric), np.abs(analytic)),
                                                            np.maximum(floor, 1e-12))
