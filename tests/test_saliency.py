@@ -244,7 +244,7 @@ def test_model_randomisation_changes_the_map(model, images, tmp_path):
 def finite_difference_logit_gradient(proto, x, target, eps=1e-6):
     """Central differences of the foreign model's numpy forward (float64)."""
     x = x.astype(np.float64)
-    n, size = len(x), x[0].size
+    size = x[0].size
     steps = (np.eye(size) * eps).reshape(size, *x.shape[1:])
     plus = (x[:, None] + steps[None]).reshape(-1, *x.shape[1:])
     minus = (x[:, None] - steps[None]).reshape(-1, *x.shape[1:])

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import numpy as np
-import onnx
 import typer
 from rich.table import Table
 

@@ -20,7 +20,7 @@ import onnx
 from onnx import helper
 
 from onnxsight.engine.graph import (
-    ancestors, data_inputs, dependent_tensors, opset_version, producers, runtime_compatible, value_infos,
+    ancestors, data_inputs, dependent_tensors, opset_version, runtime_compatible, value_infos,
 )
 from onnxsight.engine.opset import upgrade
 from onnxsight.errors import InternalError, InvalidArgument, UnknownName, UnsupportedOp
