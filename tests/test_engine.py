@@ -139,3 +139,13 @@ def test_auto_device_prints_nothing_when_cuda_is_unusable(capfd):
     if not session.cuda_works():
         with pytest.raises(InvalidArgument, match="'cuda' requested"):
             load(nchw_cnn(), device="cuda")
+
+
+def test_sessions_take_a_thread_count_and_refuse_a_bad_one(mnist_onnx, model, digits_data):
+    x = digits_data.x_test[:8]
+    single = onnxsight.load(mnist_onnx, device="cpu", threads=1)
+    np.testing.assert_array_equal(single.predict(x), model.predict(x))
+    session = single._session((single.output_names[0],), None)
+    assert session.get_session_options().intra_op_num_threads == 1
+    with pytest.raises(InvalidArgument, match="threads must be a positive integer"):
+        onnxsight.load(mnist_onnx, device="cpu", threads=0)

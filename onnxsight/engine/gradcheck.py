@@ -151,7 +151,7 @@ def runner(proto: onnx.ModelProto, outputs: Sequence[str], precision: str, model
     typed = {name: helper.make_tensor_value_info(name, elem, None) for name in outputs}
     proto = with_outputs(to_float64(proto) if precision == "float64" else proto, outputs, typed)
     try:
-        session = open_session(proto, model.providers, model.source)
+        session = open_session(proto, model.providers, model.source, model.threads)
         return (lambda feeds: session.run(list(outputs), _used(session, feeds))), "onnxruntime"
     except ModelFileError:
         if precision != "float64":

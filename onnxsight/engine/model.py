@@ -48,10 +48,13 @@ class Layer:
 class Model:
     """A loaded ONNX model: layers by name, batched inference, one cached session per output set."""
 
-    def __init__(self, proto: onnx.ModelProto, source: str, device: str = "auto"):
+    def __init__(self, proto: onnx.ModelProto, source: str, device: str = "auto", threads: int | None = None):
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise InvalidArgument(f"threads must be a positive integer (or None: one per core), got {threads!r}")
         self.proto = g.runtime_compatible(proto)
         self.source = source
         self.providers = providers_for(device)
+        self.threads = threads
         self.metadata = ModelMetadata.read(proto)
         graph = proto.graph
         inputs = g.data_inputs(graph)
@@ -283,7 +286,7 @@ class Model:
         if key not in self._sessions:
             base = proto if proto is not None else self.proto
             values = self.values if proto is None else g.value_infos(proto)
-            self._sessions[key] = open_session(with_outputs(base, outputs, values), self.providers, self.source)
+            self._sessions[key] = open_session(with_outputs(base, outputs, values), self.providers, self.source, self.threads)
         return self._sessions[key]
 
     def _run_chunk(self, session, outputs, batch, fixed) -> list[np.ndarray]:
@@ -339,10 +342,11 @@ def _parameters_per_layer(graph: onnx.GraphProto, tensors: Sequence[str]) -> lis
     return counts
 
 
-def load(model: str | os.PathLike | onnx.ModelProto, device: str = "auto") -> Model:
-    """Load an ONNX classifier from a path (or a ModelProto) onto "auto", "cpu" or "cuda"."""
+def load(model: str | os.PathLike | onnx.ModelProto, device: str = "auto", threads: int | None = None) -> Model:
+    """Load an ONNX classifier from a path (or a ModelProto) onto "auto", "cpu" or "cuda";
+    ``threads``: onnxruntime intra-op threads per session (default: one per core)."""
     if isinstance(model, onnx.ModelProto):
-        return Model(model, "<in-memory model>", device)
+        return Model(model, "<in-memory model>", device, threads)
     path = Path(model)
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
@@ -351,7 +355,7 @@ def load(model: str | os.PathLike | onnx.ModelProto, device: str = "auto") -> Mo
         onnx.checker.check_model(proto)
     except Exception as error:  # noqa: BLE001 - protobuf and onnx raise many types
         raise ModelFileError(f"{path} is not a valid ONNX model: {first_line(error)}") from error
-    return Model(proto, str(path), device)
+    return Model(proto, str(path), device, threads)
 
 
 def with_outputs(

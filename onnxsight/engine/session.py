@@ -61,10 +61,14 @@ def providers_for(device: str) -> list[str]:
     return CPU
 
 
-def open_session(model: onnx.ModelProto, providers: list[str], source: str) -> ort.InferenceSession:
-    """A session for ``model``; onnxruntime's refusal becomes one line naming ``source``."""
+def open_session(model: onnx.ModelProto, providers: list[str], source: str, threads: int | None = None) -> ort.InferenceSession:
+    """A session for ``model`` with ``threads`` intra-op threads (None: onnxruntime's default, one
+    per core); onnxruntime's refusal becomes one line naming ``source``."""
     options = ort.SessionOptions()
     options.log_severity_level = _DEFAULT_SEVERITY
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
     try:
         return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
     except Exception as error:  # noqa: BLE001 - onnxruntime raises several unrelated types

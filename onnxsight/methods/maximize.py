@@ -220,7 +220,7 @@ class _Loop:
         self.gradient_name = vjp.gradients[model.input_name]
         self.cotangent = vjp.cotangent
         self.vjp_model = vjp.model
-        self.session = open_session(vjp.model, model.providers, model.source)
+        self.session = open_session(vjp.model, model.providers, model.source, model.threads)
         self._precise = None  # float64 runners of the head and of its VJP graph, built at the first check
 
     def _feeds(self, z: np.ndarray, extra: dict | None = None) -> dict:
