@@ -10,6 +10,7 @@ from onnxsight.methods.integrated_gradients import completeness_gap, integrated_
 from onnxsight.methods.maximize import Maximization, maximize
 from onnxsight.methods.occlusion import occlusion
 from onnxsight.methods.saliency import saliency
+from onnxsight.report import ReportData, ReportOptions, write_report
 
 __version__ = "0.1.0"
 
@@ -22,7 +23,8 @@ def convert_keras(model_or_path, output_path, **options):
 
 
 __all__ = [
-    "GradcheckReport", "Layer", "Maximization", "Model", "OnnxsightError", "augment", "class_saliency", "completeness_gap",
-    "convert_keras", "embedding", "gradcam", "gradcheck", "integrated_gradients", "load", "maximize", "occlusion", "saliency",
-    "top_k_images", "__version__",
+    "GradcheckReport", "Layer", "Maximization", "Model", "OnnxsightError", "ReportData",
+    "ReportOptions", "augment", "class_saliency", "completeness_gap", "convert_keras", "embedding",
+    "gradcam", "gradcheck", "integrated_gradients", "load", "maximize", "occlusion",
+    "saliency", "top_k_images", "write_report", "__version__"
 ]

@@ -7,7 +7,9 @@ from typing import Annotated
 import typer
 
 from onnxsight import __version__
-from onnxsight.cli import attribution, convert, dataset_views, demo, gradients, layers, maximize, models
+from onnxsight.cli import (
+    attribution, convert, dataset_views, demo, gradients, layers, maximize, models, report,
+)
 from onnxsight.cli.options import err
 from onnxsight.errors import OnnxsightError
 
@@ -64,6 +66,7 @@ app.command("top-k")(dataset_views.top_k)
 app.command("embed")(dataset_views.embed)
 app.command("maximize")(maximize.maximize)
 app.command("demo")(demo.demo)
+app.command("report")(report.report)
 
 
 def main() -> None:

@@ -1,23 +1,33 @@
-"""The demo pipeline: train the seed-000 MNIST CNN, convert it, and look inside it."""
+"""The demo pipeline: train a seed model on bundled (or the user's) data, convert it, and write its report."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
-
-from onnxsight.data.datasets import Dataset, digits, mnist_npz
+from onnxsight.data.datasets import Dataset, colour_digits, digits, load_dataset
 from onnxsight.data.files import OutputDir
 from onnxsight.engine.model import load
-from onnxsight.kernels.colors import as_rgb8
-from onnxsight.kernels.grids import activation_figure, filter_grid
+from onnxsight.errors import InvalidArgument
+from onnxsight.report import ReportData, ReportOptions, write_report
 
-SHOWN_LAYERS = ("conv2d_1", "conv2d_2")
-FILTER_LAYER = "conv2d_1"
+
+@dataclass(frozen=True)
+class Architecture:
+    """A seed model: its builder's name in ``demo.architectures``, its input, and its bundled data."""
+
+    builder: str
+    input_shape: tuple[int, int, int]
+    bundled: Callable[..., Dataset]
+
+
+ARCHITECTURES = {
+    "mnist-cnn": Architecture("mnist_cnn", (28, 28, 1), digits),  # seed 000
+    "cifar-cnn5": Architecture("cifar_cnn5", (32, 32, 3), colour_digits),  # seeds 001 and 004
+}
 
 
 @dataclass
@@ -26,6 +36,7 @@ class DemoResult:
 
     folder: Path
     model_path: Path
+    report_path: Path
     test_accuracy: float
     max_abs_diff: float
     timings: dict[str, float] = field(default_factory=dict)
@@ -33,58 +44,54 @@ class DemoResult:
 
 def run_demo(
     output: str | Path = "onnxsight-demo",
+    arch: str = "mnist-cnn",
     data: str | Path | None = None,
     epochs: int = 8,
-    images: int = 4,
+    train_images: int | None = None,
     seed: int = 0,
+    report_options: ReportOptions | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> DemoResult:
-    """Train, convert and write activations and filters into a new time-stamped folder under ``output``.
+    """Train ``arch``, convert it to ONNX and write ``report.html`` into a new time-stamped folder under ``output``.
 
-    ``data`` is a Keras-style MNIST .npz; by default scikit-learn's bundled digits (28x28).
-    ``progress(stage, done, total)`` is called as work advances.
+    ``data``: a Keras-style MNIST .npz (mnist-cnn) or a CIFAR-10 batches folder (cifar-cnn5);
+    by default the architecture's bundled set. ``train_images`` keeps the first N training
+    images. ``progress(stage, done, total)`` is called as work advances.
     """
     from onnxsight.converters.keras import convert_keras_model
-    from onnxsight.demo.architectures import mnist_cnn
+    from onnxsight.demo import architectures
     from onnxsight.demo.train import train
 
+    if arch not in ARCHITECTURES:
+        raise InvalidArgument(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    chosen = ARCHITECTURES[arch]
     report = progress or (lambda stage, done, total: None)
     folder = OutputDir(Path(output) / datetime.now().strftime("%Y%m%d-%H%M%S-%f"))
     timings: dict[str, float] = {}
 
     started = time.perf_counter()
-    dataset: Dataset = mnist_npz(data) if data is not None else digits(seed=seed)
+    dataset = load_dataset(data) if data is not None else chosen.bundled(seed=seed)
+    if dataset.x_train.shape[1:] != chosen.input_shape:
+        raise InvalidArgument(f"{arch} takes {chosen.input_shape} images; {dataset.name} has {dataset.x_train.shape[1:]}")
+    if train_images is not None:
+        dataset = replace(dataset, x_train=dataset.x_train[:train_images], y_train=dataset.y_train[:train_images])
     timings["data"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    trained = train(mnist_cnn, dataset, epochs=epochs, seed=seed, progress=lambda e: report("train", e, epochs))
-    keras_path = folder.file("mnist_cnn.keras")
-    trained.model.save(keras_path)
+    trained = train(getattr(architectures, chosen.builder), dataset, epochs=epochs, seed=seed,
+                    progress=lambda e: report("train", e, epochs))
+    trained.model.save(folder.file(f"{chosen.builder}.keras"))
     timings["train"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    conversion = convert_keras_model(trained.model, folder.file("mnist_cnn.onnx"))
+    conversion = convert_keras_model(trained.model, folder.file(f"{chosen.builder}.onnx"))
     timings["convert"] = time.perf_counter() - started
 
     started = time.perf_counter()
     model = load(conversion.path)
-    chosen = _one_per_class(dataset.y_test, images)
-    x = dataset.x_test[chosen]
-    predicted = model.predict(x).argmax(axis=1)
-    for done, (layer, value) in enumerate(model.activations(x, list(SHOWN_LAYERS)).items(), start=1):
-        folder.npy(f"activations_{layer}.npy", value)
-        for i, maps in enumerate(np.moveaxis(value, model.channel_axis(layer), 1)):
-            name = f"digit{dataset.y_test[chosen[i]]}_pred{predicted[i]}_{layer}.png"
-            folder.png(name, activation_figure(as_rgb8(x[i]), maps, columns=8))
-        report("look", done, len(SHOWN_LAYERS))
-    kernels = model.kernel(FILTER_LAYER)
-    folder.png(f"filters_{FILTER_LAYER}.png", filter_grid(kernels))
-    folder.npy(f"filters_{FILTER_LAYER}.npy", kernels)
-    timings["look"] = time.perf_counter() - started
-    return DemoResult(folder.path, conversion.path, trained.test_accuracy, conversion.max_abs_diff, timings)
-
-
-def _one_per_class(labels: np.ndarray, count: int) -> np.ndarray:
-    """Indices of the first test image of each of the first ``count`` classes present."""
-    classes = np.unique(labels)[:count]
-    return np.array([np.flatnonzero(labels == c)[0] for c in classes])
+    written = write_report(
+        model, ReportData(dataset.x_test, dataset.y_test, dataset.class_names, dataset.name), folder.file("report.html"),
+        report_options, title=f"onnxsight demo: {arch} on {dataset.name}", progress=report,
+    )
+    timings["report"] = time.perf_counter() - started
+    return DemoResult(folder.path, conversion.path, written.path, trained.test_accuracy, conversion.max_abs_diff, timings)

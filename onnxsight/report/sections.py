@@ -1,0 +1,405 @@
+"""The report's sections: one function per section, ``(Context) -> Section``, in ``SECTIONS`` order.
+
+Each section computes its maps with the public methods, draws them (matplotlib for anything
+with a colour bar, a curve or titles; opencv grids for plain image tiles) and says in one
+sentence what it shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxsight.engine.gradcheck import gradcheck as check_gradients
+from onnxsight.engine.graph import dependent_tensors
+from onnxsight.engine.model import Model
+from onnxsight.errors import GradientCheckFailed, InvalidArgument
+from onnxsight.kernels.colors import as_rgb8, normalize, normalize_each, overlay
+from onnxsight.kernels.grids import activation_figure, filter_grid, tile
+from onnxsight.kernels.images import to_hwc
+from onnxsight.methods.cam import default_cam_layer, gradcam
+from onnxsight.methods.common import require_image, spatial_size
+from onnxsight.methods.dataset import class_saliency as class_saliency_map
+from onnxsight.methods.dataset import embedding as embed
+from onnxsight.methods.dataset import top_k_images
+from onnxsight.methods.integrated_gradients import integrated_gradients
+from onnxsight.methods.maximize import maximize
+from onnxsight.methods.occlusion import occlusion as occlude
+from onnxsight.methods.saliency import saliency as saliency_map
+from onnxsight.report import figures
+from onnxsight.report.html import Figure, Section, Table
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """The images a report looks at, in the model's input layout, with labels when known."""
+
+    x: np.ndarray
+    labels: np.ndarray | None = None
+    class_names: Sequence[str] | None = None
+    name: str = "images"
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """How much each section computes; the defaults keep the demo's report under a minute on 2 cores.
+
+    images: sample images, one per class, for the per-image sections. predictions: test images
+    in the predictions grid. feature_layers / feature_images: layers (default: the first two
+    convolutions) and images shown in the feature maps. smooth_samples, ig_steps: SmoothGrad
+    copies and Integrated-Gradients steps. window, stride: occlusion of the samples.
+    saliency_count / saliency_classes: images per class and classes in the class saliency maps.
+    topk_layer (default: the Grad-CAM layer), topk_units, k, topk_window, topk_stride: seed 003's
+    top-K images per unit and their occlusion masks. embed_layer (default: the last flat layer
+    before the logits), embed_count, embed_method: the 2-D scatter. maximize_steps: activation
+    maximization of every class. gradcheck_layers: layers checked besides the input (default:
+    every layer the logits depend on). sections: ids to include (default all).
+    """
+
+    images: int = 10
+    predictions: int = 20
+    feature_layers: Sequence[str] | None = None
+    feature_images: int = 2
+    smooth_samples: int = 20
+    ig_steps: int = 32
+    window: int = 4
+    stride: int = 2
+    saliency_count: int = 100
+    saliency_classes: int = 3
+    topk_layer: str | None = None
+    topk_units: int = 4
+    k: int = 6
+    topk_window: int = 11
+    topk_stride: int = 4
+    embed_layer: str | None = None
+    embed_count: int = 500
+    embed_method: str = "auto"
+    maximize_steps: int = 200
+    gradcheck_layers: Sequence[str] | None = None
+    sections: Sequence[str] | None = None
+    seed: int = 0
+    batch_size: int = 64
+
+
+class Context:
+    """What every section shares: the model, the data, the options, and predictions made once."""
+
+    def __init__(self, model: Model, data: ReportData, options: ReportOptions):
+        self.model, self.data, self.options = model, data, options
+        self.channel_axis = require_image(model, "a report")
+        self.x = model.check_input(data.x)
+        if data.labels is not None and len(data.labels) != len(self.x):
+            raise InvalidArgument(f"{len(data.labels)} labels for {len(self.x)} images")
+        self.labels = None if data.labels is None else np.asarray(data.labels).astype(np.int64).ravel()
+        logits = model.run(self.x, [model.tensor("logits")], batch_size=options.batch_size)[0].astype(np.float64)
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        self.probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+        self.predicted = self.probabilities.argmax(axis=1)
+        self.class_names = list(data.class_names or [str(c) for c in range(logits.shape[1])])
+        self.samples = self._samples(options.images)
+        # a sample's target: its true class when labelled (seed 002 explains each class), else the prediction
+        self.targets = (self.labels if self.labels is not None else self.predicted)[self.samples]
+
+    def _samples(self, count: int) -> np.ndarray:
+        """The first image of each of the first ``count`` classes (the first ``count`` images without labels)."""
+        if self.labels is None:
+            return np.arange(min(count, len(self.x)))
+        classes = np.unique(self.labels)[:count]
+        return np.array([np.flatnonzero(self.labels == c)[0] for c in classes])
+
+    def picture(self, index: int) -> np.ndarray:
+        """Image ``index`` as an RGB uint8 picture."""
+        return as_rgb8(to_hwc(self.x[index:index + 1], self.model.input_layout)[0])
+
+    def name(self, cls: int) -> str:
+        return self.class_names[cls] if 0 <= cls < len(self.class_names) else str(cls)
+
+    def row_labels(self) -> list[str]:
+        return [f"{'class' if self.labels is not None else 'pred.'} {self.name(int(t))}" for t in self.targets]
+
+
+# ---- layer choices ------------------------------------------------------------------------
+def conv_layers(model: Model) -> list[str]:
+    """Layers made by a convolution, in order."""
+    return [layer.name for layer in model.layers
+            if (layer.op == "Conv" or layer.kind.startswith("Conv")) and layer.shape is not None and len(layer.shape) == 4]
+
+
+def flat_feature_layer(model: Model) -> str:
+    """The last layer with a flat (N, D) output before the logits: seed 003's feature extractor."""
+    ends = {model.tensor("logits"), *model.output_names}
+    flat = [layer.name for layer in model.layers
+            if layer.shape is not None and len(layer.shape) == 2 and layer.tensor not in ends]
+    if not flat:
+        raise InvalidArgument(f"{model.source} has no flat layer before its logits; choose an embedding layer")
+    return flat[-1]
+
+
+def differentiable_layers(model: Model) -> list[str]:
+    """One layer per distinct tensor that the logits depend on (the input excluded)."""
+    logits, seen, names = model.tensor("logits"), set(), []
+    for layer in model.layers:
+        if layer.tensor in seen or layer.tensor == logits or layer.tensor in model.output_names:
+            continue
+        if logits in dependent_tensors(model.proto.graph, [layer.tensor]):
+            seen.add(layer.tensor)
+            names.append(layer.name)
+    return names
+
+
+# ---- sections -----------------------------------------------------------------------------
+def summary(ctx: Context) -> Section:
+    m = ctx.model
+    rows = [(layer.name, layer.kind or layer.op, _shape(layer.shape), layer.params) for layer in m.layers]
+    facts = Table(("property", "value"), [
+        ("model file", m.source), ("input", f"{m.input_name} {_shape(m.input_shape)} ({m.input_layout})"),
+        ("class scores", f"{m.tensor('logits')} (softmax swapped for linear)"), ("classes", len(ctx.class_names)),
+        ("parameters", sum(layer.params for layer in m.layers)), ("data", f"{ctx.data.name}: {len(ctx.x)} images"),
+    ])
+    return Section("summary", "Model summary",
+                   "The layers onnxsight reads from the ONNX file, by the names the model was built with, "
+                   "with their output shapes and parameter counts.",
+                   tables=(facts, Table(("layer", "type", "output shape", "parameters"), rows)))
+
+
+def accuracy(ctx: Context) -> Section:
+    classes = len(ctx.class_names)
+    matrix = np.zeros((classes, classes), np.int64)
+    np.add.at(matrix, (ctx.labels, ctx.predicted), 1)
+    correct = float(np.mean(ctx.labels == ctx.predicted))
+    return Section("accuracy", "Accuracy and confusion matrix",
+                   f"Top-1 accuracy is {correct:.2%} on the {len(ctx.x)} labelled images; row i, column j counts "
+                   "images of class i that the model predicts as class j.",
+                   figures=(Figure(figures.confusion(matrix, ctx.class_names)),))
+
+
+def predictions(ctx: Context) -> Section:
+    chosen = np.arange(min(ctx.options.predictions, len(ctx.x)))
+    truth = ctx.labels[chosen] if ctx.labels is not None else None
+    titles = [(f"{ctx.name(int(truth[j]))} → " if truth is not None else "")
+              + f"{ctx.name(int(ctx.predicted[i]))} {ctx.probabilities[i, ctx.predicted[i]]:.2f}"
+              for j, i in enumerate(chosen)]
+    good = [True] * len(chosen) if truth is None else list(truth == ctx.predicted[chosen])
+    image = figures.labelled_pictures([ctx.picture(i) for i in chosen], titles, good, columns=min(10, len(chosen)))
+    return Section("predictions", "Sample predictions",
+                   "The first test images titled 'true → predicted probability' (seed 001), "
+                   "green when the prediction is right and red when it is wrong.",
+                   figures=(Figure(image),))
+
+
+def filters(ctx: Context) -> Section:
+    layers = conv_layers(ctx.model)
+    if not layers:
+        raise InvalidArgument(f"{ctx.model.source} has no convolution whose filters could be shown")
+    kernels = ctx.model.kernel(layers[0])
+    colour = kernels.shape[1] == 3
+    return Section("filters", "First-layer filters",
+                   f"The {len(kernels)} {kernels.shape[2]}×{kernels.shape[3]} kernels of {layers[0]}, "
+                   + ("as RGB pictures, each min-max scaled (seed 001)." if colour else
+                      "averaged over input channels: blue negative, white zero, red positive, "
+                      "scaled by the largest |weight| (seed 001)."),
+                   figures=(Figure(filter_grid(kernels)),))
+
+
+def feature_maps(ctx: Context) -> Section:
+    layers = list(ctx.options.feature_layers or conv_layers(ctx.model)[:2])
+    chosen = ctx.samples[:ctx.options.feature_images]
+    values = ctx.model.activations(ctx.x[chosen], layers, batch_size=ctx.options.batch_size)
+    shown = []
+    for layer in layers:
+        maps = values[layer]
+        if maps.ndim == 4:
+            maps = np.moveaxis(maps, ctx.model.channel_axis(layer), 1)
+        for i, index in enumerate(chosen):
+            shown.append(Figure(activation_figure(ctx.picture(index), maps[i], columns=8),
+                                f"{layer}, test image {index} ({_truth(ctx, index)})"))
+    return Section("feature-maps", "Feature maps",
+                   f"What {', '.join(layers)} output for chosen test images, one grey tile per channel, each "
+                   "min-max scaled (seed 001's predictUntilLayer).", figures=shown)
+
+
+def saliency(ctx: Context) -> Section:
+    x, target = ctx.x[ctx.samples], ctx.targets
+    common = dict(target=target, normalize=True, batch_size=ctx.options.batch_size)
+    columns = {
+        "vanilla": saliency_map(ctx.model, x, **common),
+        "guided": saliency_map(ctx.model, x, modifier="guided", **common),
+        "deconv (rectified)": saliency_map(ctx.model, x, modifier="deconv", **common),
+        "negated (guided)": saliency_map(ctx.model, x, modifier="guided", negate=True, absolute=False, **common),
+    }
+    cells = [[ctx.picture(i), *(maps[r] for maps in columns.values())] for r, i in enumerate(ctx.samples)]
+    image = figures.image_grid(cells, ["input", *columns], ctx.row_labels(), colorbar_label="gradient, min-max per map")
+    return Section("saliency", "Saliency: vanilla, guided, deconv and negated",
+                   "Per class, the gradient of the class score (softmax swapped for linear) with respect to the "
+                   "input: |gradient| as it is, through guided or deconv ReLUs, and the negated guided gradient "
+                   "that shows what speaks against the class (seed 002's grid).",
+                   figures=(Figure(image),))
+
+
+def cams(ctx: Context) -> Section:
+    x, target = ctx.x[ctx.samples], ctx.targets
+    layer = default_cam_layer(ctx.model)
+    columns = {
+        "Grad-CAM": gradcam(ctx.model, x, target, layer=layer, batch_size=ctx.options.batch_size),
+        "guided": gradcam(ctx.model, x, target, layer=layer, modifier="guided", batch_size=ctx.options.batch_size),
+        "rectified": gradcam(ctx.model, x, target, layer=layer, modifier="deconv", batch_size=ctx.options.batch_size),
+        "Guided Grad-CAM": gradcam(ctx.model, x, target, layer=layer, guided=True, batch_size=ctx.options.batch_size),
+    }
+    cells = [[ctx.picture(i), *(overlay(ctx.picture(i), maps[r]) for maps in columns.values())]
+             for r, i in enumerate(ctx.samples)]
+    image = figures.image_grid(cells, ["input", *columns], ctx.row_labels(), colorbar_label="class activation map")
+    return Section("gradcam", "Grad-CAM: vanilla, guided, rectified",
+                   f"Class activation maps of {layer} over the input: Grad-CAM, its keras-vis variants whose "
+                   "gradient to the layer passes guided or deconv ReLUs (seed 002), and Guided Grad-CAM "
+                   "(the map times the guided-backprop gradient).",
+                   figures=(Figure(image),))
+
+
+def smoothgrad_ig(ctx: Context) -> Section:
+    x, target, o = ctx.x[ctx.samples], ctx.targets, ctx.options
+    smooth = saliency_map(ctx.model, x, target, smooth_samples=o.smooth_samples, normalize=True, seed=o.seed,
+                          batch_size=o.batch_size)
+    ig = integrated_gradients(ctx.model, x, target, steps=o.ig_steps, batch_size=o.batch_size)
+    ig = normalize_each(np.abs(ig).max(axis=ctx.channel_axis))
+    cells = [[ctx.picture(i), smooth[r], ig[r]] for r, i in enumerate(ctx.samples)]
+    image = figures.image_grid(cells, ["input", "SmoothGrad", "Integrated Gradients"], ctx.row_labels(),
+                               colorbar_label="|attribution|, min-max per map")
+    return Section("smoothgrad-ig", "SmoothGrad and Integrated Gradients",
+                   f"SmoothGrad averages |gradient| over {o.smooth_samples} noisy copies (noise 15 % of the image's "
+                   f"range); Integrated Gradients sums gradients along {o.ig_steps} steps from a black image, "
+                   "shown as |attribution| (max over channels).",
+                   figures=(Figure(image),))
+
+
+def occlusion(ctx: Context) -> Section:
+    x, target, o = ctx.x[ctx.samples], ctx.targets, ctx.options
+    window = min(o.window, *spatial_size(x, ctx.channel_axis))
+    drops = occlude(ctx.model, x, target, window=window, stride=o.stride, batch_size=max(o.batch_size, 256))
+    peak = float(np.abs(drops).max()) or 1.0
+    cells = [[ctx.picture(i), drops[r] / peak] for r, i in enumerate(ctx.samples)]
+    image = figures.image_grid(cells, ["input", "score drop"], ctx.row_labels(), cmap=figures.SIGNED_CMAP,
+                               value_range=(-1.0, 1.0), colorbar_label=f"score drop / {peak:.3g}")
+    return Section("occlusion", "Occlusion",
+                   f"How much the class score falls when a {window}×{window} black square (stride {o.stride}) "
+                   "hides each pixel: red where hiding hurts the class, blue where it helps.",
+                   figures=(Figure(image),))
+
+
+def class_saliency(ctx: Context) -> Section:
+    o = ctx.options
+    shown = []
+    for cls in ctx.targets[:o.saliency_classes]:
+        result = class_saliency_map(ctx.model, ctx.x, ctx.labels, int(cls), count=o.saliency_count,
+                                    batch_size=o.batch_size)
+        title = f"class {ctx.name(int(cls))}: mean of {len(result.indices)} guided saliency maps"
+        shown.append(Figure(figures.class_saliency(result.mean, result.sem, title, "mean |guided gradient|")))
+    return Section("class-saliency", "Class saliency with uncertainty",
+                   f"Per class, the mean guided saliency map over up to {o.saliency_count} of its images, with the "
+                   "column and row sums beside it and their standard error of the mean shaded (seed 000).",
+                   figures=shown)
+
+
+def top_k(ctx: Context) -> Section:
+    o = ctx.options
+    layer = o.topk_layer or default_cam_layer(ctx.model)
+    window = min(o.topk_window, *spatial_size(ctx.x, ctx.channel_axis))  # seed 003's 11 px, or the whole of a small image
+    result = top_k_images(ctx.model, ctx.x, layer, k=min(o.k, len(ctx.x)), units=range(o.topk_units),
+                          batch_size=o.batch_size)
+    shown = []
+    for column, unit in enumerate(result.units):
+        chosen = result.indices[:, column]
+        pictures = [ctx.picture(i) for i in chosen]
+        masks = occlude(ctx.model, ctx.x[chosen], target=int(unit), of=layer, window=window,
+                        stride=o.topk_stride, batch_size=max(o.batch_size, 256))
+        rows = [tile(pictures, len(pictures), cell=72, labels=[f"{s:.2f}" for s in result.scores[:, column]]),
+                tile([overlay(p, normalize(h)) for p, h in zip(pictures, masks)], len(pictures), cell=72)]
+        shown.append(Figure(np.concatenate(rows, axis=0), f"{layer} unit {unit}: top {len(chosen)} images "
+                                                          "(activation above each) and their occlusion masks"))
+    return Section("top-k", "Top-K images per unit",
+                   f"For units of {layer}, the test images that activate each most, and below them where a "
+                   f"{window}×{window} occluder (stride {o.topk_stride}) lowers that unit most, in jet "
+                   "(seed 003).", figures=shown)
+
+
+def embedding(ctx: Context) -> Section:
+    o = ctx.options
+    layer = o.embed_layer or flat_feature_layer(ctx.model)
+    count = min(o.embed_count, len(ctx.x))
+    result = embed(ctx.model, ctx.x[:count], layer, method=o.embed_method, seed=o.seed, batch_size=o.batch_size)
+    labels = ctx.labels[:count] if ctx.labels is not None else ctx.predicted[:count]
+    method = "t-SNE" if result.method == "tsne" else "PCA"
+    image = figures.scatter(result.points, labels, ctx.class_names, f"{method} of {layer} ({count} images)")
+    return Section("embedding", f"{method} of the features",
+                   f"A 2-D {method} map of {layer}'s features of {count} test images, coloured by "
+                   f"{'true' if ctx.labels is not None else 'predicted'} class (seed 003).",
+                   figures=(Figure(image),))
+
+
+def maximization(ctx: Context) -> Section:
+    o = ctx.options
+    classes = list(range(len(ctx.class_names)))
+    title = "Activation maximization of every class"
+    try:
+        result = maximize(ctx.model, "logits", classes, "logit", steps=o.maximize_steps, lr=0.05,
+                          regularizers={"l2": 1e-3}, seed=o.seed)
+    except GradientCheckFailed as error:  # the report says so instead of drawing from a wrong gradient
+        return Section("maximization", title, f"The finite-difference check stopped the ascent, so no image is shown: {error}.")
+    pictures = [as_rgb8(image) for image in to_hwc(result.images, ctx.model.input_layout)]
+    grid = tile(pictures, len(pictures), cell=96, labels=[ctx.name(c) for c in classes])
+    names = [ctx.name(c) for c in classes]
+    curves = figures.curves({"class logit − 0.001·‖x‖": result.series("total"),
+                             "image L2 norm ‖x‖": result.series("image_norm")}, names,
+                            f"activation maximization, {o.maximize_steps} steps")
+    errors = result.fd_errors
+    check = (f"{errors.size} finite-difference checks passed, largest relative error {errors.max():.1e}"
+             if errors.size else "no finite-difference check found a smooth direction")
+    return Section("maximization", title,
+                   f"Images grown from grey by gradient ascent on each class logit with an L2 penalty (seeds 000/004), "
+                   f"all classes in one batch; {check}.",
+                   figures=(Figure(grid, "one image per class"), Figure(curves, "objective and image norm per step")))
+
+
+def gradcheck(ctx: Context) -> Section:
+    o = ctx.options
+    layers = list(o.gradcheck_layers) if o.gradcheck_layers is not None else differentiable_layers(ctx.model)
+    low, high = float(ctx.x.min()), float(ctx.x.max())
+    x = np.random.default_rng(o.seed).uniform(low, high, (2, *ctx.x.shape[1:])).astype(ctx.x.dtype)
+    report = check_gradients(ctx.model, x, wrt=["input", *layers], seed=o.seed)
+    rows = [(row.wrt, row.relative_error, row.analytic, row.numeric, f"{row.kinks}/{report.directions}", row.status)
+            for row in report.rows]
+    return Section("gradcheck", "Gradient check",
+                   f"Every gradient above comes from ONNX graphs that onnxsight adds; here they are compared with "
+                   f"{report.precision} central differences ({report.runtime}, tolerance {report.tolerance:g}) "
+                   "along random directions on two random inputs: 'kink' means every step crossed a ReLU or "
+                   "max-pool switch.",
+                   tables=(Table(("with respect to", "relative error", "analytic", "numeric", "kinks", "status"), rows),))
+
+
+def _shape(shape) -> str:
+    return "?" if shape is None else "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
+
+
+def _truth(ctx: Context, index: int) -> str:
+    label = f"label {ctx.name(int(ctx.labels[index]))}, " if ctx.labels is not None else ""
+    return f"{label}predicted {ctx.name(int(ctx.predicted[index]))}"
+
+
+# id -> (section function, needs labels)
+SECTIONS: dict[str, tuple[Callable[[Context], Section], bool]] = {
+    "summary": (summary, False),
+    "accuracy": (accuracy, True),
+    "predictions": (predictions, False),
+    "filters": (filters, False),
+    "feature-maps": (feature_maps, False),
+    "saliency": (saliency, False),
+    "gradcam": (cams, False),
+    "smoothgrad-ig": (smoothgrad_ig, False),
+    "occlusion": (occlusion, False),
+    "class-saliency": (class_saliency, True),
+    "top-k": (top_k, False),
+    "embedding": (embedding, False),
+    "maximization": (maximization, False),
+    "gradcheck": (gradcheck, False),
+}

@@ -1,0 +1,172 @@
+"""The HTML report: every section present, captioned, with decodable images of the expected sizes."""
+
+from __future__ import annotations
+
+import base64
+import sys
+from html.parser import HTMLParser
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from onnxsight.cli.app import app
+from onnxsight.errors import InvalidArgument, MissingDependency
+from onnxsight.report import SECTIONS, ReportData, ReportOptions, write_report
+
+# Small counts: the whole report of the trained seed-000 CNN renders in a few seconds.
+SMALL = ReportOptions(images=3, predictions=6, feature_images=1, smooth_samples=4, ig_steps=8, saliency_count=10,
+                      saliency_classes=2, topk_units=2, k=3, embed_count=60, maximize_steps=10,
+                      embed_method="pca", gradcheck_layers=("dense_1",))
+TEST_IMAGES = 120
+
+
+class _Page(HTMLParser):
+    """Section ids and captions, table-of-contents links, images, and anything that could reach the network."""
+
+    def __init__(self):
+        super().__init__()
+        self.sections, self.captions, self.links, self.images, self.scripts, self.urls = [], {}, [], [], 0, []
+        self.meta, self._caption, self._cells, self.cells = [], False, False, {}
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "section":
+            self.sections.append(attrs["id"])
+        elif tag == "p" and attrs.get("class") == "caption":
+            self._caption = True
+        elif tag == "a":
+            self.links.append(attrs["href"])
+        elif tag == "img":
+            self.images.append((self.sections[-1], attrs))
+        elif tag == "script":
+            self.scripts += 1
+        elif tag == "meta":
+            self.meta.append(attrs)
+        elif tag == "td":
+            self._cells = True
+        for name in ("src", "href"):
+            value = attrs.get(name) or ""
+            if value and not value.startswith(("data:", "#")):
+                self.urls.append(value)
+
+    def handle_endtag(self, tag):
+        self._caption = self._caption and tag != "p"
+        self._cells = self._cells and tag != "td"
+
+    def handle_data(self, data):
+        if self._caption:
+            self.captions[self.sections[-1]] = self.captions.get(self.sections[-1], "") + data
+        if self._cells and self.sections:
+            self.cells.setdefault(self.sections[-1], []).append(data)
+
+
+def _decode(src: str) -> np.ndarray:
+    prefix = "data:image/png;base64,"
+    assert src.startswith(prefix)
+    image = cv2.imdecode(np.frombuffer(base64.b64decode(src[len(prefix):]), np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None, "an embedded PNG does not decode"
+    return image
+
+
+@pytest.fixture(scope="module")
+def rendered(model, digits_data, tmp_path_factory):
+    data = ReportData(digits_data.x_test[:TEST_IMAGES], digits_data.y_test[:TEST_IMAGES], digits_data.class_names, "digits")
+    path = tmp_path_factory.mktemp("report") / "report.html"
+    report = write_report(model, data, path, SMALL)
+    page = _Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    return report, page, data
+
+
+def test_every_section_is_present_in_order_with_a_contents_link_and_a_one_sentence_caption(rendered):
+    report, page, _ = rendered
+    assert page.sections == list(SECTIONS) == report.sections
+    assert [link for link in page.links if link.startswith("#")] == [f"#{name}" for name in SECTIONS]
+    for name in SECTIONS:
+        caption = page.captions[name].strip()
+        assert caption.endswith(".") and len(caption) > 40, (name, caption)
+    assert set(report.timings) == set(SECTIONS)
+
+
+def test_the_page_is_self_contained(rendered):
+    _, page, _ = rendered
+    assert page.scripts == 0 and page.urls == []
+    policy = next(m["content"] for m in page.meta if m.get("http-equiv") == "Content-Security-Policy")
+    assert "default-src 'none'" in policy and "img-src data:" in policy
+
+
+def test_every_embedded_image_decodes_at_its_declared_size(rendered):
+    _, page, _ = rendered
+    assert len(page.images) >= 12
+    for section, attrs in page.images:
+        image = _decode(attrs["src"])
+        assert image.shape[:2] == (int(attrs["height"]), int(attrs["width"])), section
+        assert image.std() > 5, f"{section}: a blank image"
+
+
+def test_images_have_the_sizes_their_layouts_give(rendered):
+    _, page, _ = rendered
+    sizes = {}
+    for section, attrs in page.images:
+        sizes.setdefault(section, []).append(_decode(attrs["src"]).shape[:2])
+    rows = SMALL.images
+    # matplotlib grids: 1.4 inches per cell plus fixed margins, at 100 dpi
+    assert sizes["saliency"] == [(round(100 * (1.4 * rows + 0.35)), round(100 * (1.4 * 5 + 1.3)))]
+    assert sizes["gradcam"] == [(round(100 * (1.4 * rows + 0.35)), round(100 * (1.4 * 5 + 1.3)))]
+    assert sizes["smoothgrad-ig"] == [(round(100 * (1.4 * rows + 0.35)), round(100 * (1.4 * 3 + 1.3)))]
+    assert sizes["occlusion"] == [(round(100 * (1.4 * rows + 0.35)), round(100 * (1.4 * 2 + 1.3)))]
+    assert sizes["class-saliency"] == [(500, 500)] * SMALL.saliency_classes
+    assert sizes["embedding"] == [(500, 600)]
+    assert sizes["accuracy"] == [(570, 610)]  # 10 classes
+    # opencv grids: 32 first-layer kernels in 6x6 cells of 48 px (+4 gap, +14 label); 10 maximised classes of 96 px
+    assert sizes["filters"] == [(6 * 66 + 4, 6 * 52 + 4)]
+    assert sizes["maximization"][0] == (96 + 4 + 14 + 4, 10 * 100 + 4)
+    assert sizes["maximization"][1] == (320, 840)
+    assert sizes["top-k"] == [((72 + 4 + 14 + 4) + (72 + 4 + 4), SMALL.k * 76 + 4)] * SMALL.topk_units
+    assert len(sizes["feature-maps"]) == 2 * SMALL.feature_images  # conv2d_1 and conv2d_2
+
+
+def test_numbers_in_the_page_match_the_model(rendered, model):
+    _, page, data = rendered
+    accuracy = float(np.mean(model.predict(data.x).argmax(axis=1) == data.labels))
+    assert f"{accuracy:.2%}" in page.captions["accuracy"]
+    cells = page.cells["gradcheck"]
+    assert cells[0] == "input" and "dense_1" in cells and "FAIL" not in cells
+
+
+def test_without_labels_the_labelled_sections_are_left_out(model, digits_data, tmp_path):
+    options = ReportOptions(images=2, sections=("summary", "accuracy", "class-saliency", "predictions"))
+    report = write_report(model, ReportData(digits_data.x_test[:5]), tmp_path / "r.html", options)
+    assert report.sections == ["summary", "predictions"]
+
+
+def test_unknown_sections_and_existing_files_are_refused(model, digits_data, tmp_path):
+    data = ReportData(digits_data.x_test[:5], digits_data.y_test[:5])
+    with pytest.raises(InvalidArgument, match="unknown report section 'saliencey'"):
+        write_report(model, data, tmp_path / "r.html", ReportOptions(sections=("saliencey",)))
+    (tmp_path / "r.html").write_text("mine")
+    with pytest.raises(InvalidArgument, match="already exists"):
+        write_report(model, data, tmp_path / "r.html", ReportOptions(sections=("summary",)))
+    assert (tmp_path / "r.html").read_text() == "mine"
+
+
+def test_missing_matplotlib_names_the_extra(monkeypatch):
+    from onnxsight.report import figures
+
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(MissingDependency, match=r"onnxsight\[report\]"):
+        figures.new_figure(1, 1)
+
+
+def test_report_command_writes_the_page_and_keeps_it_without_force(mnist_onnx, tmp_path):
+    target = tmp_path / "out.html"
+    arguments = ["report", str(mnist_onnx), "--data", "digits", "--count", "40", "--section", "summary",
+                 "--section", "accuracy", "--device", "cpu", "-o", str(target)]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    assert f"report: {target}" in result.stdout.replace("\n", "")
+    assert 'id="accuracy"' in target.read_text() and 'id="saliency"' not in target.read_text()
+    again = CliRunner().invoke(app, arguments)
+    assert again.exit_code == 1 and "already exists" in again.stderr
