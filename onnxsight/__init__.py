@@ -11,6 +11,7 @@ from onnxsight.methods.maximize import Maximization, maximize
 from onnxsight.methods.occlusion import occlusion
 from onnxsight.methods.saliency import saliency
 from onnxsight.report import ReportData, ReportOptions, write_report
+from onnxsight.scale.run import BatchResult, run_batch
 
 __version__ = "0.1.0"
 
@@ -23,8 +24,8 @@ def convert_keras(model_or_path, output_path, **options):
 
 
 __all__ = [
-    "GradcheckReport", "Layer", "Maximization", "Model", "OnnxsightError", "ReportData",
+    "BatchResult", "GradcheckReport", "Layer", "Maximization", "Model", "OnnxsightError", "ReportData",
     "ReportOptions", "augment", "class_saliency", "completeness_gap", "convert_keras", "embedding",
     "gradcam", "gradcheck", "integrated_gradients", "load", "maximize", "occlusion",
-    "saliency", "top_k_images", "write_report", "__version__"
+    "run_batch", "saliency", "top_k_images", "write_report", "__version__"
 ]

@@ -8,7 +8,7 @@ import typer
 
 from onnxsight import __version__
 from onnxsight.cli import (
-    attribution, convert, dataset_views, demo, gradients, layers, maximize, models, report,
+    attribution, batch, convert, dataset_views, demo, gradients, layers, maximize, models, report,
 )
 from onnxsight.cli.options import err
 from onnxsight.errors import OnnxsightError
@@ -64,6 +64,7 @@ app.command("occlusion")(attribution.occlusion)
 app.command("class-saliency")(dataset_views.class_saliency)
 app.command("top-k")(dataset_views.top_k)
 app.command("embed")(dataset_views.embed)
+app.command("batch")(batch.batch)
 app.command("maximize")(maximize.maximize)
 app.command("demo")(demo.demo)
 app.command("report")(report.report)
