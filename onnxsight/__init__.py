@@ -12,6 +12,7 @@ from onnxsight.methods.occlusion import occlusion
 from onnxsight.methods.saliency import saliency
 from onnxsight.report import ReportData, ReportOptions, write_report
 from onnxsight.scale.run import BatchResult, run_batch
+from onnxsight.serving.explainer import export_explainer
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,6 @@ def convert_keras(model_or_path, output_path, **options):
 __all__ = [
     "BatchResult", "GradcheckReport", "Layer", "Maximization", "Model", "OnnxsightError", "ReportData",
     "ReportOptions", "augment", "class_saliency", "completeness_gap", "convert_keras", "embedding",
-    "gradcam", "gradcheck", "integrated_gradients", "load", "maximize", "occlusion",
+    "export_explainer", "gradcam", "gradcheck", "integrated_gradients", "load", "maximize", "occlusion",
     "run_batch", "saliency", "top_k_images", "write_report", "__version__"
 ]

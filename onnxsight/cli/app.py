@@ -8,7 +8,7 @@ import typer
 
 from onnxsight import __version__
 from onnxsight.cli import (
-    attribution, batch, convert, dataset_views, demo, gradients, layers, maximize, models, report,
+    attribution, batch, convert, dataset_views, demo, gradients, layers, maximize, models, report, serve,
 )
 from onnxsight.cli.options import err
 from onnxsight.errors import OnnxsightError
@@ -68,6 +68,8 @@ app.command("batch")(batch.batch)
 app.command("maximize")(maximize.maximize)
 app.command("demo")(demo.demo)
 app.command("report")(report.report)
+app.command("export")(serve.export)
+app.command("serve")(serve.serve)
 
 
 def main() -> None:

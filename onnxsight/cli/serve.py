@@ -1,0 +1,109 @@
+"""``export`` and ``serve``: explainer ONNX files (and Triton entries), and an Open Inference Protocol server."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Optional
+
+import onnx
+import typer
+from rich.table import Table
+
+from onnxsight.cli.options import Device, Force, ModelArg, err, out
+from onnxsight.data.files import atomic_open, refuse_overwrite
+from onnxsight.engine.model import load
+from onnxsight.serving.explainer import METHODS, TARGET, export_explainer
+
+Layer = Annotated[Optional[str], typer.Option("--layer", "-l", help="CAM layer (gradcam, guided-gradcam); default: the last spatial layer.")]
+Samples = Annotated[int, typer.Option(min=1, help="smoothgrad: noisy copies per image.")]
+Noise = Annotated[float, typer.Option(min=0, help="smoothgrad: noise std as a fraction of each image's value range.")]
+Seed = Annotated[int, typer.Option(help="smoothgrad: seed of the noise baked into the graph.")]
+
+
+def export(
+    model: ModelArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="The explainer ONNX file to write.")],
+    method: Annotated[str, typer.Option(help=f"Attribution method: {', '.join(METHODS)}.")] = "gradcam",
+    layer: Layer = None,
+    samples: Samples = 20,
+    noise: Noise = 0.15,
+    seed: Seed = 0,
+    triton: Annotated[Optional[Path], typer.Option(help="Also write a Triton model repository entry into this folder.")] = None,
+    force: Force = False,
+) -> None:
+    """Write an explainer: one ONNX model returning probabilities, the explained class and a heat map.
+
+    Inputs: image (any batch) and optional target (int64 per image, or one for all; default: the
+    predicted class). Outputs: probabilities, target_class, heatmap (input size, normalised to [0, 1]).
+    """
+    from onnxsight.serving.triton import write_triton_entry
+
+    refuse_overwrite(output, force)
+    proto = export_explainer(load(model, device="cpu"), method, layer=layer, samples=samples, noise=noise, seed=seed)
+    folder = None if triton is None else write_triton_entry(proto, triton, output.stem, optional=[TARGET], force=force)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(output) as handle:
+        handle.write(proto.SerializeToString())
+    table = Table(title=f"{output}: {method} explainer of {model.name}")
+    for column in ("Kind", "Name", "Type", "Shape"):
+        table.add_column(column)
+    for kind, values in (("input", proto.graph.input), ("output", proto.graph.output)):
+        for value in values:
+            dims = [d.dim_param or str(d.dim_value) for d in value.type.tensor_type.shape.dim]
+            optional = " (optional)" if value.name == TARGET and kind == "input" else ""
+            table.add_row(kind, value.name + optional, _type_name(value.type.tensor_type.elem_type), f"({', '.join(dims)})")
+    out.print(table)
+    if folder is not None:
+        out.print(f"wrote Triton model repository entry {folder}")
+
+
+def serve(
+    path: Annotated[Path, typer.Argument(help="An ONNX model, or a folder of .onnx models.", show_default=False)],
+    host: Annotated[str, typer.Option(help="Address to bind; the default is loopback only.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    token: Annotated[Optional[str], typer.Option(envvar="ONNXSIGHT_TOKEN", show_envvar=True,
+                                                 help="Require 'Authorization: Bearer TOKEN' (all but health probes).")] = None,
+    method: Annotated[Optional[list[str]], typer.Option(help=f"Explainer variants to serve (repeatable); default all: {', '.join(METHODS)}.")] = None,
+    no_explainers: Annotated[bool, typer.Option("--no-explainers", help="Serve the models only.")] = False,
+    layer: Layer = None,
+    samples: Samples = 20,
+    noise: Noise = 0.15,
+    seed: Seed = 0,
+    max_body_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body, in MiB (413 above).")] = 16.0,
+    max_batch: Annotated[int, typer.Option(min=1, help="Most images per request (400 above).")] = 64,
+    workers: Annotated[int, typer.Option(min=1, help="Inference threads.")] = 2,
+    queue: Annotated[int, typer.Option(min=0, help="Requests that may wait for a thread (503 above).")] = 64,
+    device: Device = "cpu",
+    log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
+) -> None:
+    """Serve models and their explainers over the Open Inference Protocol (KServe v2 REST, as Triton speaks it).
+
+    Each FILE.onnx is served as FILE and, per explainer method, as FILE.METHOD (e.g. mnist_cnn.gradcam);
+    an explainer file written by `onnxsight export` is served as it is. Needs the 'serve' extra.
+    """
+    from onnxsight.serving.repository import load_models
+    from onnxsight.serving.server import Settings, create_app, run
+
+    settings = Settings(token=token, max_body_bytes=int(max_body_mb * 2**20), max_batch=max_batch,
+                        workers=workers, queue=queue)
+    methods = [] if no_explainers else (method or list(METHODS))
+    models = load_models(path, methods, layer=layer, device=device, samples=samples, noise=noise, seed=seed)
+    app = create_app(models, settings)
+    if token is None and not _loopback(host):
+        err.print(f"[bold yellow]warning:[/] serving on {host} without a token: anyone who reaches it can use the models")
+    err.print(f"serving {len(models)} models on http://{host}:{port}/v2: {', '.join(models)}")
+    run(app, host, port, log_level=log_level)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _type_name(elem_type: int) -> str:
+    return onnx.TensorProto.DataType.Name(elem_type).lower()

@@ -1,0 +1,338 @@
+"""Explainer models: a classifier and one attribution method as a single plain ONNX graph.
+
+The graph takes ``image`` (dynamic batch, the model's own input layout) and an optional
+``target`` (int64, one class per image or one for all; default ``[-1]``: the predicted class)
+and returns ``probabilities`` (the model's first output), ``target_class`` (the class each map
+explains; an ONNX graph cannot reuse the input's name for an output) and ``heatmap`` (N, H, W),
+min-max normalised per image. Everything runs inside the graph: the one-hot cotangent, the
+gradient (onnxsight's VJP subgraphs), the CAM weighting, ReLU, bilinear ``Resize`` and the
+normalisation, so any ONNX runtime or inference server returns the map.
+The numbers equal ``onnxsight.saliency`` / ``onnxsight.gradcam`` with the options below.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxsight.engine.autodiff import build_vjp
+from onnxsight.engine.autodiff.builder import GraphBuilder
+from onnxsight.engine.graph import opset_version, runtime_compatible, value_infos
+from onnxsight.engine.metadata import AUGMENTED, set_props
+from onnxsight.engine.model import Model
+from onnxsight.errors import InvalidArgument
+from onnxsight.kernels.attribution import noise_scale, smoothgrad_noise
+from onnxsight.methods.cam import check_cam_layer, default_cam_layer
+from onnxsight.methods.common import require_image
+
+METHODS = ("saliency", "guided", "gradcam", "guided-gradcam", "smoothgrad")
+IMAGE, TARGET = "image", "target"  # inputs
+PROBABILITIES, TARGET_CLASS, HEATMAP = "probabilities", "target_class", "heatmap"  # outputs
+PUBLIC_NAMES = (IMAGE, TARGET, PROBABILITIES, TARGET_CLASS, HEATMAP)
+EXPLAINER = "onnxsight.explainer"  # metadata key: JSON description of the explainer
+PREDICTED = -1  # a target below 0 means "the predicted class"
+_IR_VERSION = 8  # inputs with an initializer (optional inputs) need IR >= 4
+_BATCH, _TARGETS = "N", "targets"  # symbolic dims of the public tensors
+
+
+@dataclass(frozen=True)
+class _Gradient:
+    """One VJP subgraph to add: its backprop modifier, the tensor to differentiate with respect to,
+    and (for CAMs) the tensor whose activation is kept as an output."""
+
+    modifier: str | None
+    wrt: str
+    keep: tuple[str, ...] = ()
+
+
+def export_explainer(
+    model: Model,
+    method: str = "gradcam",
+    *,
+    layer: str | None = None,
+    samples: int = 20,
+    noise: float = 0.15,
+    seed: int = 0,
+) -> onnx.ModelProto:
+    """The explainer ModelProto of ``model`` for ``method`` (see the module docstring).
+
+    method: "saliency" (|gradient| of the target logit, max over channels), "guided" (the same
+        with guided backprop), "gradcam" (Grad-CAM at ``layer``, ReLU, bilinear upsampling),
+        "guided-gradcam" (Grad-CAM × guided saliency) or "smoothgrad" (mean |gradient| over
+        ``samples`` noisy copies with σ = ``noise`` × each image's value range).
+    layer: the CAM layer, default :func:`onnxsight.methods.cam.default_cam_layer`.
+    samples, noise, seed: SmoothGrad's noise, drawn once at export with
+        :func:`onnxsight.kernels.attribution.smoothgrad_noise` for a single image and baked into
+        the graph: every image of a batch gets the noise ``onnxsight.saliency`` gives one image.
+    Equal to, per image: ``onnxsight.saliency(m, x, t, modifier=None|"guided", normalize=True,
+    [smooth_samples=samples, smooth_noise=noise, seed=seed])`` and ``onnxsight.gradcam(m, x, t,
+    layer=layer, guided=False|True)``.
+    """
+    input_axis, cam_layer = _check(model, method, layer, samples)
+    tracked = [model.input_name, model.output_names[0], model.tensor("logits")]
+    proto, names = _free_public_names(model.proto, tracked + ([model.tensor(cam_layer)] if cam_layer else []))
+    x, output, logits = names[:3]
+    cam_tensor = names[3] if cam_layer else None
+    gradients = {
+        "saliency": [_Gradient(None, x)],
+        "guided": [_Gradient("guided", x)],
+        "smoothgrad": [_Gradient(None, x)],
+        "gradcam": [_Gradient(None, cam_tensor, (cam_tensor,))],
+        "guided-gradcam": [_Gradient(None, cam_tensor, (cam_tensor,)), _Gradient("guided", x)],
+    }[method]
+    cotangents, grads = [], []
+    for gradient in gradients:
+        vjp = build_vjp(proto, logits, [gradient.wrt], modifier=gradient.modifier, keep_outputs=gradient.keep)
+        proto = vjp.model
+        cotangents.append(vjp.cotangent)
+        grads.append(vjp.gradients[gradient.wrt])
+
+    infos = value_infos(proto)
+    elem = infos[x].type.tensor_type.elem_type
+    size = tuple(d for axis, d in enumerate(model.input_shape) if axis not in (0, input_axis))
+    classes = model.shapes[model.tensor("logits")][1]
+    inputs = [
+        helper.make_tensor_value_info(IMAGE, elem, [_BATCH, *model.input_shape[1:]]),
+        helper.make_tensor_value_info(TARGET, TensorProto.INT64, [_TARGETS]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info(PROBABILITIES, infos[output].type.tensor_type.elem_type, [_BATCH, classes]),
+        helper.make_tensor_value_info(TARGET_CLASS, TensorProto.INT64, [_BATCH]),
+        helper.make_tensor_value_info(HEATMAP, elem, [_BATCH, *size]),
+    ]
+    g = GraphBuilder(infos | {v.name: v for v in inputs}, opset_version(proto), _free_prefix(proto.graph, "onnxsight/explain"))
+    copies = samples if method == "smoothgrad" else 0
+
+    g.scope("input")
+    batch = g.dim(IMAGE, 0)
+    if copies:  # rows: the N images, then copy s of image n at row N + s·N + n
+        noisy = _noisy_copies(g, IMAGE, model.input_shape, samples, noise, seed, elem)
+        _alias(g, g.op("Concat", IMAGE, noisy, axis=0), x)
+    else:
+        _alias(g, IMAGE, x)
+    clean = (lambda t: g.op("Slice", t, g.ints([0]), batch)) if copies else (lambda t: t)
+
+    g.scope("target")
+    resolved, cotangent = _one_hot(g, clean(logits), logits, batch, copies)
+    for name in cotangents:
+        _alias(g, cotangent, name)
+
+    g.scope("heatmap")
+    if method in ("saliency", "guided"):
+        heatmap = _normalize(g, _reduce(g, "ReduceMax", g.op("Abs", grads[0]), [input_axis], keepdims=0))
+    elif method == "smoothgrad":
+        rows = g.op("Slice", grads[0], batch, g.ints([np.iinfo(np.int64).max]))
+        per_sample = g.op("Reshape", rows, g.ints([samples, -1, *model.input_shape[1:]]))
+        mean = _reduce(g, "ReduceMean", g.op("Abs", per_sample), [0], keepdims=0)
+        heatmap = _normalize(g, _reduce(g, "ReduceMax", mean, [input_axis], keepdims=0))
+    else:
+        heatmap = _gradcam(g, cam_tensor, grads[0], model.channel_axis(cam_layer), size)
+        if method == "guided-gradcam":
+            product = g.op("Mul", grads[1], g.unsqueeze(heatmap, [input_axis]))
+            heatmap = _normalize(g, _reduce(g, "ReduceMax", g.op("Abs", product), [input_axis], keepdims=0))
+
+    g.scope("outputs")
+    _alias(g, clean(output), PROBABILITIES)
+    _alias(g, resolved, TARGET_CLASS)
+    _alias(g, heatmap, HEATMAP)
+    description = {
+        "method": method, "layer": cam_layer, "of": "logits", "classes": classes,
+        "samples": samples if copies else None, "noise": noise if copies else None, "seed": seed if copies else None,
+        "source": Path(model.source).name, "input_layout": model.input_layout, "optional_inputs": [TARGET],
+        "meaning": "heatmap: (N, H, W) min-max normalised per image; target < 0 (default) explains the predicted class",
+    }
+    return _assemble(proto, g.nodes, inputs, outputs, [x, *cotangents], description)
+
+
+def _check(model: Model, method: str, layer: str | None, samples: int) -> tuple[int, str | None]:
+    """The input's channel axis and the CAM layer (None for saliency methods), or InvalidArgument."""
+    if method not in METHODS:
+        raise InvalidArgument(f"unknown explainer method {method!r}; choose one of {', '.join(METHODS)}")
+    input_axis = require_image(model, "an explainer")
+    if model.input_shape[0] is not None:
+        raise InvalidArgument(f"{model.source} has a fixed batch size {model.input_shape[0]}; "
+                              "an explainer needs a dynamic batch dimension")
+    logits = model.tensor("logits")
+    if len(model.shapes.get(logits, ())) != 2:
+        raise InvalidArgument(f"an explainer needs class scores of shape (N, classes); {logits!r} has "
+                              f"shape {model.shapes.get(logits)}")
+    if method == "smoothgrad" and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
+        raise InvalidArgument(f"samples must be an integer >= 1, got {samples!r}")
+    if method in ("gradcam", "guided-gradcam"):
+        return input_axis, default_cam_layer(model) if layer is None else check_cam_layer(model, layer)
+    if layer is not None:
+        raise InvalidArgument(f"--layer applies to gradcam and guided-gradcam, not to {method}")
+    return input_axis, None
+
+
+# ---- graph pieces -------------------------------------------------------------------------------
+def _noisy_copies(g: GraphBuilder, image: str, input_shape, samples: int, noise: float, seed: int, elem: int) -> str:
+    """(samples·N, ...) noisy copies, sample-major: ``image + ε_s · noise · (max − min)`` per image,
+    with ``ε`` the standard normal draw ``onnxsight.saliency`` makes for a single image."""
+    one = np.zeros((1, *input_shape[1:]), np.float32)
+    noise_scale(one, noise)  # validates ``noise``
+    unit = smoothgrad_noise(one, samples, 1.0, "absolute", seed)  # (samples, 1, ...), σ = 1
+    epsilon = numpy_helper.from_array(unit.astype(helper.tensor_dtype_to_np_dtype(elem)), name=f"{image}/noise")
+    flat = g.op("Reshape", image, g.ints([0, -1]))
+    spread = g.op("Sub", _reduce(g, "ReduceMax", flat, [1], 1), _reduce(g, "ReduceMin", flat, [1], 1))
+    sigma = g.op("Mul", g.const(noise, like=image), spread)
+    sigma = g.op("Reshape", sigma, g.ints([1, -1] + [1] * (len(input_shape) - 1)))
+    copies = g.op("Add", g.unsqueeze(image, [0]), g.op("Mul", g.op("Constant", value=epsilon), sigma))
+    return g.op("Reshape", copies, g.ints([-1, *input_shape[1:]]))
+
+
+def _one_hot(g: GraphBuilder, clean_logits: str, logits: str, batch: str, copies: int) -> tuple[str, str]:
+    """The class explained per image (``target``, or the argmax of the logits where it is < 0)
+    and the one-hot cotangent of ``logits``; with ``copies`` noisy copies after the N clean rows,
+    the clean rows get zeros and every copy its image's class."""
+    requested = g.op("Expand", TARGET, batch)
+    predicted = g.op("ArgMax", clean_logits, axis=1, keepdims=0)
+    resolved = g.op("Where", g.op("Less", requested, g.ints(0)), predicted, requested)
+    indices = resolved
+    if copies:  # -1 matches no class: a zero row
+        indices = g.op("Concat", g.op("Expand", g.ints([-1]), batch), g.op("Tile", resolved, g.ints([copies])), axis=0)
+    classes = g.op("Gather", g.shape(logits), g.ints(1))
+    one_hot = g.op("Equal", g.unsqueeze(indices, [1]), g.op("Range", g.ints(0), classes, g.ints(1)))
+    return resolved, g.op("CastLike", one_hot, logits)
+
+
+def _gradcam(g: GraphBuilder, activation: str, gradient: str, channel_axis: int, size: tuple[int, int]) -> str:
+    """Grad-CAM: channel weights = spatial mean of the gradient; ReLU(weighted sum); bilinear
+    upsampling to ``size`` (``half_pixel``, as OpenCV's INTER_LINEAR); normalised. (N, H, W)."""
+    spatial = [axis for axis in (1, 2, 3) if axis != channel_axis]
+    weights = _reduce(g, "ReduceMean", gradient, spatial, keepdims=1)
+    cam = g.op("Relu", g.reduce_sum(g.op("Mul", activation, weights), [channel_axis], keepdims=0))
+    stacked = g.unsqueeze(cam, [1])
+    sizes = g.op("Concat", g.op("Slice", g.shape(stacked), g.ints([0]), g.ints([2])), g.ints(list(size)), axis=0)
+    resized = g.op("Resize", stacked, "", "", sizes, mode="linear", coordinate_transformation_mode="half_pixel")
+    return _normalize(g, g.op("Squeeze", resized, g.ints([1])))
+
+
+def _normalize(g: GraphBuilder, maps: str) -> str:
+    """Min-max scale each map to [0, 1]; a constant map becomes 0 (``kernels.colors.normalize_each``)."""
+    flat = g.op("Reshape", maps, g.ints([0, -1]))
+    low = _reduce(g, "ReduceMin", flat, [1], keepdims=1)
+    span = g.op("Sub", _reduce(g, "ReduceMax", flat, [1], keepdims=1), low)
+    positive = g.op("Greater", span, g.const(0.0, like=maps))
+    scaled = g.op("Div", g.op("Sub", flat, low), g.where(positive, span, 1.0))
+    return g.op("Reshape", g.where(positive, scaled, 0.0), g.shape(maps))
+
+
+def _reduce(g: GraphBuilder, op: str, x: str, axes: list[int], keepdims: int) -> str:
+    """ReduceMax/Min/Mean over ``axes``: an input from opset 18 on, an attribute before."""
+    if g.opset >= 18:
+        return g.op(op, x, g.ints(axes), keepdims=keepdims)
+    return g.op(op, x, axes=axes, keepdims=keepdims)
+
+
+def _alias(g: GraphBuilder, source: str, name: str) -> None:
+    """Makes the existing tensor ``source`` available under ``name`` (an Identity node)."""
+    g.nodes.append(helper.make_node("Identity", [source], [name], name=f"{g.prefix}/alias/{name}"))
+
+
+# ---- assembly -----------------------------------------------------------------------------------
+def _assemble(proto: onnx.ModelProto, added: list[onnx.NodeProto], inputs, outputs, replaced: Iterable[str],
+              description: dict) -> onnx.ModelProto:
+    """The final model: the public inputs (``target`` with its default) and outputs, the nodes
+    sorted topologically and pruned to what the outputs read, checked with ``full_check``."""
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    graph = model.graph
+    replaced = set(replaced)
+    weights = {t.name for t in graph.initializer}  # old exports list them as inputs too: not the explainer's
+    kept_inputs = [v for v in graph.input if v.name not in replaced and v.name not in weights]
+    default = numpy_helper.from_array(np.array([PREDICTED], np.int64), name=TARGET)
+    nodes = _live(_toposort([*graph.node, *added], {v.name for v in [*inputs, *kept_inputs]}
+                            | {t.name for t in graph.initializer}), {o.name for o in outputs})
+    read = {i for node in nodes for i in node.input} | {o.name for o in outputs}
+    initializers = [t for t in graph.initializer if t.name in read]
+    del graph.node[:], graph.input[:], graph.output[:], graph.initializer[:], graph.value_info[:]
+    graph.node.extend(nodes)
+    graph.input.extend([*inputs, *(v for v in kept_inputs if v.name in read)])
+    graph.output.extend(outputs)
+    graph.initializer.extend([*initializers, default])
+    model.ir_version = max(model.ir_version, _IR_VERSION)
+    props = {p.key: p.value for p in model.metadata_props if p.key != AUGMENTED}
+    props[EXPLAINER] = json.dumps(description)
+    del model.metadata_props[:]
+    set_props(model, props)
+    runtime_compatible(model)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _toposort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
+    """Nodes in an order where each one's inputs are computed before it (stable otherwise)."""
+    done, ordered, pending = set(available) | {""}, [], list(nodes)
+    while pending:
+        ready = [n for n in pending if all(i in done for i in n.input)]
+        if not ready:
+            missing = sorted({i for n in pending for i in n.input if i not in done})[:5]
+            raise InvalidArgument(f"cannot order the explainer graph: no producer for {missing}")
+        for node in ready:
+            done.update(node.output)
+        ordered.extend(ready)
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+    return ordered
+
+
+def _live(nodes: list[onnx.NodeProto], wanted: set[str]) -> list[onnx.NodeProto]:
+    """The nodes some wanted tensor depends on (dead-code elimination)."""
+    needed, keep = set(wanted), []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+    return keep[::-1]
+
+
+def _free_public_names(proto: onnx.ModelProto, tracked: list[str]) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy of ``proto`` where tensors already called image/target/probabilities/heatmap are renamed;
+    returns it and the (possibly new) names of ``tracked``."""
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    graph = model.graph
+    taken = {v.name for v in [*graph.input, *graph.output, *graph.value_info]} | {t.name for t in graph.initializer}
+    taken |= {o for n in graph.node for o in n.output}
+    renames = {}
+    for name in PUBLIC_NAMES:
+        if name in taken:
+            fresh, k = f"{name}_0", 0
+            while fresh in taken:
+                k += 1
+                fresh = f"{name}_{k}"
+            taken.add(fresh)
+            renames[name] = fresh
+    if renames:
+        _rename(graph, renames)
+    return model, [renames.get(n, n) for n in tracked]
+
+
+def _rename(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
+    """Renames tensors everywhere in ``graph`` and the subgraphs of its nodes, in place."""
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        value.name = renames.get(value.name, value.name)
+    for tensor in graph.initializer:
+        tensor.name = renames.get(tensor.name, tensor.name)
+    for node in graph.node:
+        node.input[:] = [renames.get(i, i) for i in node.input]
+        node.output[:] = [renames.get(o, o) for o in node.output]
+        for attribute in node.attribute:
+            for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs):
+                _rename(sub, renames)
+
+
+def _free_prefix(graph: onnx.GraphProto, base: str) -> str:
+    names = {o for n in graph.node for o in n.output} | {n.name for n in graph.node}
+    candidate, k = base, 0
+    while any(n == candidate or n.startswith(candidate + "/") for n in names):
+        k += 1
+        candidate = f"{base}_{k}"
+    return candidate

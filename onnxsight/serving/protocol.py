@@ -1,0 +1,235 @@
+"""The Open Inference Protocol (KServe v2) inference request and response, JSON and binary tensors.
+
+A request body is a JSON object, optionally followed by raw tensor bytes (the binary tensor data
+extension: the header ``Inference-Header-Content-Length`` gives the JSON's length, and each input
+with ``parameters.binary_data_size`` takes that many bytes, in order). Parsing validates every
+name, datatype, shape and value against the model's tensors and raises :class:`ProtocolError`
+with the HTTP status and a one-line message for the client.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+DATATYPES = {
+    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
+}
+ONNX_TYPES = {  # onnxruntime's type strings
+    "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16", "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64", "tensor(int8)": "INT8", "tensor(int16)": "INT16", "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64", "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
+}
+
+
+class ProtocolError(Exception):
+    """A request the server refuses: ``status`` is the HTTP status, the message goes to the client."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model tensor as the protocol describes it; ``-1`` marks a dynamic dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    optional: bool = False
+
+    def metadata(self) -> dict:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """A validated request: input arrays by name, and the outputs wanted (name -> binary or not)."""
+
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, bool] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for: rows along a dynamic first dimension."""
+
+    max_batch: int = 64
+
+
+def parse_request(body: bytes, header_length: str | None, inputs: list[TensorSpec], outputs: list[TensorSpec],
+                  limits: Limits) -> InferRequest:
+    """Parse and validate an inference request body for a model with these ``inputs`` and ``outputs``."""
+    json_size = len(body)
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise ProtocolError(400, f"{HEADER_LENGTH} must be an integer no larger than the body ({len(body)} bytes)")
+        json_size = int(header_length)
+    try:
+        request = json.loads(body[:json_size])
+    except (ValueError, RecursionError) as error:
+        raise ProtocolError(400, f"malformed JSON in the request: {error}") from None
+    if not isinstance(request, dict):
+        raise ProtocolError(400, "the request must be a JSON object with an 'inputs' list")
+    request_id = request.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise ProtocolError(400, "'id' must be a string")
+    parameters = _object(request.get("parameters", {}), "request 'parameters'")
+    raw = request.get("inputs")
+    if not isinstance(raw, list) or not raw:
+        raise ProtocolError(400, "'inputs' must be a non-empty list of tensors")
+    specs = {spec.name: spec for spec in inputs}
+    binary, arrays = memoryview(body)[json_size:], {}
+    offset = 0
+    for tensor in raw:
+        tensor = _object(tensor, "each input")
+        name = tensor.get("name")
+        if not isinstance(name, str) or name not in specs:
+            known = ", ".join(specs)
+            raise ProtocolError(400, f"unknown input {name!r}; the model's inputs are: {known}")
+        if name in arrays:
+            raise ProtocolError(400, f"input {name!r} is given twice")
+        array, offset = _input_array(tensor, specs[name], binary, offset)
+        arrays[name] = array
+    if offset != len(binary):
+        raise ProtocolError(400, f"the body has {len(binary) - offset} bytes of binary data no input claims")
+    missing = [spec.name for spec in inputs if not spec.optional and spec.name not in arrays]
+    if missing:
+        raise ProtocolError(400, f"missing input {', '.join(map(repr, missing))}")
+    _check_batch(arrays, specs, limits)
+    return InferRequest(request_id, arrays, _requested_outputs(request, parameters, outputs))
+
+
+def encode_response(model: str, version: str, request_id: str | None, results: dict[str, np.ndarray],
+                    binary: dict[str, bool]) -> tuple[bytes, dict[str, str]]:
+    """The response body and its headers: JSON, followed by raw bytes of the outputs wanted in binary."""
+    entries, blobs = [], []
+    for name, array in results.items():
+        datatype = datatype_of(array.dtype)
+        entry = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if binary.get(name, False):
+            data = np.ascontiguousarray(array).tobytes()
+            entry["parameters"] = {"binary_data_size": len(data)}
+            blobs.append(data)
+        else:
+            entry["data"] = array.ravel().tolist()
+        entries.append(entry)
+    response = {"model_name": model, "model_version": version, "outputs": entries}
+    if request_id is not None:
+        response["id"] = request_id
+    header = json.dumps(response, allow_nan=False).encode()
+    if not blobs:
+        return header, {"content-type": "application/json"}
+    return header + b"".join(blobs), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
+
+
+def datatype_of(dtype: np.dtype) -> str:
+    for name, numpy_type in DATATYPES.items():
+        if np.dtype(numpy_type) == dtype:
+            return name
+    raise ProtocolError(500, f"the model produced a {dtype} tensor that the protocol cannot carry")
+
+
+# ---- validation --------------------------------------------------------------------------------
+def _input_array(tensor: dict, spec: TensorSpec, binary: memoryview, offset: int) -> tuple[np.ndarray, int]:
+    """The input's array, checked against ``spec``; and the new offset into the binary data."""
+    name, datatype = spec.name, tensor.get("datatype")
+    if datatype != spec.datatype:
+        raise ProtocolError(400, f"input {name!r} has datatype {datatype!r}; the model expects {spec.datatype}")
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise ProtocolError(400, f"input {name!r}: 'shape' must be a list of non-negative integers")
+    if len(shape) != len(spec.shape) or any(want != -1 and got != want for got, want in zip(shape, spec.shape)):
+        raise ProtocolError(400, f"input {name!r} has shape {shape}; the model expects {list(spec.shape)} (-1: any size)")
+    dtype = np.dtype(DATATYPES[datatype])
+    count = math.prod(shape)
+    parameters = _object(tensor.get("parameters", {}), f"input {name!r} 'parameters'")
+    size = parameters.get("binary_data_size")
+    if size is not None:
+        if "data" in tensor:
+            raise ProtocolError(400, f"input {name!r} has both 'data' and binary_data_size")
+        if not isinstance(size, int) or isinstance(size, bool) or size != count * dtype.itemsize:
+            raise ProtocolError(400, f"input {name!r}: binary_data_size must be {count * dtype.itemsize} bytes "
+                                     f"for shape {shape} of {datatype}, got {size!r}")
+        if offset + size > len(binary):
+            raise ProtocolError(400, f"input {name!r}: the body ends before its {size} bytes of binary data")
+        array = np.frombuffer(binary[offset:offset + size], dtype=dtype).reshape(shape)
+        offset += size
+    else:
+        if "data" not in tensor:
+            raise ProtocolError(400, f"input {name!r} has neither 'data' nor binary_data_size")
+        array = _json_array(tensor["data"], name, dtype, count).reshape(shape)
+    if dtype.kind == "f" and not np.isfinite(array).all():
+        raise ProtocolError(400, f"input {name!r} contains NaN or Inf values")
+    return array, offset
+
+
+def _json_array(data, name: str, dtype: np.dtype, count: int) -> np.ndarray:
+    """JSON tensor data (flat or nested row-major lists) as ``count`` values of ``dtype``."""
+    try:
+        values = np.asarray(data)
+    except ValueError:
+        raise ProtocolError(400, f"input {name!r}: 'data' is a ragged list") from None
+    wanted = {"b": "b", "i": "biu", "u": "biu", "f": "biuf"}[dtype.kind]
+    if values.size and values.dtype.kind not in wanted:
+        kind = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers"}[dtype.kind]
+        raise ProtocolError(400, f"input {name!r}: 'data' must hold {kind} for {datatype_of(dtype)}")
+    if values.size != count:
+        raise ProtocolError(400, f"input {name!r}: 'data' has {values.size} values; its shape needs {count}")
+    if dtype.kind in "iu" and values.size:
+        info = np.iinfo(dtype)
+        if values.min() < info.min or values.max() > info.max:
+            raise ProtocolError(400, f"input {name!r}: values out of range for {datatype_of(dtype)}")
+    return values.astype(dtype).reshape(-1)
+
+
+def _check_batch(arrays: dict[str, np.ndarray], specs: dict[str, TensorSpec], limits: Limits) -> None:
+    """Inputs with a dynamic first dimension hold 1 to ``limits.max_batch`` rows."""
+    for name, array in arrays.items():
+        if not specs[name].shape or specs[name].shape[0] != -1:
+            continue
+        if array.shape[0] == 0:
+            raise ProtocolError(400, f"input {name!r} is empty")
+        if array.shape[0] > limits.max_batch:
+            raise ProtocolError(400, f"input {name!r} has {array.shape[0]} rows; this server takes at most "
+                                     f"{limits.max_batch} per request")
+
+
+def _requested_outputs(request: dict, parameters: dict, outputs: list[TensorSpec]) -> dict[str, bool]:
+    """Output name -> binary, in the order asked for (all outputs when none are named)."""
+    default = parameters.get("binary_data_output", False)
+    if not isinstance(default, bool):
+        raise ProtocolError(400, "'binary_data_output' must be true or false")
+    raw = request.get("outputs")
+    if raw is None:
+        return {spec.name: default for spec in outputs}
+    if not isinstance(raw, list) or not raw:
+        raise ProtocolError(400, "'outputs' must be a non-empty list when given")
+    known, wanted = {spec.name for spec in outputs}, {}
+    for tensor in raw:
+        tensor = _object(tensor, "each requested output")
+        name = tensor.get("name")
+        if name not in known:
+            raise ProtocolError(400, f"unknown output {name!r}; the model's outputs are: {', '.join(s.name for s in outputs)}")
+        options = _object(tensor.get("parameters", {}), f"output {name!r} 'parameters'")
+        if options.get("classification"):
+            raise ProtocolError(400, "the classification extension is not supported; request the tensors")
+        binary = options.get("binary_data", default)
+        if not isinstance(binary, bool):
+            raise ProtocolError(400, f"output {name!r}: 'binary_data' must be true or false")
+        wanted[name] = binary
+    return wanted
+
+
+def _object(value, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise ProtocolError(400, f"{what} must be a JSON object")
+    return value

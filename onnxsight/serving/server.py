@@ -1,0 +1,198 @@
+"""An Open Inference Protocol (KServe v2) REST server for models and their explainers (FastAPI + uvicorn).
+
+Safe by default: the CLI binds to loopback; an optional bearer token guards everything but the
+health probes (compared in constant time); request bodies are capped (413); requests are
+validated strictly (400, 404) with ``{"error": "..."}`` bodies as the protocol asks; inference
+runs on a fixed pool of worker threads behind a bounded queue (503 when full, never a crash);
+an unexpected failure is logged on the server and answered with a bare 500, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from onnxsight import __version__
+from onnxsight.errors import InvalidArgument, MissingDependency, OnnxsightError
+from onnxsight.serving.protocol import HEADER_LENGTH, Limits, ProtocolError, encode_response, parse_request
+from onnxsight.serving.repository import VERSION, ServedModel
+
+try:  # the ``serve`` extra; this module is imported only where a server is started
+    import uvicorn
+    from fastapi import Depends, FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response
+    from starlette.exceptions import HTTPException
+except ImportError as missing:
+    raise MissingDependency(missing.name or "fastapi", "serve") from missing
+
+log = logging.getLogger("onnxsight.serve")
+EXTENSIONS = ["binary_tensor_data"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Server limits: ``token`` (None: no auth), body size in bytes, rows per request, worker threads,
+    and requests that may wait for a worker before the server answers 503."""
+
+    token: str | None = None
+    max_body_bytes: int = 16 * 2**20
+    max_batch: int = 64
+    workers: int = 2
+    queue: int = 64
+
+    def __post_init__(self):
+        for name in ("max_body_bytes", "max_batch", "workers"):
+            if getattr(self, name) < 1:
+                raise InvalidArgument(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.queue < 0:
+            raise InvalidArgument(f"queue must be at least 0, got {self.queue}")
+        if self.token is not None and not self.token.strip():
+            raise InvalidArgument("the bearer token is empty")
+
+
+class Runner:
+    """Runs blocking calls on ``workers`` threads; at most ``workers + queue`` calls at once, then 503."""
+
+    def __init__(self, workers: int, queue: int):
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onnxsight-infer")
+        self._capacity = workers + queue
+        self._pending = 0  # touched only on the event loop's thread
+
+    async def run(self, function: Callable, *args):
+        if self._pending >= self._capacity:
+            raise ProtocolError(503, f"server busy: {self._pending} requests in progress or queued; retry later")
+        self._pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
+        finally:
+            self._pending -= 1
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def create_app(models: dict[str, ServedModel], settings: Settings = Settings()) -> FastAPI:
+    """The FastAPI application serving ``models`` (by name) under the KServe v2 REST paths."""
+    runner = Runner(settings.workers, settings.queue)
+    limits = Limits(max_batch=settings.max_batch)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        runner.shutdown()  # uvicorn has stopped taking requests; finish the running ones
+
+    app = FastAPI(title="onnxsight", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
+
+    def authorize(request: Request) -> None:
+        if settings.token is None:
+            return
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not credentials:
+            raise ProtocolError(401, "missing bearer token: send 'Authorization: Bearer <token>'")
+        if not hmac.compare_digest(credentials.strip().encode(), settings.token.encode()):
+            raise ProtocolError(401, "invalid bearer token")
+
+    def lookup(name: str, version: str | None) -> ServedModel:
+        if name not in models:
+            raise ProtocolError(404, f"unknown model {name!r}; this server has: {', '.join(models)}")
+        if version is not None and version != VERSION:
+            raise ProtocolError(404, f"model {name!r} has no version {version!r}; versions: {VERSION}")
+        return models[name]
+
+    def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    @app.exception_handler(ProtocolError)
+    async def protocol_error(request: Request, exc: ProtocolError):
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {"Retry-After": "1"} if exc.status == 503 else None
+        return error(exc.status, str(exc), headers)
+
+    @app.exception_handler(OnnxsightError)
+    async def user_error(request: Request, exc: OnnxsightError):
+        return error(400, str(exc))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return error(400, "invalid request parameters")
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error(500, "internal server error")
+
+    @app.get("/v2/health/live")
+    async def live():
+        return Response(status_code=200)
+
+    @app.get("/v2/health/ready")
+    async def ready():
+        return Response(status_code=200)
+
+    guarded = [Depends(authorize)]
+
+    @app.get("/v2", dependencies=guarded)
+    async def server_metadata():
+        return {"name": "onnxsight", "version": __version__, "extensions": EXTENSIONS}
+
+    @app.get("/v2/models/{name}", dependencies=guarded)
+    @app.get("/v2/models/{name}/versions/{version}", dependencies=guarded)
+    async def model_metadata(name: str, version: str | None = None):
+        return lookup(name, version).metadata()
+
+    @app.get("/v2/models/{name}/ready", dependencies=guarded)
+    @app.get("/v2/models/{name}/versions/{version}/ready", dependencies=guarded)
+    async def model_ready(name: str, version: str | None = None):
+        lookup(name, version)
+        return Response(status_code=200)
+
+    @app.post("/v2/models/{name}/infer", dependencies=guarded)
+    @app.post("/v2/models/{name}/versions/{version}/infer", dependencies=guarded)
+    async def infer(request: Request, name: str, version: str | None = None):
+        served = lookup(name, version)
+        encoding = request.headers.get("content-encoding", "identity").lower()
+        if encoding != "identity":
+            raise ProtocolError(415, f"Content-Encoding {encoding!r} is not supported; send the body uncompressed")
+        body = await _read_body(request, settings.max_body_bytes)
+        header_length = request.headers.get(HEADER_LENGTH)
+
+        def handle():
+            parsed = parse_request(body, header_length, served.inputs, served.outputs, limits)
+            served.check(parsed.inputs)
+            results = served.run(parsed.inputs, list(parsed.outputs))
+            return encode_response(served.name, VERSION, parsed.id, results, parsed.outputs)
+
+        content, headers = await runner.run(handle)
+        return Response(content, headers=headers)
+
+    return app
+
+
+async def _read_body(request, limit: int) -> bytes:
+    """The request body, or 413 as soon as it exceeds ``limit`` bytes (declared or streamed)."""
+    declared = request.headers.get("content-length", "")
+    too_large = ProtocolError(413, f"request body exceeds this server's limit of {limit} bytes")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", graceful_seconds: int = 10) -> None:
+    """Serves ``app`` with uvicorn until SIGINT/SIGTERM, then finishes running requests (graceful shutdown)."""
+    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False,
+                timeout_graceful_shutdown=graceful_seconds)

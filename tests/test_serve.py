@@ -1,0 +1,326 @@
+"""The Open Inference Protocol server on loopback, spoken to by Triton's own client (tritonclient.http):
+metadata, inference, explainer outputs equal to the library's; bad requests get the right status and
+a clear message while the server keeps serving; concurrent clients; the ``serve`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import onnxsight
+from onnxsight.serving.explainer import export_explainer
+from onnxsight.serving.protocol import HEADER_LENGTH, ProtocolError
+
+pytest.importorskip("fastapi")
+httpclient = pytest.importorskip("tritonclient.http")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+import uvicorn  # noqa: E402
+
+from onnxsight.serving.repository import load_models  # noqa: E402
+from onnxsight.serving.server import Runner, Settings, create_app  # noqa: E402
+
+TOKEN = "test-token-1234"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}  # for http.client; tritonclient gets auth(): it adds headers to the dict
+MAX_BODY = 256 * 1024
+MAX_BATCH = 16
+TOLERANCE = 1e-5
+
+
+def auth() -> dict:
+    return dict(AUTH)
+
+
+class Background:
+    """uvicorn serving ``app`` on a free loopback port, in a thread; ``stop()`` shuts it down gracefully."""
+
+    def __init__(self, app):
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="critical"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "the server did not start"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def folder(mnist_onnx, model, tmp_path_factory):
+    """A model folder: the classifier, and an explainer file written by export (served as it is)."""
+    path = tmp_path_factory.mktemp("models")
+    shutil.copy(mnist_onnx, path / "digits.onnx")
+    (path / "digits_cam2.onnx").write_bytes(export_explainer(model, "gradcam", layer="conv2d_2").SerializeToString())
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(folder):
+    models = load_models(folder, samples=4, seed=3, device="cpu")
+    background = Background(create_app(models, Settings(token=TOKEN, max_body_bytes=MAX_BODY, max_batch=MAX_BATCH)))
+    yield background
+    background.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return httpclient.InferenceServerClient(f"127.0.0.1:{server.port}")
+
+
+@pytest.fixture(scope="module")
+def x(digits_data):
+    return digits_data.x_test[:4]
+
+
+def infer(client, name, x, target=None, binary=True, outputs=None):
+    image = httpclient.InferInput("image", list(x.shape), "FP32")
+    image.set_data_from_numpy(x, binary_data=binary)
+    inputs = [image]
+    if target is not None:
+        inputs.append(httpclient.InferInput("target", [len(target)], "INT64"))
+        inputs[-1].set_data_from_numpy(np.asarray(target, np.int64), binary_data=binary)
+    wanted = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in outputs] if outputs else None
+    return client.infer(name, inputs, outputs=wanted, headers=auth())
+
+
+EXPLAINERS = ["saliency", "guided", "gradcam", "guided-gradcam", "smoothgrad"]
+
+
+def test_health_and_model_metadata(client):
+    assert client.is_server_live() and client.is_server_ready()  # health probes need no token
+    assert client.get_server_metadata(headers=auth())["extensions"] == ["binary_tensor_data"]
+    for name in ["digits", "digits_cam2", *(f"digits.{m}" for m in EXPLAINERS)]:
+        assert client.is_model_ready(name, headers=auth()), name
+    plain = client.get_model_metadata("digits", headers=auth())
+    assert plain["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 28, 28, 1]}]
+    assert plain["outputs"] == [{"name": "output", "datatype": "FP32", "shape": [-1, 10]}]
+    explainer = client.get_model_metadata("digits.gradcam", model_version="1", headers=auth())
+    assert explainer["versions"] == ["1"] and explainer["platform"] == "onnxruntime_onnx"
+    assert [(t["name"], t["datatype"], t["shape"]) for t in explainer["inputs"]] == [
+        ("image", "FP32", [-1, 28, 28, 1]), ("target", "INT64", [-1])]
+    assert [(t["name"], t["datatype"], t["shape"]) for t in explainer["outputs"]] == [
+        ("probabilities", "FP32", [-1, 10]), ("target_class", "INT64", [-1]), ("heatmap", "FP32", [-1, 28, 28])]
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_the_model_is_served_with_its_own_tensors(client, model, x, binary):
+    image = httpclient.InferInput("input", list(x.shape), "FP32")
+    image.set_data_from_numpy(x, binary_data=binary)
+    result = client.infer("digits", [image], outputs=[httpclient.InferRequestedOutput("output", binary_data=binary)],
+                          headers=auth(), request_id="r-1")
+    np.testing.assert_allclose(result.as_numpy("output"), model.predict(x), atol=1e-6)
+    assert result.get_response()["id"] == "r-1" and result.get_response()["model_name"] == "digits"
+
+
+LIBRARY = {
+    "saliency": lambda m, x, t: onnxsight.saliency(m, x, target=t, normalize=True),
+    "guided": lambda m, x, t: onnxsight.saliency(m, x, target=t, modifier="guided", normalize=True),
+    "gradcam": lambda m, x, t: onnxsight.gradcam(m, x, target=t),
+    "guided-gradcam": lambda m, x, t: onnxsight.gradcam(m, x, target=t, guided=True),
+    "smoothgrad": lambda m, x, t: np.concatenate([
+        onnxsight.saliency(m, x[i:i + 1], target=t[i:i + 1], smooth_samples=4, seed=3, normalize=True)
+        for i in range(len(x))]),
+}
+
+
+@pytest.mark.parametrize("method", EXPLAINERS)
+def test_explainer_outputs_equal_the_library(client, model, x, method):
+    chosen = np.array([3, 1, 4, 1])
+    result = infer(client, f"digits.{method}", x, target=chosen, binary=method != "gradcam")
+    np.testing.assert_array_equal(result.as_numpy("target_class"), chosen)
+    np.testing.assert_allclose(result.as_numpy("heatmap"), LIBRARY[method](model, x, chosen), atol=TOLERANCE)
+    np.testing.assert_allclose(result.as_numpy("probabilities"), model.predict(x), atol=1e-6)
+
+
+def test_target_defaults_to_the_predicted_class(client, model, x):
+    result = infer(client, "digits.gradcam", x, binary=False, outputs=["target_class", "heatmap"])
+    predicted = model.predict(x).argmax(axis=1)
+    np.testing.assert_array_equal(result.as_numpy("target_class"), predicted)
+    np.testing.assert_allclose(result.as_numpy("heatmap"), onnxsight.gradcam(model, x), atol=TOLERANCE)
+    assert result.as_numpy("probabilities") is None  # only the requested outputs come back
+    explainer_file = infer(client, "digits_cam2", x)
+    np.testing.assert_allclose(explainer_file.as_numpy("heatmap"), onnxsight.gradcam(model, x, layer="conv2d_2"),
+                               atol=TOLERANCE)
+
+
+def _body(x, **changes) -> bytes:
+    request = {"inputs": [{"name": "image", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+    request["inputs"][0].update(changes)
+    return json.dumps(request).encode()
+
+
+def _with(*tensors, **fields) -> bytes:
+    return json.dumps({"inputs": list(tensors), **fields}).encode()
+
+
+def _binary(size: int) -> tuple[bytes, dict]:
+    """A JSON header claiming ``size`` bytes for a 2x28x28x1 FP32 image, followed by those bytes."""
+    header = _with({"name": "image", "shape": [2, 28, 28, 1], "datatype": "FP32", "parameters": {"binary_data_size": size}})
+    return header + bytes(size), {**AUTH, HEADER_LENGTH: str(len(header))}
+
+
+X2 = np.zeros((2, 28, 28, 1), np.float32)
+IMAGE = json.loads(_body(X2))["inputs"][0]
+TARGET = {"name": "target", "shape": [1], "datatype": "INT64", "data": [10]}
+# (case, model, body, headers, status, message fragment)
+BAD_REQUESTS = [
+    ("wrong shape", "digits.gradcam", _body(X2, shape=[2, 28, 28, 3]), AUTH, 400, "the model expects [-1, 28, 28, 1]"),
+    ("wrong dtype", "digits.gradcam", _body(X2, datatype="FP64"), AUTH, 400, "has datatype 'FP64'; the model expects FP32"),
+    ("data count", "digits.gradcam", _body(X2, shape=[3, 28, 28, 1]), AUTH, 400, "'data' has 1568 values; its shape needs 2352"),
+    ("text data", "digits.gradcam", _body(X2, data=["a"] * 1568), AUTH, 400, "'data' must hold numbers"),
+    ("NaN pixel", "digits.gradcam", _body(X2, data=[float("nan")] * 1568), AUTH, 400, "contains NaN or Inf"),
+    ("unknown input", "digits.gradcam", _body(X2, name="pixels"), AUTH, 400, "unknown input 'pixels'; the model's inputs are: image, target"),
+    ("missing input", "digits.gradcam", _with({**TARGET, "data": [1]}), AUTH, 400, "missing input 'image'"),
+    ("no inputs", "digits", _with(), AUTH, 400, "'inputs' must be a non-empty list"),
+    ("duplicate input", "digits.gradcam", _with(IMAGE, IMAGE), AUTH, 400, "input 'image' is given twice"),
+    ("unknown output", "digits.gradcam", _with(IMAGE, outputs=[{"name": "cam"}]), AUTH, 400, "unknown output 'cam'"),
+    ("target out of range", "digits.gradcam", _with(IMAGE, TARGET), AUTH, 400, "the model has 10 classes"),
+    ("target count", "digits.gradcam", _with(IMAGE, {**TARGET, "shape": [3], "data": [1, 2, 3]}), AUTH, 400,
+     "'target' has 3 values for 2 images"),
+    ("fractional target", "digits.gradcam", _with(IMAGE, {**TARGET, "data": [1.5]}), AUTH, 400, "'data' must hold integers"),
+    ("empty batch", "digits.gradcam", _body(np.zeros((0, 28, 28, 1), np.float32)), AUTH, 400, "input 'image' is empty"),
+    ("batch too large", "digits.gradcam", _body(np.zeros((MAX_BATCH + 1, 28, 28, 1), np.float32)), AUTH, 400, f"at most {MAX_BATCH} per request"),
+    ("malformed JSON", "digits.gradcam", b'{"inputs": [', AUTH, 400, "malformed JSON"),
+    ("not an object", "digits.gradcam", b"[1, 2]", AUTH, 400, "must be a JSON object"),
+    ("binary size", "digits.gradcam", *_binary(12), 400, "binary_data_size must be 6272 bytes"),
+    ("header length", "digits.gradcam", _binary(6272)[0], {**AUTH, HEADER_LENGTH: "10000000"}, 400, "no larger than the body"),
+    ("unknown model", "mnist", _body(X2), AUTH, 404, "unknown model 'mnist'; this server has: digits"),
+    ("unknown version", "digits.gradcam/versions/2", _body(X2), AUTH, 404, "has no version '2'"),
+    ("oversized body", "digits.gradcam", _body(X2) + b" " * MAX_BODY, AUTH, 413, f"limit of {MAX_BODY} bytes"),
+    ("missing token", "digits.gradcam", _body(X2), {}, 401, "missing bearer token"),
+    ("wrong token", "digits.gradcam", _body(X2), {"Authorization": "Bearer nope"}, 401, "invalid bearer token"),
+    ("compressed body", "digits.gradcam", _body(X2), {**AUTH, "Content-Encoding": "gzip"}, 415, "not supported"),
+]
+
+
+def post(port, path, body, headers):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("POST", path, body=body, headers={"Content-Type": "application/json", **headers})
+        response = connection.getresponse()
+        return response.status, response.read(), dict(response.getheaders())
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(("case", "name", "body", "headers", "status", "message"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
+def test_bad_requests_get_a_status_and_a_clear_message(server, client, x, case, name, body, headers, status, message):
+    got, content, response_headers = post(server.port, f"/v2/models/{name}/infer", body, headers)
+    assert got == status, (case, content)
+    error = json.loads(content)["error"]
+    assert message in error, (case, error)
+    assert "Traceback" not in error and "File " not in error
+    if status == 401:
+        assert response_headers.get("www-authenticate") == "Bearer"
+    assert infer(client, "digits.saliency", x[:1]).as_numpy("heatmap").shape == (1, 28, 28)  # still serving
+
+
+def test_the_official_client_reports_errors_clearly(client, x):
+    image = httpclient.InferInput("image", [1, 28, 28, 1], "FP64")
+    image.set_data_from_numpy(x[:1].astype(np.float64), binary_data=True)
+    with pytest.raises(InferenceServerException, match="the model expects FP32") as error:
+        client.infer("digits.gradcam", [image], headers=auth())
+    assert error.value.status() == "400"
+    with pytest.raises(InferenceServerException, match="unknown model") as error:
+        client.get_model_metadata("nope", headers=auth())
+    assert error.value.status() == "404"
+
+
+def test_concurrent_clients_all_get_their_own_answers(server, model, x):
+    expected = onnxsight.gradcam(model, x[:2], target=[5, 6])
+
+    def client_loop(index):
+        own = httpclient.InferenceServerClient(f"127.0.0.1:{server.port}")
+        try:
+            for _ in range(10):
+                result = infer(own, "digits.gradcam", x[:2], target=[5, 6], binary=index % 2 == 0)
+                np.testing.assert_allclose(result.as_numpy("heatmap"), expected, atol=TOLERANCE)
+        finally:
+            own.close()
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(client_loop, range(8)))  # re-raises the first failure
+
+
+def test_a_full_queue_answers_503_and_recovers():
+    runner, release = Runner(workers=1, queue=0), threading.Event()
+
+    async def scenario():
+        first = asyncio.ensure_future(runner.run(release.wait))
+        await asyncio.sleep(0.05)
+        with pytest.raises(ProtocolError, match="server busy") as busy:
+            await runner.run(lambda: None)
+        assert busy.value.status == 503
+        release.set()
+        assert await first is True
+        assert await runner.run(lambda: 42) == 42
+
+    asyncio.run(scenario())
+    runner.shutdown()
+
+
+def test_unexpected_errors_are_a_bare_500(folder):
+    """A failure inside the server is logged there; the client sees no traceback or internal detail."""
+    models = load_models(folder / "digits.onnx", methods=[], device="cpu")
+
+    def broken(inputs):
+        raise RuntimeError("secret internal detail")
+
+    models["digits"].check = broken
+    background = Background(create_app(models, Settings()))
+    try:
+        status, content, _ = post(background.port, "/v2/models/digits/infer", _body(X2, name="input"), {})
+    finally:
+        background.stop()
+    assert status == 500 and json.loads(content) == {"error": "internal server error"}
+
+
+def test_serve_command_reads_the_token_from_the_environment_and_shuts_down_gracefully(folder):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-c", "from onnxsight.cli.app import main; main()", "serve", str(folder / "digits.onnx"), "--port", str(port),
+               "--method", "saliency", "--log-level", "info"]
+    process = subprocess.Popen(command, env={**os.environ, "ONNXSIGHT_TOKEN": TOKEN}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if client.is_server_ready():
+                    break
+            except (ConnectionError, OSError, InferenceServerException):
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read() if process.poll() else "timeout"
+            time.sleep(0.2)
+        with pytest.raises(InferenceServerException, match="missing bearer token"):
+            client.get_model_metadata("digits.saliency")
+        assert client.get_model_metadata("digits.saliency", headers=auth())["name"] == "digits.saliency"
+        assert post(port, "/v2/models/digits.gradcam/infer", b"{}", AUTH)[0] == 404  # only --method saliency
+        client.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode in (0, -signal.SIGTERM), stderr  # uvicorn re-raises the signal once it has shut down
+    assert "Application shutdown complete" in stderr and "Traceback" not in stderr, stderr
+    assert f"serving 2 models on http://127.0.0.1:{port}/v2: digits, digits.saliency" in stderr
