@@ -32,34 +32,30 @@ def l2_norm(x: np.ndarray) -> np.ndarray:
     return np.sqrt(np.einsum("ij,ij->i", flat, flat, dtype=np.float64))
 
 
-def l2_norm_gradient(x: np.ndarray) -> np.ndarray:
-    """d‖x_n‖₂/dx_n = x_n / ‖x_n‖₂ (0 for an all-zero image, where the norm has a kink)."""
-    norm = l2_norm(x)
+def l2_norm_gradient(x: np.ndarray, norm: np.ndarray | None = None) -> np.ndarray:
+    """d‖x_n‖₂/dx_n = x_n / ‖x_n‖₂ (0 for an all-zero image, where the norm has a kink);
+    ``norm``: ``l2_norm(x)`` when already known."""
+    norm = l2_norm(x) if norm is None else norm
     scale = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0).astype(x.dtype)
     return x * scale.reshape(-1, *[1] * (x.ndim - 1))
 
 
-def total_variation(x: np.ndarray, channel_axis: int) -> np.ndarray:
-    """Squared total variation TV²(x_n) per image: the sum of squared differences of
+def total_variation(x: np.ndarray, channel_axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Squared total variation TV²(x_n) per image — the sum of squared differences of
     neighbouring pixels along both spatial axes, over all channels (Mahendran & Vedaldi's
-    TV^β with β = 2; smooth, so finite differences can check it). float64 (N,)."""
-    total = np.zeros(len(x))
+    TV^β with β = 2; smooth, so finite differences can check it), float64 (N,) — and its
+    gradient d TV²(x_n) / dx_n, shaped like ``x``; one pass over the differences for both."""
+    total, gradient = np.zeros(len(x)), np.zeros_like(x)
     for axis in spatial_axes(x.ndim, channel_axis):
-        step = np.diff(x, axis=axis).reshape(len(x), -1)
-        total += np.einsum("ij,ij->i", step, step, dtype=np.float64)
-    return total
-
-
-def total_variation_gradient(x: np.ndarray, channel_axis: int) -> np.ndarray:
-    """d TV²(x_n) / dx_n, shaped like ``x``."""
-    gradient = np.zeros_like(x)
-    for axis in spatial_axes(x.ndim, channel_axis):
-        step = 2 * np.diff(x, axis=axis)  # d/d(x[i+1]) of (x[i+1] - x[i])², and minus that for x[i]
         later, earlier = [slice(None)] * x.ndim, [slice(None)] * x.ndim
         later[axis], earlier[axis] = slice(1, None), slice(None, -1)
-        gradient[tuple(later)] += step
+        step = x[tuple(later)] - x[tuple(earlier)]
+        flat = step.reshape(len(x), -1)
+        total += np.einsum("ij,ij->i", flat, flat, dtype=np.float64)
+        gradient[tuple(later)] += step  # d/d(x[i+1]) of (x[i+1] - x[i])² / 2, and minus that for x[i]
         gradient[tuple(earlier)] -= step
-    return gradient
+    gradient *= 2
+    return total, gradient
 
 
 # ---- input modifiers ---------------------------------------------------------------------

@@ -257,14 +257,17 @@ class _Loop:
         return k.unroll(gradient, shift, self.axis) if self.axis is not None else gradient
 
     def penalties(self, x: np.ndarray) -> tuple[dict, np.ndarray]:
-        """The weighted regulariser terms per image (float64) and the gradient of their sum (x's dtype)."""
-        terms, gradient = {"l2": np.zeros(len(x)), "tv": np.zeros(len(x))}, np.zeros_like(x)
+        """The weighted regulariser terms per image (float64, with the image norm under "norm")
+        and the gradient of their sum (x's dtype)."""
+        norm = k.l2_norm(x)
+        terms, gradient = {"l2": np.zeros(len(x)), "tv": np.zeros(len(x)), "norm": norm}, np.zeros_like(x)
         if self.regs.l2:
-            terms["l2"] = self.regs.l2 * k.l2_norm(x)
-            gradient += self.regs.l2 * k.l2_norm_gradient(x)
+            terms["l2"] = self.regs.l2 * norm
+            gradient += self.regs.l2 * k.l2_norm_gradient(x, norm)
         if self.regs.tv:
-            terms["tv"] = self.regs.tv * k.total_variation(x, self.axis)
-            gradient += self.regs.tv * k.total_variation_gradient(x, self.axis)
+            value, tv_gradient = k.total_variation(x, self.axis)
+            terms["tv"] = self.regs.tv * value
+            gradient += self.regs.tv * tv_gradient
         return terms, gradient
 
     def evaluate(self, x: np.ndarray, draw):
@@ -345,7 +348,7 @@ def _record(index, value, parts, x, gradient, fd) -> dict:
         "l2": terms["l2"].tolist(),
         "tv": terms["tv"].tolist(),
         "total": (value - terms["l2"] - terms["tv"]).tolist(),
-        "image_norm": k.l2_norm(x).tolist(),
+        "image_norm": terms["norm"].tolist(),
         "gradient_norm": k.l2_norm(gradient).tolist(),
         "fd_error": fd,
     }
