@@ -8,10 +8,7 @@ Each step is timed between two progress callbacks (setup excluded); the fastest 
 fastest forward pass ("ratio"), and medians against medians ("median_ratio").
 Run: .venv/bin/python benchmarks/maximize_step.py
 
-Measured (2 CPU cores, onnxruntime 1.31, quiet machine): forward 0.51 ms, step 2.37 ms, ratio 4.6 —
-target NOT met. The onnxruntime forward+VJP run of the objective head alone is 2.02 ms (3.95x, the
-engine's VJP graph at batch 10: conv2d_2's input gradient, the ReLU masks and the max-pool index
-routing); jitter, penalties, update and history add about 0.35 ms.
+Measured numbers and their history: benchmarks/README.md.
 """
 
 from __future__ import annotations
