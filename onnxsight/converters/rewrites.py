@@ -5,13 +5,11 @@ Each function edits the model in place; the converter owns the copy it edits.
 
 from __future__ import annotations
 
-import heapq
-
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxsight.engine.graph import consumers, initializer_names, producers, value_types
+from onnxsight.engine.graph import consumers, initializer_names, producers, toposorted, value_types
 from onnxsight.errors import InternalError
 
 
@@ -91,26 +89,8 @@ def route_through(graph: onnx.GraphProto, name: str) -> None:
 
 
 def toposort(graph: onnx.GraphProto) -> None:
-    """Order nodes so each comes after the producers of its inputs, keeping the order otherwise."""
-    nodes = list(graph.node)
-    made_by = {out: i for i, node in enumerate(nodes) for out in node.output if out}
-    waiting_on = [{made_by[name] for name in node.input if name in made_by} for node in nodes]
-    readers: dict[int, list[int]] = {}
-    for i, needs in enumerate(waiting_on):
-        for j in needs:
-            readers.setdefault(j, []).append(i)
-    ready = [i for i, needs in enumerate(waiting_on) if not needs]
-    heapq.heapify(ready)
-    ordered = []
-    while ready:
-        i = heapq.heappop(ready)
-        ordered.append(nodes[i])
-        for k in readers.get(i, []):
-            waiting_on[k].discard(i)
-            if not waiting_on[k]:
-                heapq.heappush(ready, k)
-    if len(ordered) != len(nodes):
-        raise InternalError("the graph has a cycle; cannot order its nodes")
+    """Order the graph's nodes so each comes after the producers of its inputs, in place."""
+    ordered = toposorted(graph.node)
     del graph.node[:]
     graph.node.extend(ordered)
 

@@ -1,12 +1,16 @@
-"""Read-only facts about an ONNX graph: inputs, producers, data dependence, shapes."""
+"""Facts about an ONNX graph — inputs, producers, data dependence, shapes — and the two orderings of
+its nodes that graph edits need (topological, live)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import heapq
+from collections.abc import Iterable, Sequence
 
-import onnx
 import numpy as np
+import onnx
 from onnx import numpy_helper, shape_inference
+
+from onnxsight.errors import InternalError
 
 # onnxruntime 1.2x reads IR versions up to 10; onnx >= 1.19 writes newer ones by default.
 RUNTIME_IR_VERSION = 10
@@ -138,3 +142,38 @@ def constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
     if node is not None and node.op_type == "Constant":
         return numpy_helper.to_array(onnx.helper.get_attribute_value(node.attribute[0]))
     return None
+
+
+def toposorted(nodes: Sequence[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """``nodes`` ordered so each comes after the producers of its inputs, the order kept otherwise
+    (inputs no node makes are graph inputs or initializers)."""
+    nodes = list(nodes)
+    made_by = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    waiting_on = [{made_by[name] for name in node.input if name in made_by} for node in nodes]
+    readers: dict[int, list[int]] = {}
+    for i, needs in enumerate(waiting_on):
+        for j in needs:
+            readers.setdefault(j, []).append(i)
+    ready = [i for i, needs in enumerate(waiting_on) if not needs]
+    heapq.heapify(ready)
+    ordered = []
+    while ready:
+        i = heapq.heappop(ready)
+        ordered.append(nodes[i])
+        for k in readers.get(i, []):
+            waiting_on[k].discard(i)
+            if not waiting_on[k]:
+                heapq.heappush(ready, k)
+    if len(ordered) != len(nodes):
+        raise InternalError("the graph has a cycle; cannot order its nodes")
+    return ordered
+
+
+def live_nodes(nodes: Sequence[onnx.NodeProto], wanted: set[str]) -> list[onnx.NodeProto]:
+    """The nodes (in order) that some ``wanted`` tensor depends on: dead-code elimination."""
+    needed, keep = set(wanted), []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+    return keep[::-1]

@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxsight.engine.autodiff import build_vjp
 from onnxsight.engine.autodiff.builder import GraphBuilder
-from onnxsight.engine.graph import opset_version, runtime_compatible, value_infos
+from onnxsight.engine.graph import live_nodes, opset_version, runtime_compatible, toposorted, value_infos
 from onnxsight.engine.metadata import AUGMENTED, set_props
 from onnxsight.engine.model import Model
 from onnxsight.errors import InvalidArgument
@@ -248,8 +248,7 @@ def _assemble(proto: onnx.ModelProto, added: list[onnx.NodeProto], inputs, outpu
     weights = {t.name for t in graph.initializer}  # old exports list them as inputs too: not the explainer's
     kept_inputs = [v for v in graph.input if v.name not in replaced and v.name not in weights]
     default = numpy_helper.from_array(np.array([PREDICTED], np.int64), name=TARGET)
-    nodes = _live(_toposort([*graph.node, *added], {v.name for v in [*inputs, *kept_inputs]}
-                            | {t.name for t in graph.initializer}), {o.name for o in outputs})
+    nodes = live_nodes(toposorted([*graph.node, *added]), {o.name for o in outputs})
     read = {i for node in nodes for i in node.input} | {o.name for o in outputs}
     initializers = [t for t in graph.initializer if t.name in read]
     del graph.node[:], graph.input[:], graph.output[:], graph.initializer[:], graph.value_info[:]
@@ -265,32 +264,6 @@ def _assemble(proto: onnx.ModelProto, added: list[onnx.NodeProto], inputs, outpu
     runtime_compatible(model)
     onnx.checker.check_model(model, full_check=True)
     return model
-
-
-def _toposort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
-    """Nodes in an order where each one's inputs are computed before it (stable otherwise)."""
-    done, ordered, pending = set(available) | {""}, [], list(nodes)
-    while pending:
-        ready = [n for n in pending if all(i in done for i in n.input)]
-        if not ready:
-            missing = sorted({i for n in pending for i in n.input if i not in done})[:5]
-            raise InvalidArgument(f"cannot order the explainer graph: no producer for {missing}")
-        for node in ready:
-            done.update(node.output)
-        ordered.extend(ready)
-        ready_ids = {id(n) for n in ready}
-        pending = [n for n in pending if id(n) not in ready_ids]
-    return ordered
-
-
-def _live(nodes: list[onnx.NodeProto], wanted: set[str]) -> list[onnx.NodeProto]:
-    """The nodes some wanted tensor depends on (dead-code elimination)."""
-    needed, keep = set(wanted), []
-    for node in reversed(nodes):
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed.update(i for i in node.input if i)
-    return keep[::-1]
 
 
 def _free_public_names(proto: onnx.ModelProto, tracked: list[str]) -> tuple[onnx.ModelProto, list[str]]:

@@ -20,7 +20,7 @@ import onnx
 from onnx import helper
 
 from onnxsight.engine.graph import (
-    ancestors, data_inputs, dependent_tensors, opset_version, runtime_compatible, value_infos,
+    ancestors, data_inputs, dependent_tensors, live_nodes, opset_version, runtime_compatible, value_infos,
 )
 from onnxsight.engine.opset import upgrade
 from onnxsight.errors import InternalError, InvalidArgument, UnknownName, UnsupportedOp
@@ -144,7 +144,7 @@ def build_vjp(
         gradients[w] = out
         new_outputs.append(_output_info(infos, w, out))
 
-    kept = _live_nodes(g.nodes, {o.name for o in new_outputs})
+    kept = live_nodes(g.nodes, {o.name for o in new_outputs})
     graph.node.extend(kept)
     graph.input.append(_output_info(infos, of, cotangent))
     del graph.output[:]
@@ -177,16 +177,6 @@ def _free_prefix(names: Sequence[str], base: str) -> str:
         k += 1
         candidate = f"{base}_{k}"
     return candidate
-
-
-def _live_nodes(nodes: list[onnx.NodeProto], wanted: set[str]) -> list[onnx.NodeProto]:
-    """The added nodes that some wanted output reads, directly or not (dead-code elimination)."""
-    needed, keep = set(wanted), []
-    for node in reversed(nodes):
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed.update(i for i in node.input if i)
-    return keep[::-1]
 
 
 def _unsupported(graph: onnx.GraphProto, proto: onnx.NodeProto, name: str, wrt: list[str]) -> UnsupportedOp:
