@@ -68,8 +68,16 @@ def atomic_write(target: Path, data: bytes) -> None:
         handle.write(data)
 
 
+def _umask() -> int:
+    """The process umask (read by setting it, then restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 class atomic_open:
-    """Write to a temporary file beside ``target`` and move it into place only on success."""
+    """Write to a temporary file beside ``target`` and move it into place only on success, with
+    the permissions a plain ``open`` would give (the temporary file is private until then)."""
 
     def __init__(self, target: Path):
         self.target = Path(target)
@@ -82,6 +90,7 @@ class atomic_open:
     def __exit__(self, kind, value, traceback):
         self.handle.close()
         if kind is None:
+            os.chmod(self.temp, 0o666 & ~_umask())
             os.replace(self.temp, self.target)
         else:
             os.unlink(self.temp)
