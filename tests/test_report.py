@@ -170,3 +170,15 @@ def test_report_command_writes_the_page_and_keeps_it_without_force(mnist_onnx, t
     assert 'id="accuracy"' in target.read_text() and 'id="saliency"' not in target.read_text()
     again = CliRunner().invoke(app, arguments)
     assert again.exit_code == 1 and "already exists" in again.stderr
+
+
+def test_top_k_asks_for_no_more_units_than_the_layer_has():
+    """A foreign NCHW model whose pool1 has 4 channels, asked for the default 4+ units."""
+    from onnxsight.engine.model import load
+    from onnxsight.report.build import build_sections
+    from tests.foreign_models import nchw_cnn
+
+    model = load(nchw_cnn(), device="cpu")
+    x = np.random.default_rng(0).uniform(0, 1, (12, 3, 8, 8)).astype(np.float32)
+    sections, _ = build_sections(model, ReportData(x), ReportOptions(sections=("top-k",), topk_units=10, k=3))
+    assert len(sections[0].figures) == 4

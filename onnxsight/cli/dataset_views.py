@@ -16,7 +16,7 @@ from onnxsight.kernels.colors import colorize, normalize, overlay
 from onnxsight.kernels.grids import side_by_side, tile
 from onnxsight.kernels.plots import scatter
 
-Data = Annotated[str, typer.Option("--data", help="'digits' (bundled) or an MNIST-style .npz; its labelled test split.")]
+Data = Annotated[str, typer.Option("--data", help="'digits' or 'colour-digits' (bundled), an MNIST-style .npz or a CIFAR-10 batches folder; its labelled test split.")]
 Count = Annotated[Optional[int], typer.Option(min=1, help="How many test images to use (default: all).")]
 LayerName = Annotated[str, typer.Option("--layer", "-l", help="Layer whose units/features are used.")]
 

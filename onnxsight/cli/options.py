@@ -15,7 +15,7 @@ ModelArg = Annotated[Path, typer.Argument(help="ONNX model file.", show_default=
 IMAGES_HELP = "Images: PNG/JPEG/BMP/TIFF files (grey or colour) or .npy arrays (one image or a batch)."
 ImagesArg = Annotated[list[Path], typer.Argument(help=IMAGES_HELP, show_default=False)]
 OptionalImagesArg = Annotated[Optional[list[Path]], typer.Argument(help=IMAGES_HELP + " Or use --data.", show_default=False)]
-DataOpt = Annotated[Optional[str], typer.Option("--data", help="Instead of images: 'digits' (bundled) or an MNIST .npz; its test split.")]
+DataOpt = Annotated[Optional[str], typer.Option("--data", help="Instead of images: 'digits' or 'colour-digits' (bundled), an MNIST .npz or a CIFAR-10 batches folder; its test split.")]
 OutputDir = Annotated[Path, typer.Option("--output", "-o", help="Folder for the results (created if missing).")]
 Force = Annotated[bool, typer.Option("--force", help="Replace files that already exist in the output.")]
 Device = Annotated[str, typer.Option(help="auto (CUDA when it really works, else CPU), cpu or cuda.")]

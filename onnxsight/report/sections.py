@@ -305,8 +305,8 @@ def top_k(ctx: Context) -> Section:
     o = ctx.options
     layer = o.topk_layer or default_cam_layer(ctx.model)
     window = min(o.topk_window, *spatial_size(ctx.x, ctx.channel_axis))  # seed 003's 11 px, or the whole of a small image
-    result = top_k_images(ctx.model, ctx.x, layer, k=min(o.k, len(ctx.x)), units=range(o.topk_units),
-                          batch_size=o.batch_size)
+    units = range(min(o.topk_units, ctx.model.shapes[ctx.model.tensor(layer)][ctx.model.channel_axis(layer)]))
+    result = top_k_images(ctx.model, ctx.x, layer, k=min(o.k, len(ctx.x)), units=units, batch_size=o.batch_size)
     shown = []
     for column, unit in enumerate(result.units):
         chosen = result.indices[:, column]
