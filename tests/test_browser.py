@@ -42,6 +42,12 @@ def chromium() -> str:
         pytest.skip("Chromium is not installed and this session cannot apt-get it (needs root); "
                     "install Debian's 'chromium' package to run the browser checks")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    with open("/tmp/onnxsight-chromium-install.lock", "w") as lock:  # pytest-xdist workers install once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _find() or _install(env)
+
+
+def _install(env: dict) -> str:
     try:
         for command in (["apt-get", "install", "-y", "-q", "chromium"], ["apt-get", "update", "-q"],
                         ["apt-get", "install", "-y", "-q", "chromium"]):
