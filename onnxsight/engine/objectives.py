@@ -109,8 +109,9 @@ def objective_head(model: "Model", layer: str, objective: str, with_unit: bool =
             scores = b.reduce_mean(tensor, others, keepdims=0)
         value = b.reduce_sum(b.op("Mul", scores, _one_hot(b, channels, tensor)), [1], keepdims=0)
 
-    proto.graph.node.extend(b.nodes)
-    proto.graph.node.append(helper.make_node("Identity", [value], [VALUE], name=VALUE))
+    nodes = [*proto.graph.node, *b.nodes, helper.make_node("Identity", [value], [VALUE], name=VALUE)]
+    del proto.graph.node[:]
+    proto.graph.node.extend(g.live_nodes(nodes, {VALUE}))  # e.g. a final softmax the objective does not read
     if unit_input is not None:
         batch = _batch_dim(model)
         proto.graph.input.append(helper.make_tensor_value_info(unit_input, TensorProto.INT64, [batch]))
