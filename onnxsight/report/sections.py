@@ -337,26 +337,32 @@ def embedding(ctx: Context) -> Section:
                    figures=(Figure(image),))
 
 
+# L2 alone leaves high-frequency patterns; TV, jitter and a light blur give legible digits (all still
+# classified as their class with p = 1.00 on the demo model).
+MAXIMIZE_REGULARIZERS = {"l2": 1e-3, "tv": 5e-3, "blur_every": 10, "blur_sigma": 0.5}
+
+
 def maximization(ctx: Context) -> Section:
     o = ctx.options
     classes = list(range(len(ctx.class_names)))
     title = "Activation maximization of every class"
     try:
-        result = maximize(ctx.model, "logits", classes, "logit", steps=o.maximize_steps, lr=0.05,
-                          regularizers={"l2": 1e-3}, seed=o.seed)
+        result = maximize(ctx.model, "logits", classes, "logit", steps=o.maximize_steps, lr=0.05, seed=o.seed,
+                          regularizers=MAXIMIZE_REGULARIZERS, modifiers={"jitter": 2})
     except GradientCheckFailed as error:  # the report says so instead of drawing from a wrong gradient
         return Section("maximization", title, f"The finite-difference check stopped the ascent, so no image is shown: {error}.")
     pictures = [as_rgb8(image) for image in to_hwc(result.images, ctx.model.input_layout)]
     grid = tile(pictures, len(pictures), cell=96, labels=[ctx.name(c) for c in classes])
     names = [ctx.name(c) for c in classes]
-    curves = figures.curves({"class logit − 0.001·‖x‖": result.series("total"),
+    curves = figures.curves({"class logit − penalties": result.series("total"),
                              "image L2 norm ‖x‖": result.series("image_norm")}, names,
                             f"activation maximization, {o.maximize_steps} steps")
     errors = result.fd_errors
     check = (f"{errors.size} finite-difference checks passed, largest relative error {errors.max():.1e}"
              if errors.size else "no finite-difference check found a smooth direction")
     return Section("maximization", title,
-                   f"Images grown from grey by gradient ascent on each class logit with an L2 penalty (seeds 000/004), "
+                   f"Images grown from grey by gradient ascent on each class logit (seeds 000/004) with tf-keras-vis' "
+                   f"regularisers — L2 and total-variation penalties, 2-pixel jitter, a light blur every 10 steps — "
                    f"all classes in one batch; {check}.",
                    figures=(Figure(grid, "one image per class"), Figure(curves, "objective and image norm per step")))
 
