@@ -8,7 +8,7 @@ import pytest
 
 import onnxsight
 from onnxsight.engine.model import load
-from onnxsight.errors import InvalidArgument, ModelFileError, UnknownName
+from onnxsight.errors import InternalError, InvalidArgument, ModelFileError, UnknownName
 from tests.foreign_models import nchw_cnn, reference_forward
 
 
@@ -149,3 +149,21 @@ def test_sessions_take_a_thread_count_and_refuse_a_bad_one(mnist_onnx, model, di
     assert session.get_session_options().intra_op_num_threads == 1
     with pytest.raises(InvalidArgument, match="threads must be a positive integer"):
         onnxsight.load(mnist_onnx, device="cpu", threads=0)
+
+
+def test_renaming_a_tensor_reaches_initializers_and_fresh_names_avoid_prefixes():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxsight.engine.graph import free_name, rename_tensor, tensor_names
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "image"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        [numpy_helper.from_array(np.ones(2, np.float32), "image")])
+    rename_tensor(graph, "image", "image_1")
+    assert graph.initializer[0].name == "image_1" and list(graph.node[0].input) == ["x", "image_1"]
+    with pytest.raises(InternalError, match="the name is taken"):
+        rename_tensor(graph, "x", "y")
+    assert tensor_names(graph) == ["x", "image_1", "y"]
+    assert free_name(["onnxsight/vjp/a", "y"], "onnxsight/vjp") == "onnxsight/vjp_1"
+    assert free_name(["y", "y_1"], "y") == "y_2" and free_name(["y"], "z") == "z"

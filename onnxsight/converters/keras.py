@@ -27,7 +27,7 @@ import onnxruntime as ort
 
 from onnxsight.converters import rewrites
 from onnxsight.data.files import atomic_write, refuse_overwrite
-from onnxsight.engine.graph import data_inputs, producers, runtime_compatible
+from onnxsight.engine.graph import data_inputs, producers, rename_tensor, runtime_compatible, tensor_names
 from onnxsight.engine.metadata import LayerRecord, ModelMetadata
 from onnxsight.errors import ConversionError, InternalError, InvalidArgument, MissingDependency, ModelFileError
 
@@ -406,12 +406,12 @@ def _name_tensors(
 
 
 def _free(graph: onnx.GraphProto, name: str) -> bool:
-    return name not in rewrites.tensor_names(graph)
+    return name not in tensor_names(graph)
 
 
 def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
     if old != new:
-        rewrites.rename_tensor(graph, old, new)
+        rename_tensor(graph, old, new)
 
 
 # --- parity and writing ------------------------------------------------------------------

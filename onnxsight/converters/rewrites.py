@@ -9,36 +9,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxsight.engine.graph import consumers, initializer_names, producers, toposorted, value_types
+from onnxsight.engine.graph import consumers, producers, toposorted, value_types
 from onnxsight.errors import InternalError
-
-
-def tensor_names(graph: onnx.GraphProto) -> set[str]:
-    """Every tensor name the graph uses: inputs, initializers, node outputs."""
-    names = {v.name for v in graph.input} | initializer_names(graph)
-    return names | {out for node in graph.node for out in node.output if out}
-
-
-def rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
-    """Rename tensor ``old`` to ``new`` everywhere in ``graph``, subgraphs included."""
-    if new in tensor_names(graph):
-        raise InternalError(f"cannot rename {old!r} to {new!r}: the name is taken")
-    _rename_in(graph, old, new)
-
-
-def _rename_in(graph: onnx.GraphProto, old: str, new: str) -> None:
-    for node in graph.node:
-        node.input[:] = [new if name == old else name for name in node.input]
-        node.output[:] = [new if name == old else name for name in node.output]
-        for attr in node.attribute:
-            for sub in [attr.g, *attr.graphs] if attr.type in _GRAPH_ATTRS else []:
-                _rename_in(sub, old, new)
-    for value in [*graph.input, *graph.output, *graph.value_info]:
-        if value.name == old:
-            value.name = new
-
-
-_GRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 
 
 def identity_source(graph: onnx.GraphProto, name: str) -> str:

@@ -1,5 +1,5 @@
-"""Facts about an ONNX graph — inputs, producers, data dependence, shapes — and the two orderings of
-its nodes that graph edits need (topological, live)."""
+"""Facts about an ONNX graph — inputs, producers, data dependence, shapes, names — and what graph
+edits share: the two orderings of nodes (topological, live), fresh names and renaming."""
 
 from __future__ import annotations
 
@@ -177,3 +177,43 @@ def live_nodes(nodes: Sequence[onnx.NodeProto], wanted: set[str]) -> list[onnx.N
             keep.append(node)
             needed.update(i for i in node.input if i)
     return keep[::-1]
+
+
+def tensor_names(graph: onnx.GraphProto) -> list[str]:
+    """Every tensor name the graph uses, in order: inputs, initializers, node outputs."""
+    names = [v.name for v in graph.input] + [t.name for t in graph.initializer]
+    names += [out for node in graph.node for out in node.output if out]
+    return list(dict.fromkeys(names))
+
+
+def free_name(names: Iterable[str], base: str) -> str:
+    """``base``, or ``base_1``, ``base_2``... : the first that neither is in ``names`` nor prefixes
+    one of them as ``<name>/...`` (so that it can also serve as a prefix of new names)."""
+    names = set(names)
+    candidate, k = base, 0
+    while candidate in names or any(n.startswith(candidate + "/") for n in names):
+        k += 1
+        candidate = f"{base}_{k}"
+    return candidate
+
+
+def rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Rename tensor ``old`` to ``new`` everywhere in ``graph`` (initializers and subgraphs included)."""
+    if new in tensor_names(graph):
+        raise InternalError(f"cannot rename {old!r} to {new!r}: the name is taken")
+    _rename_in(graph, old, new)
+
+
+def _rename_in(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+        node.output[:] = [new if name == old else name for name in node.output]
+        for attr in node.attribute:
+            for sub in [attr.g, *attr.graphs] if attr.type in _GRAPH_ATTRS else []:
+                _rename_in(sub, old, new)
+    for value in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]:
+        if value.name == old:
+            value.name = new
+
+
+_GRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)

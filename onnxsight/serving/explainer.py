@@ -23,7 +23,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxsight.engine.autodiff import build_vjp
 from onnxsight.engine.autodiff.builder import GraphBuilder
-from onnxsight.engine.graph import live_nodes, opset_version, runtime_compatible, toposorted, value_infos
+from onnxsight.engine.graph import (
+    free_name, live_nodes, opset_version, rename_tensor, runtime_compatible, tensor_names, toposorted, value_infos,
+)
 from onnxsight.engine.metadata import AUGMENTED, set_props
 from onnxsight.engine.model import Model
 from onnxsight.errors import InvalidArgument
@@ -106,7 +108,7 @@ def export_explainer(
         helper.make_tensor_value_info(TARGET_CLASS, TensorProto.INT64, [_BATCH]),
         helper.make_tensor_value_info(HEATMAP, elem, [_BATCH, *size]),
     ]
-    g = GraphBuilder(infos | {v.name: v for v in inputs}, opset_version(proto), _free_prefix(proto.graph, "onnxsight/explain"))
+    g = GraphBuilder(infos | {v.name: v for v in inputs}, opset_version(proto), free_name([*tensor_names(proto.graph), *(n.name for n in proto.graph.node)], "onnxsight/explain"))
     copies = samples if method == "smoothgrad" else 0
 
     g.scope("input")
@@ -272,40 +274,11 @@ def _free_public_names(proto: onnx.ModelProto, tracked: list[str]) -> tuple[onnx
     model = onnx.ModelProto()
     model.CopyFrom(proto)
     graph = model.graph
-    taken = {v.name for v in [*graph.input, *graph.output, *graph.value_info]} | {t.name for t in graph.initializer}
-    taken |= {o for n in graph.node for o in n.output}
+    taken = {*tensor_names(graph), *(v.name for v in [*graph.output, *graph.value_info])}
     renames = {}
     for name in PUBLIC_NAMES:
         if name in taken:
-            fresh, k = f"{name}_0", 0
-            while fresh in taken:
-                k += 1
-                fresh = f"{name}_{k}"
-            taken.add(fresh)
-            renames[name] = fresh
-    if renames:
-        _rename(graph, renames)
+            renames[name] = free_name(taken, name)
+            taken.add(renames[name])
+            rename_tensor(graph, name, renames[name])
     return model, [renames.get(n, n) for n in tracked]
-
-
-def _rename(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
-    """Renames tensors everywhere in ``graph`` and the subgraphs of its nodes, in place."""
-    for value in [*graph.input, *graph.output, *graph.value_info]:
-        value.name = renames.get(value.name, value.name)
-    for tensor in graph.initializer:
-        tensor.name = renames.get(tensor.name, tensor.name)
-    for node in graph.node:
-        node.input[:] = [renames.get(i, i) for i in node.input]
-        node.output[:] = [renames.get(o, o) for o in node.output]
-        for attribute in node.attribute:
-            for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs):
-                _rename(sub, renames)
-
-
-def _free_prefix(graph: onnx.GraphProto, base: str) -> str:
-    names = {o for n in graph.node for o in n.output} | {n.name for n in graph.node}
-    candidate, k = base, 0
-    while any(n == candidate or n.startswith(candidate + "/") for n in names):
-        k += 1
-        candidate = f"{base}_{k}"
-    return candidate

@@ -20,7 +20,8 @@ import onnx
 from onnx import helper
 
 from onnxsight.engine.graph import (
-    ancestors, data_inputs, dependent_tensors, live_nodes, opset_version, runtime_compatible, value_infos,
+    ancestors, data_inputs, dependent_tensors, free_name, live_nodes, opset_version, runtime_compatible, tensor_names,
+    value_infos,
 )
 from onnxsight.engine.opset import upgrade
 from onnxsight.errors import InternalError, InvalidArgument, UnknownName, UnsupportedOp
@@ -71,7 +72,7 @@ def build_vjp(
     model = upgrade(model, MIN_OPSET)
     graph = model.graph
 
-    known = _tensor_names(graph)
+    known = tensor_names(graph)
     for name in [of, *wrt, *keep_outputs]:
         if name not in known:
             raise UnknownName("tensor", name, known)
@@ -85,9 +86,9 @@ def build_vjp(
     if infos.get(of) is None or infos[of].type.tensor_type.elem_type not in FLOAT_TYPES:
         raise InvalidArgument(f"tensor {of!r} is not a floating-point tensor; it cannot be differentiated")
 
-    prefix = _free_prefix(known, "onnxsight/vjp")
+    prefix = free_name(known, "onnxsight/vjp")
     g = GraphBuilder(infos, opset_version(model), prefix)
-    cotangent = _free_prefix(known, COTANGENT_PREFIX)
+    cotangent = free_name(known, COTANGENT_PREFIX)
     g.record(cotangent, like=of)
 
     active = dependent_tensors(graph, wrt)
@@ -154,12 +155,6 @@ def build_vjp(
     return VJPGraph(model=model, cotangent=cotangent, gradients=gradients, outputs=tuple(outputs))
 
 
-def _tensor_names(graph: onnx.GraphProto) -> list[str]:
-    names = [v.name for v in graph.input] + [t.name for t in graph.initializer]
-    names += [o for n in graph.node for o in n.output if o]
-    return list(dict.fromkeys(names))
-
-
 def _output_info(infos: dict[str, onnx.ValueInfoProto], name: str, rename: str | None = None) -> onnx.ValueInfoProto:
     info = infos.get(name)
     if info is None or not info.type.tensor_type.elem_type:
@@ -168,15 +163,6 @@ def _output_info(infos: dict[str, onnx.ValueInfoProto], name: str, rename: str |
     copy.CopyFrom(info)
     copy.name = rename or name
     return copy
-
-
-def _free_prefix(names: Sequence[str], base: str) -> str:
-    """``base``, or ``base_1``, ``base_2``... when the graph already uses it (augmented twice)."""
-    candidate, k = base, 0
-    while any(n == candidate or n.startswith(candidate + "/") for n in names):
-        k += 1
-        candidate = f"{base}_{k}"
-    return candidate
 
 
 def _unsupported(graph: onnx.GraphProto, proto: onnx.NodeProto, name: str, wrt: list[str]) -> UnsupportedOp:
