@@ -66,13 +66,17 @@ def top_k_images(
 
     A unit's activation is its mean over space for conv (4-D) layers, else each flattened value.
     """
-    values = model.activations(x, [layer], batch_size=batch_size)[layer]
-    scores = channel_means(values, model.channel_axis(layer)) if values.ndim == 4 else values.reshape(len(x), -1)
+    scores = unit_scores(model, layer, model.activations(x, [layer], batch_size=batch_size)[layer])
     chosen = np.arange(scores.shape[1]) if units is None else np.asarray(units)
     if chosen.size == 0 or chosen.min() < 0 or chosen.max() >= scores.shape[1]:
         raise InvalidArgument(f"units must be in 0..{scores.shape[1] - 1} for layer {layer!r}, got {list(chosen)}")
     indices, best = stats.top_k(scores[:, chosen], k)
     return TopK(layer, chosen, indices, best)
+
+
+def unit_scores(model: Model, layer: str, values: np.ndarray) -> np.ndarray:
+    """(N, U) unit activations of ``layer``'s ``values``: channel means of 4-D layers, else flattened."""
+    return channel_means(values, model.channel_axis(layer)) if values.ndim == 4 else values.reshape(len(values), -1)
 
 
 EMBEDDINGS = ("auto", "tsne", "pca")

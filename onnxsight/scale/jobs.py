@@ -11,10 +11,10 @@ import numpy as np
 
 from onnxsight.data.files import safe_name
 from onnxsight.engine.model import Model, load
-from onnxsight.engine.targets import channel_means
 from onnxsight.errors import InvalidArgument
 from onnxsight.kernels import images as image_kernels
 from onnxsight.methods.cam import gradcam
+from onnxsight.methods.dataset import unit_scores
 from onnxsight.methods.integrated_gradients import integrated_gradients
 from onnxsight.methods.occlusion import occlusion
 from onnxsight.methods.saliency import saliency
@@ -131,11 +131,6 @@ def compute(model: Model, job: Job, chunk: Chunk, shard: int) -> tuple[dict[str,
     results.update(target=np.asarray(targets, np.int64), maps=maps)
     partials.update(Moments.of(maps, targets).arrays("class."))
     return results, partials
-
-
-def unit_scores(model: Model, layer: str, values: np.ndarray) -> np.ndarray:
-    """(N, U) unit activations, as top_k_images scores them: channel means of 4-D layers, else flattened."""
-    return channel_means(values, model.channel_axis(layer)) if values.ndim == 4 else values.reshape(len(values), -1)
 
 
 class ShardWorker:
