@@ -70,3 +70,14 @@ def test_filter_grid_draws_rgb_and_signed_kernels():
     rgb = filter_grid(np.random.default_rng(0).normal(size=(4, 3, 3, 3)))
     signed = filter_grid(np.random.default_rng(0).normal(size=(4, 8, 3, 3)))
     assert rgb.dtype == np.uint8 and signed.shape == rgb.shape
+
+
+def test_softmax_rows_sum_to_one_without_overflow():
+    from onnxsight.kernels.stats import softmax
+
+    scores = np.array([[1.0, 2.0, 3.0], [1000.0, 1000.0, 990.0]], np.float32)
+    p = softmax(scores)
+    assert p.dtype == np.float64
+    np.testing.assert_allclose(p[0], np.exp([1, 2, 3]) / np.exp([1, 2, 3]).sum(), rtol=1e-12)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-12)
+    assert p[1, 0] == p[1, 1] and np.isfinite(p).all()

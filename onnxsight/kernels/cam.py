@@ -15,6 +15,7 @@ import numpy as np
 
 from onnxsight.errors import InvalidArgument
 from onnxsight.kernels.images import CV_CHANNELS
+from onnxsight.kernels.stats import softmax
 
 # Added to XGradCAM's denominator (sum of a channel's activations), as pytorch-grad-cam does.
 XGRADCAM_EPS = 1e-7
@@ -71,9 +72,7 @@ GRADIENT_WEIGHTS = {
 
 def scorecam_weights(scores: np.ndarray) -> np.ndarray:
     """Score-CAM (Wang et al. 2020): softmax over the channels of (N, K) masked-input scores, (N, 1, 1, K)."""
-    scores = np.asarray(scores, np.float64)
-    e = np.exp(scores - scores.max(axis=1, keepdims=True))
-    return (e / e.sum(axis=1, keepdims=True))[:, None, None, :]
+    return softmax(scores)[:, None, None, :]
 
 
 # ---- shared steps --------------------------------------------------------------------------

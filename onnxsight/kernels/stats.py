@@ -7,6 +7,13 @@ import numpy as np
 from onnxsight.errors import InvalidArgument
 
 
+def softmax(scores: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis of (N, K) scores, in float64 (shifted by each row's maximum)."""
+    scores = np.asarray(scores, np.float64)
+    e = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
 def mean_and_sem(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean over the first axis and its standard error (ddof=1, as scipy.stats.sem)."""
     maps = np.asarray(maps, np.float64)

@@ -19,6 +19,7 @@ from onnxsight.errors import GradientCheckFailed, InvalidArgument
 from onnxsight.kernels.colors import as_rgb8, normalize, normalize_each, overlay
 from onnxsight.kernels.grids import activation_figure, filter_grid, tile
 from onnxsight.kernels.images import to_hwc
+from onnxsight.kernels.stats import softmax
 from onnxsight.methods.cam import default_cam_layer, gradcam
 from onnxsight.methods.common import require_image, spatial_size
 from onnxsight.methods.dataset import class_saliency as class_saliency_map
@@ -93,9 +94,8 @@ class Context:
         if data.labels is not None and len(data.labels) != len(self.x):
             raise InvalidArgument(f"{len(data.labels)} labels for {len(self.x)} images")
         self.labels = None if data.labels is None else np.asarray(data.labels).astype(np.int64).ravel()
-        logits = model.run(self.x, [model.tensor("logits")], batch_size=options.batch_size)[0].astype(np.float64)
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        self.probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+        logits = model.run(self.x, [model.tensor("logits")], batch_size=options.batch_size)[0]
+        self.probabilities = softmax(logits)
         self.predicted = self.probabilities.argmax(axis=1)
         self.class_names = list(data.class_names or [str(c) for c in range(logits.shape[1])])
         self.samples = self._samples(options.images)
