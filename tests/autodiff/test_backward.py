@@ -213,3 +213,31 @@ def test_old_opsets_are_upgraded_for_the_gradient_ops():
     assert vjp.model.opset_import[0].version == 16
     np.testing.assert_allclose(gradients(vjp, {"x": x}, cot)["x"], gradients(vjp, {"x": x}, cot, ref_run)["x"],
                                rtol=1e-5)
+
+
+def first_maximum_gradient(x: np.ndarray, kernel: tuple[int, ...], gy: np.ndarray) -> np.ndarray:
+    """Independent reference: each window of a tiling max pool sends its gradient to the first
+    maximum in row-major order (numpy's argmax), the floor-mode remainder gets none."""
+    dx = np.zeros_like(x)
+    for lead in np.ndindex(*x.shape[:2]):
+        for out in np.ndindex(*gy.shape[2:]):
+            corner = [o * k for o, k in zip(out, kernel)]
+            box = tuple(slice(c, c + k) for c, k in zip(corner, kernel))
+            first = np.unravel_index(np.argmax(x[lead][box]), kernel)
+            dx[lead][tuple(c + f for c, f in zip(corner, first))] += gy[lead + out]
+    return dx
+
+
+@pytest.mark.parametrize("shape, kernel", [((3, 4, 8, 8), (2, 2)), ((2, 3, 9, 7), (3, 2)), ((2, 3, 7, 5), (2, 2)),
+                                           ((2, 3, 10), (3,)), ((2, 2, 4, 7, 5), (2, 3, 2))])
+@pytest.mark.parametrize("batch", ["static", "dynamic"])
+def test_tiled_max_pool_sends_each_gradient_to_the_first_of_tied_maxima(shape, kernel, batch):
+    x = RNG.integers(0, 3, shape).astype(np.float32)  # three values: ties in almost every window
+    out = [s // k for s, k in zip(shape[2:], kernel)]
+    lead = list(shape[:2]) if batch == "static" else ["N", shape[1]]
+    model = make_model([("pool", "MaxPool", ["x"], ["y"], {"kernel_shape": list(kernel), "strides": list(kernel)})],
+                       {"x": lead + list(shape[2:])}, {"y": lead + out})
+    vjp = build_vjp(model, "y", ["x"])
+    gy = RNG.standard_normal([*shape[:2], *out]).astype(np.float32)
+    np.testing.assert_array_equal(gradients(vjp, {"x": x}, gy)["x"], first_maximum_gradient(x, kernel, gy))
+    np.testing.assert_array_equal(gradients(vjp, {"x": x}, gy, ref_run)["x"], first_maximum_gradient(x, kernel, gy))

@@ -4,9 +4,10 @@ Conv and ConvTranspose are each other's transpose: the input gradient of one is 
 the same weights, strides, dilations, groups and pads (``output_padding`` restores the rows a
 strided Conv never read); at stride 1 a Conv's input gradient is itself a Conv, with the kernel
 flipped. Average pooling is a window sum times a per-position factor, so its gradient is a
-ones-kernel ConvTranspose. Max pooling over windows that tile the input compares x with y
-upsampled; other max pools route the gradient through the ``Indices`` output of a second MaxPool
-with ``ScatterElements(reduction="add")``.
+ones-kernel ConvTranspose. Max pooling over windows that tile the input finds each window's
+first maximum from the maxima of boxes inside the window, at the pooled size; other max pools
+route the gradient through the ``Indices`` output of a second MaxPool with
+``ScatterElements(reduction="add")``.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def conv_transpose(g: GraphBuilder, n: Node):
     return grads
 
 
-_EXACT_FLOAT32 = 2**24  # the ranks of _tiled_max_pool are exact float32 integers up to this plane size
+_EXACT_FLOAT32 = 2**24  # the offsets of _tiled_max_pool are exact float32 integers up to this plane size
 
 
 def _tiling(g: GraphBuilder, n: Node) -> Window | None:
@@ -158,36 +159,76 @@ def _tiling(g: GraphBuilder, n: Node) -> Window | None:
     return window
 
 
+def _first_maximum_steps(kernel: list[int], covered: list[int]) -> list[tuple[tuple, list[tuple], int]]:
+    """For each window position p but the last, in row-major order: p, the boxes whose maxima
+    tell whether the window's first maximum lies at or before p, and the offset step to the next
+    position. A box is named by its far corner; it starts at the window's origin. The positions
+    up to p are the box of p plus, for each axis j with p_j > 0 and a later coordinate short of
+    its last, the box of (p_0..p_{j-1}, p_j - 1, last, ..., last)."""
+    last = [k - 1 for k in kernel]
+    steps = [int(np.prod(covered[j + 1:])) for j in range(len(kernel))]
+    positions = list(np.ndindex(*kernel))
+    table = []
+    for p, q in zip(positions, positions[1:]):
+        boxes = [p] + [(*p[:j], p[j] - 1, *last[j + 1:]) for j in range(len(p))
+                       if p[j] > 0 and list(p[j + 1:]) != last[j + 1:]]
+        table.append((p, boxes, sum((b - a) * s for a, b, s in zip(p, q, steps))))
+    return table
+
+
 def _tiled_max_pool(g: GraphBuilder, n: Node, window: Window) -> Callable[[str], str]:
-    """Each window's gradient goes to its first maximum, as MaxPool's ``Indices`` would name it:
-    the maxima are where x equals y upsampled (nearest-neighbour Resize), the first of them has
-    the largest descending rank ``plane size - flat index``; MaxUnpool places the gradient.
-    Rows a floor-mode pool never read get zeros."""
+    """Each window's gradient goes to its first maximum in row-major order, as MaxPool's
+    ``Indices`` (and TensorFlow) choose it, found at the pooled size: a box from the window's
+    origin holds the maximum iff its own MaxPool (kernel = the box, strides = the pool's) equals y.
+    With G(p) = "the first maximum lies at or before p", the maximum's offset in its window is
+    that of the window's last element less the sum of the offset steps after every p with G(p);
+    MaxUnpool places the gradient. Rows a floor-mode pool never read get zeros."""
     r, out, kernel, spatial = len(window.kernel), window.outputs(), window.kernel, window.spatial
     covered = [o * k for o, k in zip(out, kernel)]
-    x = n.x
-    if covered != spatial:
-        x = g.op("Slice", x, g.ints([0] * r), g.ints(covered), g.ints(list(range(2, 2 + r))))
+    axes = list(range(2, 2 + r))
+    holds: dict[tuple, str] = {}
+
+    def holds_maximum(corner: tuple) -> str:
+        if corner not in holds:
+            box = [c + 1 for c in corner]
+            y = g.op("MaxPool", n.x, kernel_shape=box, strides=kernel)
+            if [(s - b) // k + 1 for s, b, k in zip(spatial, box, kernel)] != out:
+                y = g.op("Slice", y, g.ints([0] * r), g.ints(out), g.ints(axes))
+            holds[corner] = g.op("Equal", y, n.y)
+        return holds[corner]
+
+    by_step: dict[int, list[str]] = {}
+    for _, boxes, step in _first_maximum_steps(kernel, covered):
+        reached = holds_maximum(boxes[0])
+        for box in boxes[1:]:
+            reached = g.op("Or", reached, holds_maximum(box))
+        by_step.setdefault(step, []).append(g.op("Cast", reached, to=TensorProto.FLOAT))
+    parts = []
+    for step, flags in by_step.items():
+        total = flags[0]
+        for flag in flags[1:]:
+            total = g.op("Add", total, flag)
+        parts.append(total if step == 1 else g.op("Mul", total, g.const(np.float32(step))))
+    before = parts[0]
+    for part in parts[1:]:
+        before = g.op("Add", before, part)
+    # offset of each window's last element in its plane, less the steps the first maximum precedes
+    corners = np.zeros(out, np.int64)
+    for j, (k, size) in enumerate(zip(kernel, covered)):
+        stride = int(np.prod(covered[j + 1:]))
+        corners = corners + ((np.arange(out[j]) * k + k - 1) * stride).reshape([-1 if i == j else 1 for i in range(r)])
+    offset = g.op("Cast", g.op("Sub", g.const(corners.astype(np.float32)), before), to=TensorProto.INT64)
     plane = int(np.prod(covered))
     lead_dims = (g.static_shape(n.y) or (None, None))[:2]
-    if None in lead_dims:  # N, C known at run time only
+    if None in lead_dims:  # N, C known at run time only: plane starts 0, plane, ..., (N·C - 1)·plane
         lead = g.op("Slice", g.shape(n.y), g.ints([0]), g.ints([2]))
-        sizes = g.op("Concat", lead, g.ints(covered), axis=0)
-        # the plane ends are plane, 2·plane, ..., N·C·plane
         total = g.op("Mul", g.op("Size", n.y), g.ints(int(np.prod(kernel))))  # N * C * plane
-        ends = g.op("Range", g.ints(plane), g.op("Add", total, g.ints(plane)), g.ints(plane))
-        ends = g.op("Reshape", ends, g.op("Concat", lead, g.ints([1] * r), axis=0))
+        starts = g.op("Range", g.ints(0), total, g.ints(plane))
+        starts = g.op("Reshape", starts, g.op("Concat", lead, g.ints([1] * r), axis=0))
     else:
         planes = int(np.prod(lead_dims))
-        sizes = g.ints([*lead_dims, *covered])
-        ends = g.ints(np.arange(plane, (planes + 1) * plane, plane).reshape(*lead_dims, *[1] * r))
-    # Resize by sizes: onnxruntime runs Resize by scales in its blocked layout, then reorders the result
-    y_up = g.op("Resize", n.y, None, None, sizes, mode="nearest", coordinate_transformation_mode="asymmetric",
-                nearest_mode="floor")
-    ranks = g.const(np.arange(plane, 0, -1, dtype=np.float32).reshape(covered))
-    scores = g.op("Mul", g.op("Cast", g.op("Equal", x, y_up), to=TensorProto.FLOAT), ranks)
-    best = g.op("MaxPool", scores, kernel_shape=kernel, strides=kernel)
-    index = g.op("Sub", ends, g.op("Cast", best, to=TensorProto.INT64))  # plane start + plane - best
+        starts = g.ints(np.arange(0, planes * plane, plane).reshape(*lead_dims, *[1] * r))
+    index = g.op("Add", offset, starts)
 
     def place(gy: str) -> str:
         dx = g.op("MaxUnpool", gy, index, kernel_shape=kernel, strides=kernel)
