@@ -241,3 +241,21 @@ def test_tiled_max_pool_sends_each_gradient_to_the_first_of_tied_maxima(shape, k
     gy = RNG.standard_normal([*shape[:2], *out]).astype(np.float32)
     np.testing.assert_array_equal(gradients(vjp, {"x": x}, gy)["x"], first_maximum_gradient(x, kernel, gy))
     np.testing.assert_array_equal(gradients(vjp, {"x": x}, gy, ref_run)["x"], first_maximum_gradient(x, kernel, gy))
+
+
+def test_a_transpose_before_a_flattened_product_moves_into_the_constant_matrix():
+    """Keras' Flatten as tf2onnx converts it (NCHW→NHWC Transpose, Reshape, MatMul): the gradient
+    needs no run-time Transpose, and equals the transposed product."""
+    w = RNG.standard_normal((24, 5)).astype(np.float32)
+    model = make_model([("nhwc", "Transpose", ["x"], ["t"], {"perm": [0, 2, 3, 1]}),
+                        ("flat", "Reshape", ["t", "shape"], ["f"], {}), ("dense", "MatMul", ["f", "W"], ["y"], {})],
+                       {"x": ["N", 2, 3, 4]}, {"y": ["N", 5]}, {"W": w, "shape": np.array([-1, 24])})
+    vjp = build_vjp(model, "y", ["x"])
+    moved = [n for n in vjp.model.graph.node if n.op_type == "Transpose" and n.name.startswith("onnxsight/vjp")
+             and len(n.attribute[0].ints) == 4]
+    assert not moved
+    x = RNG.standard_normal((3, 2, 3, 4)).astype(np.float32)
+    cot = RNG.standard_normal((3, 5)).astype(np.float32)
+    want = (cot @ w.T).reshape(3, 3, 4, 2).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(gradients(vjp, {"x": x}, cot)["x"], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gradients(vjp, {"x": x}, cot, ref_run)["x"], want, rtol=1e-5, atol=1e-6)

@@ -34,6 +34,19 @@ class Routed:
     place: Callable[[str], str]
 
 
+@dataclass(frozen=True)
+class Product:
+    """A cotangent ``left · right`` (2-D MatMul, ``right`` constant), viewed with ``dims`` after
+    the batch axis once a Reshape split its columns. A Transpose that keeps the batch axis then
+    permutes ``right``'s columns instead (constant, folded by onnxruntime at load) of moving the
+    cotangent at run time: a Flatten after an NCHW→NHWC Transpose, as tf2onnx converts Keras'
+    Flatten, costs no transpose backwards."""
+
+    left: str
+    right: str
+    dims: tuple[int, ...] | None = None
+
+
 class GraphBuilder:
     """Appends nodes to a list; knows the types and static shapes inferred for the forward graph."""
 
@@ -45,6 +58,7 @@ class GraphBuilder:
         self._scope = "graph"
         self._counter: dict[str, int] = {}
         self.routed: dict[str, Routed] = {}  # cotangent name -> how a max pool placed it
+        self.products: dict[str, Product] = {}  # cotangent name -> the constant matrix product it is
 
     # -- naming -------------------------------------------------------------------------
     def scope(self, name: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .builder import GraphBuilder
+from .builder import GraphBuilder, Product
 from .registry import Node, rule
 
 
@@ -24,9 +24,12 @@ def matmul(g: GraphBuilder, n: Node):
         gy = g.unsqueeze(gy, [-2])
     if rb == 1:
         gy = g.unsqueeze(gy, [-1])
-    da = g.op("MatMul", gy, _swap_last(g, b2, max(rb, 2)))
+    bt = _swap_last(g, b2, max(rb, 2))
+    da = g.op("MatMul", gy, bt)
     db = g.op("MatMul", _swap_last(g, a2, max(ra, 2)), gy)
     if ra == rb == 2:  # no batch dims: nothing was broadcast
+        if not n.active[1]:
+            g.products[da] = Product(gy, bt)
         return [da, db]
     return [g.reshape_like(g.unbroadcast(da, a2), a), g.reshape_like(g.unbroadcast(db, b2), b)]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
-from .builder import GraphBuilder, Routed
+from .builder import GraphBuilder, Product, Routed
 from .registry import Node, rule
 
 
@@ -21,13 +21,24 @@ def _rest(n: Node, *grads):
 
 @rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def reshape(g: GraphBuilder, n: Node):
-    return _rest(n, g.reshape_like(n.gy, n.x))
+    dx = g.reshape_like(n.gy, n.x)
+    product, shape, flat = g.products.get(n.gy), g.static_shape(n.x), g.static_shape(n.y)
+    if (product is not None and product.dims is None and shape is not None and None not in shape[1:]
+            and flat is not None and len(flat) == 2 and flat[1] == int(np.prod(shape[1:]))):  # columns split
+        g.products[dx] = Product(product.left, product.right, tuple(shape[1:]))
+    return _rest(n, dx)
 
 
 @rule("Transpose")
 def transpose(g: GraphBuilder, n: Node):
     perm = n.attr("perm")
     inverse = None if perm is None else [int(i) for i in np.argsort(perm)]  # None: reversing is its own inverse
+    product = g.products.get(n.gy)
+    if product is not None and product.dims is not None and inverse is not None and inverse[0] == 0:
+        # dx[n, i] = gy[n, inverse·i]: the product's columns, permuted
+        columns = np.arange(int(np.prod(product.dims))).reshape(product.dims).transpose([a - 1 for a in inverse[1:]])
+        right = g.op("Gather", product.right, g.ints(columns.ravel()), axis=1)
+        return [g.reshape_like(g.op("MatMul", product.left, right), n.x)]
     dx = g.op("Transpose", n.gy, perm=inverse)
     routed = g.routed.get(n.gy)
     if routed is not None:  # a max pool's placement, moved along (the maxima keep their values)
