@@ -36,11 +36,11 @@ class Routed:
 
 @dataclass(frozen=True)
 class Product:
-    """A cotangent ``left · right`` (2-D MatMul, ``right`` constant), viewed with ``dims`` after
-    the batch axis once a Reshape split its columns. A Transpose that keeps the batch axis then
-    permutes ``right``'s columns instead (constant, folded by onnxruntime at load) of moving the
-    cotangent at run time: a Flatten after an NCHW→NHWC Transpose, as tf2onnx converts Keras'
-    Flatten, costs no transpose backwards."""
+    """A cotangent ``left · right`` (2-D MatMul, ``right`` constant), seen with shape (N, *dims)
+    once a Reshape split its columns. A Transpose that keeps the batch axis then permutes the
+    columns of ``right`` (a constant: onnxruntime folds it at load) rather than the cotangent at
+    run time, so a Flatten after an NCHW→NHWC Transpose (tf2onnx's Keras Flatten) costs no
+    transpose backwards."""
 
     left: str
     right: str

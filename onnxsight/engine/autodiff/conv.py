@@ -159,12 +159,12 @@ def _tiling(g: GraphBuilder, n: Node) -> Window | None:
     return window
 
 
-def _first_maximum_steps(kernel: list[int], covered: list[int]) -> list[tuple[tuple, list[tuple], int]]:
-    """For each window position p but the last, in row-major order: p, the boxes whose maxima
-    tell whether the window's first maximum lies at or before p, and the offset step to the next
-    position. A box is named by its far corner; it starts at the window's origin. The positions
-    up to p are the box of p plus, for each axis j with p_j > 0 and a later coordinate short of
-    its last, the box of (p_0..p_{j-1}, p_j - 1, last, ..., last)."""
+def _first_maximum_steps(kernel: list[int], covered: list[int]) -> list[tuple[list[tuple], int]]:
+    """For each window position p but the last, in row-major order: the boxes whose maxima tell
+    whether the window's first maximum lies at or before p, and the offset step from p to the
+    next position. A box starts at the window's origin and is named by its far corner. The
+    positions up to p are the box of p plus, for each axis j with p_j > 0 and a later coordinate
+    short of its last, the box of (p_0..p_{j-1}, p_j - 1, last, ..., last)."""
     last = [k - 1 for k in kernel]
     steps = [int(np.prod(covered[j + 1:])) for j in range(len(kernel))]
     positions = list(np.ndindex(*kernel))
@@ -172,7 +172,7 @@ def _first_maximum_steps(kernel: list[int], covered: list[int]) -> list[tuple[tu
     for p, q in zip(positions, positions[1:]):
         boxes = [p] + [(*p[:j], p[j] - 1, *last[j + 1:]) for j in range(len(p))
                        if p[j] > 0 and list(p[j + 1:]) != last[j + 1:]]
-        table.append((p, boxes, sum((b - a) * s for a, b, s in zip(p, q, steps))))
+        table.append((boxes, sum((b - a) * s for a, b, s in zip(p, q, steps))))
     return table
 
 
@@ -198,7 +198,7 @@ def _tiled_max_pool(g: GraphBuilder, n: Node, window: Window) -> Callable[[str],
         return holds[corner]
 
     by_step: dict[int, list[str]] = {}
-    for _, boxes, step in _first_maximum_steps(kernel, covered):
+    for boxes, step in _first_maximum_steps(kernel, covered):
         reached = holds_maximum(boxes[0])
         for box in boxes[1:]:
             reached = g.op("Or", reached, holds_maximum(box))
@@ -214,7 +214,7 @@ def _tiled_max_pool(g: GraphBuilder, n: Node, window: Window) -> Callable[[str],
         before = g.op("Add", before, part)
     # offset of each window's last element in its plane, less the steps the first maximum precedes
     corners = np.zeros(out, np.int64)
-    for j, (k, size) in enumerate(zip(kernel, covered)):
+    for j, k in enumerate(kernel):
         stride = int(np.prod(covered[j + 1:]))
         corners = corners + ((np.arange(out[j]) * k + k - 1) * stride).reshape([-1 if i == j else 1 for i in range(r)])
     offset = g.op("Cast", g.op("Sub", g.const(corners.astype(np.float32)), before), to=TensorProto.INT64)
