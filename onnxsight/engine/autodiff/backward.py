@@ -103,9 +103,7 @@ def build_vjp(
         if tensor not in totals:
             parts = contributions.get(tensor, [])
             g.scope(f"sum/{tensor}")
-            result = parts[0] if parts else None
-            for part in parts[1:]:
-                result = g.op("Add", result, part)
+            result = g.add(parts) if parts else None
             if result is not None:
                 g.record(result, like=tensor)
             totals[tensor] = result

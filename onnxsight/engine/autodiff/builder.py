@@ -109,6 +109,13 @@ class GraphBuilder:
     def ones_like(self, x: str) -> str:
         return self.op("Expand", self.const(1.0, like=x), self.shape(x))
 
+    def add(self, parts: Sequence[str]) -> str:
+        """The sum of one or more same-typed tensors, as a chain of ``Add`` nodes."""
+        total = parts[0]
+        for part in parts[1:]:
+            total = self.op("Add", total, part)
+        return total
+
     def where(self, cond: str, a: str, b: str | float) -> str:
         """``Where`` with a scalar ``b`` taking ``a``'s type."""
         if not isinstance(b, str):

@@ -203,15 +203,8 @@ def _tiled_max_pool(g: GraphBuilder, n: Node, window: Window) -> Callable[[str],
         for box in boxes[1:]:
             reached = g.op("Or", reached, holds_maximum(box))
         by_step.setdefault(step, []).append(g.op("Cast", reached, to=TensorProto.FLOAT))
-    parts = []
-    for step, flags in by_step.items():
-        total = flags[0]
-        for flag in flags[1:]:
-            total = g.op("Add", total, flag)
-        parts.append(total if step == 1 else g.op("Mul", total, g.const(np.float32(step))))
-    before = parts[0]
-    for part in parts[1:]:
-        before = g.op("Add", before, part)
+    before = g.add([g.add(flags) if step == 1 else g.op("Mul", g.add(flags), g.const(np.float32(step)))
+                    for step, flags in by_step.items()])
     # offset of each window's last element in its plane, less the steps the first maximum precedes
     corners = np.zeros(out, np.int64)
     for j, k in enumerate(kernel):
