@@ -21,10 +21,23 @@ def _nchw(tf, t):
     return tf.transpose(t, [0, 3, 1, 2])
 
 
+def _dilated(tf, w, dilations):
+    """(k, k, C, F) kernel with d - 1 zeros between its taps: a dilated convolution as a plain one
+    (TensorFlow's CPU kernels without oneDNN have no dilated Conv2DBackpropInput)."""
+    for axis, d in enumerate(dilations):
+        if d > 1:
+            taps = w.shape[axis]
+            spread = tf.stack([w] + [tf.zeros_like(w)] * (d - 1), axis=axis + 1)
+            shape = [*w.shape[:axis], taps * d, *w.shape[axis + 1:]]
+            w = tf.gather(tf.reshape(spread, shape), tf.range((taps - 1) * d + 1), axis=axis)
+    return w
+
+
 def _tf_conv(strides=(1, 1), padding="VALID", dilations=(1, 1)):
     def fn(tf, x, w, b=None):
         pad = padding if isinstance(padding, str) else [[0, 0], [padding[0], padding[2]], [padding[1], padding[3]], [0, 0]]
-        y = tf.nn.conv2d(_nhwc(tf, x), tf.transpose(w, [2, 3, 1, 0]), list(strides), pad, dilations=list(dilations))
+        kernel = _dilated(tf, tf.transpose(w, [2, 3, 1, 0]), dilations)
+        y = tf.nn.conv2d(_nhwc(tf, x), kernel, list(strides), pad)
         y = _nchw(tf, y)
         return y if b is None else y + tf.reshape(b, [1, -1, 1, 1])
     return fn
@@ -78,7 +91,11 @@ def _instance_norm(tf, x, s, b):
 
 
 def _lrn(tf, x):
-    return _nchw(tf, tf.nn.local_response_normalization(_nhwc(tf, x), depth_radius=1, bias=2.0, alpha=0.3 / 3, beta=0.75))
+    """tf.nn.local_response_normalization written out (its kernel has no float64): size 3, bias 2,
+    alpha 0.3, beta 0.75 over the channel axis."""
+    squares = tf.pad(x * x, [[0, 0], [1, 1], [0, 0], [0, 0]])
+    window = squares[:, :-2] + squares[:, 1:-1] + squares[:, 2:]
+    return x / (2.0 + 0.3 / 3 * window) ** 0.75
 
 
 def _resize(method):
