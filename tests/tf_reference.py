@@ -42,11 +42,38 @@ def swapped_activations(model, modifier: str | None = None):
             layer.activation = activation
 
 
+def float64_twin(model):
+    """The Keras model rebuilt with float64 layers and inputs and the same weights (exact copies):
+    a reference free of float32 rounding, so it does not depend on the CPU's kernels."""
+    import keras
+
+    if isinstance(model, keras.Sequential):  # from_config would rebuild after each layer it adds
+        layers = [type(layer).from_config(_float64_config(layer.get_config())) for layer in model.layers]
+        twin = keras.Sequential([keras.Input(batch_shape=model.input_shape, dtype="float64"), *layers])
+    else:
+        twin = type(model).from_config(_float64_config(model.get_config()))
+    twin.set_weights([w.astype(np.float64) for w in model.get_weights()])
+    return twin
+
+
+def _float64_config(config):
+    if isinstance(config, list):
+        return [_float64_config(v) for v in config]
+    if not isinstance(config, dict):
+        return config
+    if config.get("class_name") in ("DTypePolicy", "FloatDTypePolicy"):
+        return {**config, "config": {**config["config"], "name": "float64"}}
+    return {k: "float64" if k == "dtype" and v == "float32" else _float64_config(v) for k, v in config.items()}
+
+
 def gradients(model, x: np.ndarray, target: np.ndarray, layer: str | None = None, modifier: str | None = None):
-    """d(logit[target]) / d(input) and, if ``layer`` is given, / d(that layer's output)."""
+    """d(logit[target]) / d(input) and, if ``layer`` is given, / d(that layer's output), computed
+    by TensorFlow in float64 on ``float64_twin(model)``."""
     import keras
     import tensorflow as tf
 
+    model = float64_twin(model)
+    x = np.asarray(x, np.float64)
     last = model.layers[-1]
     head = last.input if type(last).__name__ in ("Softmax", "Activation") else last.output
     outputs = [model.get_layer(layer).output, head] if layer else [head]
