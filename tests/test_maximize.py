@@ -19,7 +19,7 @@ from onnxsight.kernels import regularizers as k
 from onnxsight.methods.common import target_scores
 from onnxsight.methods.maximize import TOLERANCE, Maximization, maximize
 from tests.foreign_models import nchw_cnn
-from tests.tf_reference import relative_error, swapped_activations
+from tests.tf_reference import float64_twin, relative_error, swapped_activations
 
 CLASSES = list(range(10))
 
@@ -138,28 +138,44 @@ def test_rotation_and_scale_check_the_model_gradient_at_the_warped_image(small):
 
 
 # ---- the loop equals TensorFlow ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smooth(tmp_path_factory):
+    """A random-weight digits CNN without kinks (tanh, softplus, average pooling), in Keras and as
+    ONNX: with ReLUs and max pools a pre-activation within float32 rounding of a kink flips the
+    subgradient in one runtime only, and which ones do depends on the CPU's kernels."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    keras_model = keras.Sequential([
+        keras.Input((28, 28, 1)), layers.Conv2D(8, 3, activation="tanh", name="conv_1"),
+        layers.AveragePooling2D(2, name="pool_1"), layers.Conv2D(8, 3, activation="softplus", name="conv_2"),
+        layers.AveragePooling2D(2, name="pool_2"), layers.Flatten(name="flatten"),
+        layers.Dense(10, activation="softmax", name="preds"),
+    ])
+    path = onnxsight.convert_keras(keras_model, tmp_path_factory.mktemp("smooth") / "smooth.onnx")
+    return keras_model, onnxsight.load(path, device="cpu")
+
+
 @pytest.mark.parametrize("objective", ["logit", "cross_entropy"])
-def test_ten_steps_equal_a_tensorflow_reimplementation(mnist, mnist_keras, objective):
+def test_ten_steps_equal_a_tensorflow_reimplementation(smooth, objective):
     import tensorflow as tf
 
+    keras_model, model = smooth
     steps, lr, l2, tv, jitter, seed = 10, 0.05, 1e-3, 1e-2, 2, 7
-    # A noisy start: on a grey image max-pool windows tie exactly and, once the first step has
-    # moved some pixels, the runtimes' rounding decides which maximum a gradient goes to. Even
-    # from noise, a ReLU input or a max-pool gap within float32 rounding of a kink can flip the
-    # subgradient in one runtime only (about half of the seeds within 10 steps of 10 images; the
-    # images then differ by ~1e-3 at a few pixels). Seed 7 meets no such kink here.
     start = (0.5 + np.random.default_rng(1).uniform(-0.1, 0.1, (10, 28, 28, 1))).astype(np.float32)
-    result = maximize(mnist, "preds", CLASSES, objective, steps=steps, lr=lr, init=start, seed=seed, check_every=0,
+    result = maximize(model, "preds", CLASSES, objective, steps=steps, lr=lr, init=start, seed=seed, check_every=0,
                       regularizers={"l2": l2, "tv": tv}, modifiers={"jitter": jitter})
 
     rng = np.random.default_rng(seed)  # the documented order: one (rows, columns) shift per step
-    x = tf.constant(start)
-    with swapped_activations(mnist_keras):
+    twin = float64_twin(keras_model)
+    x = tf.constant(start, tf.float64)
+    with swapped_activations(twin):
         for _ in range(steps):
             shift = [int(s) for s in rng.integers(-jitter, jitter + 1, size=2)]
             with tf.GradientTape() as tape:
                 tape.watch(x)
-                logits = mnist_keras(tf.roll(x, shift, axis=[1, 2]), training=False)
+                logits = twin(tf.roll(x, shift, axis=[1, 2]), training=False)
                 scores = tf.nn.log_softmax(logits) if objective == "cross_entropy" else logits
                 f = tf.gather(scores, CLASSES, axis=1, batch_dims=1)
                 norm = tf.sqrt(tf.reduce_sum(tf.square(x), axis=[1, 2, 3]))
@@ -168,7 +184,9 @@ def test_ten_steps_equal_a_tensorflow_reimplementation(mnist, mnist_keras, objec
                 objective_value = tf.reduce_sum(f - l2 * norm - tv * total_variation)
             x = x + lr * tape.gradient(objective_value, x)
     error = relative_error(result.images, x.numpy())
-    assert error <= 1e-4, f"{objective}: relative error {error:.2e} after {steps} steps"
+    # float32 against float64: ten steps each adding a float32-rounded gradient (relative ~1e-6)
+    assert error <= 1e-5, f"{objective}: relative error {error:.2e} after {steps} steps"
+    assert relative_error(start, x.numpy()) > 1e-3  # the steps moved the images
 
 
 # ---- what a result holds -----------------------------------------------------------------------
