@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from onnxsight.data.images import read_image
 from onnxsight.errors import InvalidArgument, MissingDependency, ModelFileError
 
 
@@ -142,10 +143,10 @@ def _sample_photos() -> list[np.ndarray]:
         folder = files("sklearn.datasets") / "images"
     except ModuleNotFoundError as error:
         raise MissingDependency("scikit-learn", "demo") from error
-    photos = [cv2.imread(str(folder / name), cv2.IMREAD_COLOR) for name in ("china.jpg", "flower.jpg")]
-    if any(photo is None for photo in photos):
+    paths = [Path(str(folder / name)) for name in ("china.jpg", "flower.jpg")]
+    if not all(path.is_file() for path in paths):
         raise MissingDependency("scikit-learn (its bundled sample images)", "demo")
-    return [cv2.cvtColor(photo, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0 for photo in photos]
+    return [read_image(path).astype(np.float32) / 255.0 for path in paths]
 
 
 def load_dataset(spec: str | Path) -> Dataset:

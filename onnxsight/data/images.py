@@ -25,19 +25,33 @@ def read_images(paths: Sequence[str | Path]) -> tuple[list[np.ndarray], list[str
             images.extend(batch)
             names.extend(f"{path.stem}_{i}" if len(batch) > 1 else path.stem for i in range(len(batch)))
         elif path.suffix.lower() in IMAGE_SUFFIXES:
-            image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-            if image is None:
-                raise ModelFileError(f"cannot decode image {path}")
-            if image.ndim == 3:
-                code = cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB
-                image = cv2.cvtColor(image, code)
-            images.append(image)
+            images.append(read_image(path))
             names.append(path.stem)
         else:
             raise InvalidArgument(f"{path}: unsupported image type; use .npy or one of {', '.join(sorted(IMAGE_SUFFIXES))}")
     if not images:
         raise InvalidArgument("no images given")
     return images, _unique(names)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """One image file (HxW or HxWxC, RGB order, file dtype); a cut-short or undecodable file is refused."""
+    data = path.read_bytes()
+    check_complete(path, data)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    if image is None:
+        raise ModelFileError(f"cannot decode image {path} (damaged, cut short or not an image)")
+    if image.ndim == 3:
+        code = cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB
+        image = cv2.cvtColor(image, code)
+    return image
+
+
+def check_complete(path: Path, data: bytes) -> None:
+    """Refuse a JPEG whose last scan (FFDA) has no end-of-image marker (FFD9) after it: libjpeg decodes
+    a cut-short file with its missing rows grey and only a warning; the other formats' decoders fail."""
+    if data.startswith(b"\xff\xd8") and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+        raise ModelFileError(f"image {path} is truncated (its JPEG data ends before the end-of-image marker)")
 
 
 def _read_npy(path: Path) -> np.ndarray:
