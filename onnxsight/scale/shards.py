@@ -82,11 +82,26 @@ def _plain(value):
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def _read_json(path: Path) -> dict:
+def _read_manifest(path: Path) -> dict:
+    """A previous run's manifest, checked to be one: a JSON object whose shards are shard records."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise InvalidArgument(f"{path} is not a readable batch manifest ({error}); pass --force to start over") from error
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("job"), dict):
+            raise ValueError("not a JSON object with a job")
+        for entry in manifest.get("shards", []):
+            ShardRecord(**entry)
+    except (OSError, ValueError, TypeError) as error:
+        raise InvalidArgument(
+            f"{path} is not a readable batch manifest ({error}); pass --force (force=True) to delete the "
+            "results in its folder and start over"
+        ) from error
+    return manifest
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    """The job fields whose values differ (compared as JSON), e.g. ``["data"]`` when the data changed."""
+    new = json.loads(json.dumps(new, default=_plain))
+    return sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
 
 
 def sha256_of(path: Path) -> str:
@@ -101,8 +116,9 @@ class Manifest:
     """``manifest.json`` of an output folder: the job, its options hash, and the finished shards.
 
     Opening validates what a previous run of the same job left: shards whose files are missing or
-    whose sha256 differs are dropped (and recomputed). A different job is refused; ``force``
-    deletes the previous results (of any job) and starts over. Every change is written atomically.
+    whose sha256 differs are dropped (and recomputed). A different job (other model, data contents
+    or options) or an unreadable manifest is refused; ``force`` deletes the previous results (of any
+    job) without reading them and starts over. Every change is written atomically.
     """
 
     def __init__(self, folder: str | Path, job: dict, force: bool = False):
@@ -113,15 +129,21 @@ class Manifest:
         self.job = job
         self.options_hash = hashlib.sha256(json.dumps(job, sort_keys=True, default=_plain).encode()).hexdigest()
         self.done: dict[int, ShardRecord] = {}
-        previous = _read_json(self.path) if self.path.is_file() else None
+        previous = None if force or not self.path.is_file() else _read_manifest(self.path)
         if force:
             self._clear()
         elif previous is not None and previous.get("options_hash") == self.options_hash:
             self._adopt(previous)
         elif previous is not None or self._leftovers():
-            what = "a different job" if previous is not None else "batch results without a manifest"
+            changed = _differences(previous["job"], job) if previous is not None else []
+            if previous is None:
+                what = "batch results without a manifest"
+            elif changed == ["data"]:
+                what = "results of the same job on other data (the images or labels it reads changed)"
+            else:
+                what = f"a different job (differs: {', '.join(changed) or 'options hash'})"
             raise InvalidArgument(
-                f"{self.folder} holds {what} (other model, data or options); pass --force (force=True) "
+                f"{self.folder} holds {what}; pass --force (force=True) "
                 "to delete those results and start over, or choose another output folder"
             )
         self._save()

@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from onnxsight.data.datasets import cifar10_batch, digits
-from onnxsight.data.images import IMAGE_SUFFIXES, read_images
+from onnxsight.data.images import IMAGE_SUFFIXES, check_complete, read_images
 from onnxsight.errors import InvalidArgument, ModelFileError
 
 SPLITS = ("test", "train")
 # Keys tried in a .npz, in order: MNIST-style per split, then generic names.
 _IMAGE_KEYS = {"test": ("x_test", "x", "images"), "train": ("x_train", "x", "images")}
 _LABEL_KEYS = {"test": ("y_test", "y", "labels"), "train": ("y_train", "y", "labels")}
+_BLOCK_BYTES = 2**26  # read at a time while fingerprinting an array source
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class Source:
     split: str
     count: int
     has_labels: bool
-    fingerprint: str  # changes when the data does (paths, sizes, modification times)
+    fingerprint: str = ""  # sha256 of what a job reads (see ``fingerprint``), set by ``open_source``
     files: list[str] = field(default_factory=list)  # image folder files or CIFAR-10 batch files
     file_counts: list[int] = field(default_factory=list)  # images per CIFAR-10 batch file
     keys: tuple[str | None, str | None] = (None, None)  # .npz image and label keys
@@ -76,7 +77,7 @@ def open_source(spec: str | Path, split: str = "test", limit: int | None = None)
     """The source named by ``spec``: "digits", a folder of images (class subfolders give labels), a
     CIFAR-10 batches folder, a .npy array, or a .npz (MNIST-style x_test/y_test, x/y, images/labels,
     or a single array). ``split`` picks test or train where the data has both; ``limit`` keeps the
-    first images."""
+    first images. Reads the whole (limited) set once to fingerprint its contents."""
     if split not in SPLITS:
         raise InvalidArgument(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if limit is not None and limit < 1:
@@ -86,14 +87,38 @@ def open_source(spec: str | Path, split: str = "test", limit: int | None = None)
         raise InvalidArgument(f"{spec} holds no images")
     if limit is not None and limit < source.count:
         source.count = limit
-        source.fingerprint = f"{source.fingerprint}:first{limit}"
+    source.fingerprint = fingerprint(source)
     return source
+
+
+def fingerprint(source: Source) -> str:
+    """A sha256 of the data a job on ``source`` reads, so that any change to it, even one that keeps
+    sizes and modification times, makes a different job: the bytes of the first ``count`` files of an
+    image folder with the names of all of them (they give the labels), else the images and labels
+    as arrays (dtype, shape and values), whatever file they come from."""
+    digest = hashlib.sha256(f"{source.kind}:{source.split}:{source.count}\n".encode())
+    if source.kind == "folder":
+        for i, file in enumerate(map(Path, source.files)):
+            digest.update(f"{file.relative_to(source.path)}\n".encode())
+            if i < source.count:
+                data = file.read_bytes()
+                check_complete(file, data)
+                digest.update(hashlib.sha256(data).digest())
+        return digest.hexdigest()
+    rows = max(1, _BLOCK_BYTES // source.read(0, 1).images[0].nbytes)
+    for first in range(0, source.count, rows):
+        chunk = source.read(first, min(source.count, first + rows))
+        for array in (chunk.images, chunk.labels):
+            if array is not None:
+                digest.update(f"{array.dtype.str}{array.shape}".encode())
+                digest.update(np.ascontiguousarray(array))
+    return digest.hexdigest()
 
 
 def _open(spec: str, split: str) -> Source:
     if spec == "digits":
         count = len(_digits_split(split)[0])
-        return Source("digits", "digits", split, count, True, f"digits:{split}")
+        return Source("digits", "digits", split, count, True)
     path = Path(spec)
     if path.is_dir():
         batches = sorted(path.glob("data_batch_*")) if split == "train" else [path / "test_batch"]
@@ -104,7 +129,7 @@ def _open(spec: str, split: str) -> Source:
         raise ModelFileError(f"data not found: {path}")
     if path.suffix.lower() == ".npy":
         images = _load_npy(path)
-        return Source("npy", str(path), split, len(images), False, _file_fingerprint(path))
+        return Source("npy", str(path), split, len(images), False)
     if path.suffix.lower() == ".npz":
         return _npz(path, split)
     raise InvalidArgument(
@@ -144,8 +169,7 @@ def _npz(path: Path, split: str) -> Source:
             f"use one of {', '.join(_IMAGE_KEYS[split])} (and {', '.join(_LABEL_KEYS[split])} for labels)"
         )
     label_key = next((k for k in _LABEL_KEYS[split] if k in names), None)
-    source = Source("npz", str(path), split, 0, label_key is not None, _file_fingerprint(path),
-                    keys=(image_key, label_key))
+    source = Source("npz", str(path), split, 0, label_key is not None, keys=(image_key, label_key))
     images, labels = source._arrays()
     if labels is not None and len(labels) != len(images):
         raise InvalidArgument(f"{path}: {len(labels)} labels ({label_key}) for {len(images)} images ({image_key})")
@@ -184,9 +208,7 @@ def _open_npz(source: Source):
 # ---- CIFAR-10 ----------------------------------------------------------------------------
 def _cifar(path: Path, split: str, batches: list[Path]) -> Source:
     counts = [len(cifar10_batch(f)[1]) for f in batches]
-    fingerprint = "|".join(_file_fingerprint(f) for f in batches)
-    return Source("cifar10", str(path), split, sum(counts), True, fingerprint,
-                  files=[str(f) for f in batches], file_counts=counts)
+    return Source("cifar10", str(path), split, sum(counts), True, files=[str(f) for f in batches], file_counts=counts)
 
 
 def _read_cifar(source: Source, start: int, stop: int):
@@ -210,9 +232,7 @@ def _folder(path: Path, split: str) -> Source:
         raise InvalidArgument(f"{path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     relative = [f.relative_to(path) for f in files]
     labelled = all(len(r.parts) == 2 for r in relative)
-    digest = hashlib.sha256("\n".join(map(str, relative)).encode()).hexdigest()[:16]
-    return Source("folder", str(path), split, len(files), labelled, f"folder:{path.resolve()}:{len(files)}:{digest}",
-                  files=[str(f) for f in files])
+    return Source("folder", str(path), split, len(files), labelled, files=[str(f) for f in files])
 
 
 def _read_folder(source: Source, start: int, stop: int):
@@ -230,11 +250,6 @@ def class_names(source: Source) -> list[str] | None:
     if source.kind == "folder" and source.has_labels:
         return sorted({Path(f).parent.name for f in source.files})
     return None
-
-
-def _file_fingerprint(path: Path) -> str:
-    stat = path.stat()
-    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 _OPENERS = {
