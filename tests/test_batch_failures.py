@@ -1,9 +1,10 @@
-"""Batch jobs when things go wrong: data changed under an output folder, a garbled manifest, a
-truncated image. Each ends in one red line and exit code 1, or in a clean recomputation, never in
-results from other data or a traceback."""
+"""Batch jobs when things go wrong: data changed under an output folder, a garbled manifest, a file
+system that refuses a write, a truncated image. Each ends in one red line and exit code 1, or in a
+clean recomputation, never in results from other data or a traceback."""
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -16,7 +17,9 @@ from typer.testing import CliRunner
 
 import onnxsight
 from onnxsight.cli.app import app
+from onnxsight.data.files import atomic_open
 from onnxsight.errors import InvalidArgument
+from onnxsight.scale import shards
 from onnxsight.scale.sources import open_source
 
 
@@ -135,6 +138,37 @@ def test_a_garbled_manifest_is_one_line_and_force_starts_over(mnist_onnx, digits
     assert forced.exit_code == 0, forced.output
     assert "2 computed, 0 already done" in forced.stdout
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["complete"]
+
+
+# ---- the file system refuses a write ----------------------------------------------------
+def test_an_output_below_a_file_is_one_line_naming_the_path_and_errno(mnist_onnx, digits_data, tmp_path):
+    np.save(tmp_path / "x.npy", digits_data.x_test[:4])
+    (tmp_path / "notes.txt").write_text("not a folder")
+    line = one_error_line(batch(mnist_onnx, "--data", tmp_path / "x.npy", "-o", tmp_path / "notes.txt" / "out"))
+    assert line == f"error: {tmp_path / 'notes.txt' / 'out'}: [Errno {errno.ENOTDIR}] Not a directory"
+
+
+def test_a_full_disk_mid_job_is_one_line_and_keeps_the_finished_shards(mnist_onnx, digits_data, tmp_path,
+                                                                       monkeypatch):
+    np.save(tmp_path / "x.npy", digits_data.x_test[:6])
+    args = [mnist_onnx, "--data", tmp_path / "x.npy", "--shard-size", "2", "--workers", "1", "-o", tmp_path / "out"]
+    written = shards.atomic_write
+
+    def full_at_third_shard(target, data):
+        if target.name == "000002.npz":
+            with atomic_open(target) as handle:  # write() fails the way a full disk makes it fail
+                handle.write(data[:100])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written(target, data)
+
+    monkeypatch.setattr(shards, "atomic_write", full_at_third_shard)
+    line = one_error_line(batch(*args))
+    assert line == f"error: {tmp_path / 'out' / 'shards' / '000002.npz'}: [Errno {errno.ENOSPC}] No space left on device"
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [s["index"] for s in manifest["shards"]] == [0, 1] and not manifest["complete"]
+    assert sorted(p.name for p in (tmp_path / "out" / "shards").iterdir()) == ["000000.npz", "000001.npz"]
+    monkeypatch.undo()
+    assert "1 computed, 2 already done" in batch(*args).stdout
 
 
 # ---- a truncated image --------------------------------------------------------------------

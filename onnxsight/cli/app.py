@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from onnxsight import __version__
 from onnxsight.cli import (
@@ -15,14 +16,26 @@ from onnxsight.errors import OnnxsightError
 
 
 class _ErrorBoundary(typer.core.TyperGroup):
-    """Turns user-fixable errors into one line on stderr and exit code 1."""
+    """Turns user-fixable errors, and the file system's (disk full, read-only, not a folder), into one
+    line on stderr and exit code 1."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except OnnxsightError as error:
-            err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            message = str(error)
+        except OSError as error:
+            message = _os_message(error)
+        err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def _os_message(error: OSError) -> str:
+    """'PATH: [Errno N] reason', the path first (Python puts it last, quoted)."""
+    if error.errno is None or error.filename is None:
+        return str(error)
+    path = f"{error.filename} -> {error.filename2}" if error.filename2 is not None else str(error.filename)
+    return f"{path}: [Errno {error.errno}] {error.strerror}"
 
 
 app = typer.Typer(

@@ -77,21 +77,39 @@ def _umask() -> int:
 
 class atomic_open:
     """Write to a temporary file beside ``target`` and move it into place only on success, with
-    the permissions a plain ``open`` would give (the temporary file is private until then)."""
+    the permissions a plain ``open`` would give (the temporary file is private until then).
+
+    A failed write (disk full, read-only folder) leaves ``target`` as it was and no temporary file,
+    and raises an OSError naming ``target``, not the temporary file (a failed ``write`` names none).
+    """
 
     def __init__(self, target: Path):
         self.target = Path(target)
 
     def __enter__(self):
-        fd, self.temp = tempfile.mkstemp(dir=self.target.parent, prefix=f".{self.target.name}.")
+        try:
+            fd, self.temp = tempfile.mkstemp(dir=self.target.parent, prefix=f".{self.target.name}.")
+        except OSError as error:
+            raise _naming(error, self.target)
         self.handle = os.fdopen(fd, "wb")
         return self.handle
 
     def __exit__(self, kind, value, traceback):
-        self.handle.close()
-        if kind is None:
-            os.chmod(self.temp, 0o666 & ~_umask())
-            os.replace(self.temp, self.target)
-        else:
+        try:
+            self.handle.close()
+            if kind is None:
+                os.chmod(self.temp, 0o666 & ~_umask())
+                os.replace(self.temp, self.target)
+        except OSError as error:
             os.unlink(self.temp)
+            raise _naming(error, self.target)
+        if kind is not None:
+            os.unlink(self.temp)
+            if issubclass(kind, OSError) and value.filename is None:
+                raise _naming(value, self.target)
         return False
+
+
+def _naming(error: OSError, target: Path) -> OSError:
+    """The same error (errno and reason) about ``target``."""
+    return OSError(error.errno, error.strerror, str(target)) if error.errno is not None else error
