@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 
 import numpy as np
@@ -57,3 +58,15 @@ def test_a_failing_shard_is_one_user_error_on_both_engines(ray_cluster, mnist_on
                                 workers=2, shard_size=20)
         finished = json.loads((tmp_path / engine / "manifest.json").read_text())["shards"]
         assert [s["index"] for s in finished] in ([], [0])
+
+
+def test_a_refused_write_is_one_line_naming_the_path_on_both_engines(ray_cluster, mnist_onnx, digits_npy, tmp_path):
+    for engine, kind in (("local", OSError), ("ray", OnnxsightError)):
+        (tmp_path / engine).mkdir()
+        (tmp_path / engine / "shards").write_text("a file where the shards folder goes")
+        with pytest.raises(kind) as raised:
+            onnxsight.run_batch(mnist_onnx, digits_npy, "gradcam", tmp_path / engine, engine=engine, workers=2,
+                                shard_size=45)
+        message = str(raised.value)
+        assert f"[Errno {errno.EEXIST}] File exists: '{tmp_path / engine / 'shards'}'" in message
+        assert "\n" not in message

@@ -35,7 +35,10 @@ def batch(
     limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N images.")] = None,
     shard_size: Annotated[int, typer.Option(min=1, help="Images per shard (the unit of work and of resumption).")] = 1024,
     engine: Annotated[str, typer.Option(help="local (a pool of processes) or ray (Ray Data actors).")] = "local",
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address ('auto' joins this node's cluster); default: a local one.")] = None,
+    address: Annotated[Optional[str], typer.Option(help=(
+        "Ray cluster: host:port, ray://host:port, 'auto' (the cluster this node belongs to) or 'local' (a new one); "
+        "default: RAY_ADDRESS if set, else a new local Ray instance."))] = None,
+    connect_timeout: Annotated[float, typer.Option(help="Ray: seconds the cluster at --address or RAY_ADDRESS has to accept a connection.")] = 30.0,
     workers: Annotated[Optional[int], typer.Option(min=1, help="Worker processes or Ray actors (default: one per core; 1 on CUDA).")] = None,
     threads: Annotated[int, typer.Option(min=1, help="onnxruntime threads per worker (results do not depend on it).")] = 1,
     gpus_per_worker: Annotated[Optional[float], typer.Option(min=0, help="Ray with --device cuda: GPUs per actor (default 1).")] = None,
@@ -99,6 +102,7 @@ def batch(
             model, data, method, output, target=chosen_target, of=of, options=options,
             layers=(layer or ()) if method == "activations" else (), k=k, split=split, limit=limit,
             shard_size=shard_size, engine=engine, workers=workers, threads=threads, address=address,
+            connect_timeout=connect_timeout,
             gpus_per_worker=gpus_per_worker, device=device, batch_size=batch_size, seed=seed, scale=scale,
             mean=mean, std=std, force=force, on_start=start,
             on_shard=lambda record: progress.advance(task, record.stop - record.start),

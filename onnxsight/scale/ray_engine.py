@@ -3,6 +3,8 @@ one model (its onnxruntime sessions, on CPU or one GPU), writing shards to the s
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterator
 from dataclasses import asdict
 
@@ -14,12 +16,15 @@ from onnxsight.scale.shards import Shard, ShardRecord
 
 
 def run_ray(job: Job, shards: list[Shard], workers: int, address: str | None = None,
-            gpus_per_worker: float | None = None) -> Iterator[ShardRecord]:
+            gpus_per_worker: float | None = None, connect_timeout: float = 30.0) -> Iterator[ShardRecord]:
     """Compute ``shards`` on ``workers`` Ray actors, yielding records as shards finish.
 
-    Joins the running Ray session, else ``ray.init(address)`` (None starts a local cluster, "auto"
-    joins the one this node belongs to) and shuts it down at the end. Each actor reserves
-    ``job.threads`` CPUs and, for ``device="cuda"``, ``gpus_per_worker`` GPUs (default 1).
+    Uses the Ray session this process already runs, else connects to the cluster at ``address``,
+    else at the ``RAY_ADDRESS`` environment variable (a host:port that does not accept a connection
+    within ``connect_timeout`` seconds is an error), else starts a local Ray instance; "auto" joins
+    the cluster this node belongs to and "local" always starts one. A session it began is shut
+    down at the end. Each actor reserves ``job.threads`` CPUs and, for ``device="cuda"``,
+    ``gpus_per_worker`` GPUs (default 1).
     """
     try:
         import ray
@@ -28,7 +33,10 @@ def run_ray(job: Job, shards: list[Shard], workers: int, address: str | None = N
         raise MissingDependency("ray[data]", "scale") from error
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        cluster = address or os.environ.get("RAY_ADDRESS") or None
+        if cluster is not None:
+            _probe(cluster, connect_timeout, "--address" if address else "RAY_ADDRESS")
+        ray.init(address=cluster, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the caller shows one progress bar for the whole job
@@ -59,9 +67,22 @@ class ShardActor:
         shard = Shard(*(int(batch[key][0]) for key in ("index", "start", "stop")))
         try:
             record, error = asdict(self.worker(shard)), ""
-        except OnnxsightError as failure:
+        except (OnnxsightError, OSError) as failure:  # a full disk, say: one line on the driver
             record, error = {**asdict(shard), "file": "", "sha256": "", "partial": "", "partial_sha256": ""}, str(failure)
         return {key: [value] for key, value in {**record, "error": error}.items()}
+
+
+def _probe(address: str, timeout: float, origin: str) -> None:
+    """Fail within ``timeout`` seconds when nothing accepts a connection at a [ray://]host:port address
+    (``ray.init`` would retry for minutes without a word)."""
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not port.isdigit():
+        return  # "auto" or "local": Ray finds or starts the cluster itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout).close()
+    except OSError as error:
+        reason = f"no answer within {timeout:g} s" if isinstance(error, TimeoutError) else str(error)
+        raise OnnxsightError(f"cannot reach the Ray cluster at {address} (from {origin}): {reason}") from error
 
 
 def _plain(value):

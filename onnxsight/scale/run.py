@@ -42,7 +42,8 @@ def run_batch(
     model: str | os.PathLike, data: str | os.PathLike, method: str, output: str | os.PathLike, *,
     target: str | int = "predicted", of: str = "logits", options: dict | None = None, layers: Sequence[str] = (),
     k: int = 10, split: str = "test", limit: int | None = None, shard_size: int = 1024, engine: str = "local",
-    workers: int | None = None, threads: int = 1, address: str | None = None, gpus_per_worker: float | None = None,
+    workers: int | None = None, threads: int = 1, address: str | None = None, connect_timeout: float = 30.0,
+    gpus_per_worker: float | None = None,
     device: str = "cpu", batch_size: int | None = None, seed: int = 0, scale: float | None = None,
     mean: Sequence[float] | None = None, std: Sequence[float] | None = None, force: bool = False,
     on_start: Callable[[int, int], None] | None = None, on_shard: Callable[[ShardRecord], None] | None = None,
@@ -57,8 +58,10 @@ def run_batch(
     The dataset is cut into shards of ``shard_size`` images; each is written to ``output`` as
     ``shards/NNNNNN.npz`` (results) and ``partials/NNNNNN.npz`` (partial reductions), then listed
     with its sha256 in ``manifest.json``. A rerun skips finished shards; a different job in the same
-    folder is refused; ``force`` deletes earlier results and starts over. ``engine`` "local" runs ``workers`` processes (default: one
-    per core), "ray" as many Ray actors (at ``address``); every session uses ``threads``
+    folder (other model, data contents or options) is refused; ``force`` deletes earlier results and starts over.
+    ``engine`` "local" runs ``workers`` processes (default: one per core), "ray" as many Ray actors on
+    the cluster at ``address``, else at ``RAY_ADDRESS``, else a new local one (``connect_timeout``:
+    seconds a cluster has to accept a connection); every session uses ``threads``
     onnxruntime threads (local processes are spawned: a script calling this with ``workers`` > 1 needs
     the usual ``if __name__ == "__main__":`` guard). ``on_start(done, total)`` is called with the images already finished once
     the job is checked, ``on_shard(record)`` after each shard is recorded.
@@ -72,6 +75,8 @@ def run_batch(
         raise InvalidArgument(f"options {clash} are arguments of run_batch itself, not method options")
     if workers is not None and workers < 1:
         raise InvalidArgument(f"workers must be at least 1, got {workers}")
+    if connect_timeout <= 0:
+        raise InvalidArgument(f"connect_timeout must be positive, got {connect_timeout}")
     checked = load(model, device="cpu")
     source = open_source(data, split, limit)
     resolved = "cuda" if providers_for(device)[0] == "CUDAExecutionProvider" else "cpu"
@@ -87,7 +92,8 @@ def run_batch(
     count = workers if workers is not None else (max(1, len(os.sched_getaffinity(0)) // threads) if resolved == "cpu" else 1)
     if on_start is not None:
         on_start(source.count - sum(s.stop - s.start for s in pending), source.count)
-    for record in _engine(engine, job, pending, min(count, max(1, len(pending))), address, gpus_per_worker):
+    for record in _engine(engine, job, pending, min(count, max(1, len(pending))), address, connect_timeout,
+                          gpus_per_worker):
         manifest.add(record)
         if on_shard is not None:
             on_shard(record)
@@ -99,13 +105,13 @@ def run_batch(
                        time.perf_counter() - began, summary)
 
 
-def _engine(engine: str, job: Job, pending, workers: int, address, gpus_per_worker) -> Iterator[ShardRecord]:
+def _engine(engine: str, job: Job, pending, workers: int, address, connect_timeout, gpus_per_worker) -> Iterator[ShardRecord]:
     if not pending:
         return iter(())
     if engine == "ray":
         from onnxsight.scale.ray_engine import run_ray
 
-        return run_ray(job, pending, workers, address, gpus_per_worker)
+        return run_ray(job, pending, workers, address, gpus_per_worker, connect_timeout)
     from onnxsight.scale.local import run_local
 
     return run_local(job, pending, workers)
