@@ -17,7 +17,7 @@ import onnxsight
 from onnxsight.errors import InvalidArgument, UnknownName
 from onnxsight.methods.cam import VARIANTS, default_cam_layer, gradcam
 from tests.foreign_models import nchw_cnn, reference_forward
-from tests.tf_reference import gradients, relative_error, swapped_activations
+from tests.tf_reference import float64_twin, gradients, relative_error, swapped_activations
 
 GRADIENT_VARIANTS = ["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"]
 TOLERANCE = 1e-4
@@ -70,14 +70,15 @@ def keras_head(keras_model):
 
 def tf_layer(keras_model, x, layer, target, of=None, modifier=None):
     """A and dA at ``layer`` for the summed target scores: logits[target] or mean of ``of``[..., target];
-    ``modifier`` overrides the ReLUs' gradient (guided / deconv)."""
+    ``modifier`` overrides the ReLUs' gradient (guided / deconv). In float64 (see float64_twin)."""
     import keras
     import tensorflow as tf
 
+    keras_model = float64_twin(keras_model)
     scored = keras_model.get_layer(of).output if of else keras_head(keras_model)
     probe = keras.Model(keras_model.inputs, [keras_model.get_layer(layer).output, scored])
     with swapped_activations(keras_model, modifier), tf.GradientTape() as tape:
-        a, out = probe([tf.constant(x)], training=False)
+        a, out = probe([tf.constant(x, tf.float64)], training=False)
         if of:
             picked = tf.gather(out, target, axis=3, batch_dims=1)  # N, h, w
             score = tf.reduce_sum(tf.reduce_mean(picked, axis=(1, 2)))

@@ -11,7 +11,7 @@ from onnxsight.kernels import attribution as k
 from onnxsight.methods import saliency as saliency_module
 from onnxsight.methods.saliency import saliency
 from tests.foreign_models import nchw_cnn, reference_forward
-from tests.tf_reference import gradients, relative_error
+from tests.tf_reference import float64_twin, gradients, relative_error
 
 TOLERANCE = 1e-4
 
@@ -83,8 +83,9 @@ def test_a_channel_of_an_intermediate_layer_is_scored_by_its_mean(model, mnist_k
     import keras
     import tensorflow as tf
 
-    probe = keras.Model(mnist_keras.inputs[0], mnist_keras.get_layer("conv2d_2").output)
-    x = tf.constant(images)
+    twin = float64_twin(mnist_keras)
+    probe = keras.Model(twin.inputs[0], twin.get_layer("conv2d_2").output)
+    x = tf.constant(images, tf.float64)
     with tf.GradientTape() as tape:
         tape.watch(x)
         values = probe(x, training=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import lru_cache
 
 import numpy as np
 
@@ -42,6 +43,7 @@ def swapped_activations(model, modifier: str | None = None):
             layer.activation = activation
 
 
+@lru_cache(maxsize=4)
 def float64_twin(model):
     """The Keras model rebuilt with float64 layers and inputs and the same weights (exact copies):
     a reference free of float32 rounding, so it does not depend on the CPU's kernels."""
