@@ -193,6 +193,13 @@ BAD_REQUESTS = [
     ("no inputs", "digits", _with(), AUTH, 400, "'inputs' must be a non-empty list"),
     ("duplicate input", "digits.gradcam", _with(IMAGE, IMAGE), AUTH, 400, "input 'image' is given twice"),
     ("unknown output", "digits.gradcam", _with(IMAGE, outputs=[{"name": "cam"}]), AUTH, 400, "unknown output 'cam'"),
+    ("list as output name", "digits.gradcam", _with(IMAGE, outputs=[{"name": ["heatmap"]}]), AUTH, 400,
+     "each requested output's 'name' must be a string, got ['heatmap']"),
+    ("object as output name", "digits.gradcam", _with(IMAGE, outputs=[{"name": {"heatmap": 1}}]), AUTH, 400,
+     "each requested output's 'name' must be a string"),
+    ("list as input name", "digits.gradcam", _body(X2, name=["image"]), AUTH, 400, "each input's 'name' must be a string"),
+    ("list as datatype", "digits.gradcam", _body(X2, datatype=["FP32"]), AUTH, 400, "input 'image': 'datatype' must be a string"),
+    ("long name", "digits.gradcam", _body(X2, name="x" * 10_000), AUTH, 400, "unknown input 'xxxx"),
     ("target out of range", "digits.gradcam", _with(IMAGE, TARGET), AUTH, 400, "the model has 10 classes"),
     ("target count", "digits.gradcam", _with(IMAGE, {**TARGET, "shape": [3], "data": [1, 2, 3]}), AUTH, 400,
      "'target' has 3 values for 2 images"),
@@ -203,6 +210,10 @@ BAD_REQUESTS = [
     ("not an object", "digits.gradcam", b"[1, 2]", AUTH, 400, "must be a JSON object"),
     ("binary size", "digits.gradcam", *_binary(12), 400, "binary_data_size must be 6272 bytes"),
     ("header length", "digits.gradcam", _binary(6272)[0], {**AUTH, HEADER_LENGTH: "10000000"}, 400, "no larger than the body"),
+    ("unicode digit header length", "digits.gradcam", _binary(6272)[0], {**AUTH, HEADER_LENGTH: "\u00b2"}, 400,
+     f"{HEADER_LENGTH} must be an integer"),
+    ("5000-digit header length", "digits.gradcam", _binary(6272)[0], {**AUTH, HEADER_LENGTH: "1" * 5000}, 400,
+     f"{HEADER_LENGTH} must be an integer"),
     ("unknown model", "mnist", _body(X2), AUTH, 404, "unknown model 'mnist'; this server has: digits"),
     ("unknown version", "digits.gradcam/versions/2", _body(X2), AUTH, 404, "has no version '2'"),
     ("oversized body", "digits.gradcam", _body(X2) + b" " * MAX_BODY, AUTH, 413, f"limit of {MAX_BODY} bytes"),
@@ -226,8 +237,9 @@ def post(port, path, body, headers):
 def test_bad_requests_get_a_status_and_a_clear_message(server, client, x, case, name, body, headers, status, message):
     got, content, response_headers = post(server.port, f"/v2/models/{name}/infer", body, headers)
     assert got == status, (case, content)
+    assert b"\n" not in content and list(json.loads(content)) == ["error"], (case, content)  # one line: {"error": ...}
     error = json.loads(content)["error"]
-    assert message in error, (case, error)
+    assert message in error and len(error) < 300, (case, error)
     assert "Traceback" not in error and "File " not in error
     if status == 401:
         assert response_headers.get("www-authenticate") == "Bearer"

@@ -3,14 +3,15 @@
 A request body is a JSON object, optionally followed by raw tensor bytes (the binary tensor data
 extension: the header ``Inference-Header-Content-Length`` gives the JSON's length, and each input
 with ``parameters.binary_data_size`` takes that many bytes, in order). Parsing validates every
-name, datatype, shape and value against the model's tensors and raises :class:`ProtocolError`
-with the HTTP status and a one-line message for the client.
+field's JSON type and every name, datatype, shape and value against the model's tensors and raises
+:class:`ProtocolError` with the HTTP status and a one-line message for the client.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,11 +69,7 @@ class Limits:
 def parse_request(body: bytes, header_length: str | None, inputs: list[TensorSpec], outputs: list[TensorSpec],
                   limits: Limits) -> InferRequest:
     """Parse and validate an inference request body for a model with these ``inputs`` and ``outputs``."""
-    json_size = len(body)
-    if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
-            raise ProtocolError(400, f"{HEADER_LENGTH} must be an integer no larger than the body ({len(body)} bytes)")
-        json_size = int(header_length)
+    json_size = len(body) if header_length is None else _json_size(header_length, len(body))
     try:
         request = json.loads(body[:json_size])
     except (ValueError, RecursionError) as error:
@@ -91,10 +88,9 @@ def parse_request(body: bytes, header_length: str | None, inputs: list[TensorSpe
     offset = 0
     for tensor in raw:
         tensor = _object(tensor, "each input")
-        name = tensor.get("name")
-        if not isinstance(name, str) or name not in specs:
-            known = ", ".join(specs)
-            raise ProtocolError(400, f"unknown input {name!r}; the model's inputs are: {known}")
+        name = _string(tensor.get("name"), "each input's 'name'")
+        if name not in specs:
+            raise ProtocolError(400, f"unknown input {_shown(name)}; the model's inputs are: {', '.join(specs)}")
         if name in arrays:
             raise ProtocolError(400, f"input {name!r} is given twice")
         array, offset = _input_array(tensor, specs[name], binary, offset)
@@ -139,16 +135,24 @@ def datatype_of(dtype: np.dtype) -> str:
 
 
 # ---- validation --------------------------------------------------------------------------------
+def _json_size(header_length: str, body_size: int) -> int:
+    """The JSON part's length from the ``Inference-Header-Content-Length`` header: ASCII digits, within the body."""
+    if not re.fullmatch(r"[0-9]{1,19}", header_length) or int(header_length) > body_size:
+        raise ProtocolError(400, f"{HEADER_LENGTH} must be an integer no larger than the body ({body_size} bytes)")
+    return int(header_length)
+
+
 def _input_array(tensor: dict, spec: TensorSpec, binary: memoryview, offset: int) -> tuple[np.ndarray, int]:
     """The input's array, checked against ``spec``; and the new offset into the binary data."""
-    name, datatype = spec.name, tensor.get("datatype")
+    name = spec.name
+    datatype = _string(tensor.get("datatype"), f"input {name!r}: 'datatype'")
     if datatype != spec.datatype:
-        raise ProtocolError(400, f"input {name!r} has datatype {datatype!r}; the model expects {spec.datatype}")
+        raise ProtocolError(400, f"input {name!r} has datatype {_shown(datatype)}; the model expects {spec.datatype}")
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise ProtocolError(400, f"input {name!r}: 'shape' must be a list of non-negative integers")
     if len(shape) != len(spec.shape) or any(want != -1 and got != want for got, want in zip(shape, spec.shape)):
-        raise ProtocolError(400, f"input {name!r} has shape {shape}; the model expects {list(spec.shape)} (-1: any size)")
+        raise ProtocolError(400, f"input {name!r} has shape {_shown(shape)}; the model expects {list(spec.shape)} (-1: any size)")
     dtype = np.dtype(DATATYPES[datatype])
     count = math.prod(shape)
     parameters = _object(tensor.get("parameters", {}), f"input {name!r} 'parameters'")
@@ -158,7 +162,7 @@ def _input_array(tensor: dict, spec: TensorSpec, binary: memoryview, offset: int
             raise ProtocolError(400, f"input {name!r} has both 'data' and binary_data_size")
         if not isinstance(size, int) or isinstance(size, bool) or size != count * dtype.itemsize:
             raise ProtocolError(400, f"input {name!r}: binary_data_size must be {count * dtype.itemsize} bytes "
-                                     f"for shape {shape} of {datatype}, got {size!r}")
+                                     f"for shape {_shown(shape)} of {datatype}, got {_shown(size)}")
         if offset + size > len(binary):
             raise ProtocolError(400, f"input {name!r}: the body ends before its {size} bytes of binary data")
         array = np.frombuffer(binary[offset:offset + size], dtype=dtype).reshape(shape)
@@ -177,7 +181,7 @@ def _json_array(data, name: str, dtype: np.dtype, count: int) -> np.ndarray:
     try:
         values = np.asarray(data)
     except ValueError:
-        raise ProtocolError(400, f"input {name!r}: 'data' is a ragged list") from None
+        raise ProtocolError(400, f"input {name!r}: 'data' is a ragged or too deeply nested list") from None
     wanted = {"b": "b", "i": "biu", "u": "biu", "f": "biuf"}[dtype.kind]
     if values.size and values.dtype.kind not in wanted:
         kind = {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers"}[dtype.kind]
@@ -216,9 +220,9 @@ def _requested_outputs(request: dict, parameters: dict, outputs: list[TensorSpec
     known, wanted = {spec.name for spec in outputs}, {}
     for tensor in raw:
         tensor = _object(tensor, "each requested output")
-        name = tensor.get("name")
+        name = _string(tensor.get("name"), "each requested output's 'name'")
         if name not in known:
-            raise ProtocolError(400, f"unknown output {name!r}; the model's outputs are: {', '.join(s.name for s in outputs)}")
+            raise ProtocolError(400, f"unknown output {_shown(name)}; the model's outputs are: {', '.join(s.name for s in outputs)}")
         options = _object(tensor.get("parameters", {}), f"output {name!r} 'parameters'")
         if options.get("classification"):
             raise ProtocolError(400, "the classification extension is not supported; request the tensors")
@@ -233,3 +237,15 @@ def _object(value, what: str) -> dict:
     if not isinstance(value, dict):
         raise ProtocolError(400, f"{what} must be a JSON object")
     return value
+
+
+def _string(value, what: str) -> str:
+    if not isinstance(value, str):
+        raise ProtocolError(400, f"{what} must be a string, got {_shown(value)}")
+    return value
+
+
+def _shown(value, limit: int = 80) -> str:
+    """A client's value quoted for an error message: one line, at most ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
