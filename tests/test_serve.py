@@ -172,15 +172,17 @@ def _with(*tensors, **fields) -> bytes:
     return json.dumps({"inputs": list(tensors), **fields}).encode()
 
 
-def _binary(size: int) -> tuple[bytes, dict]:
-    """A JSON header claiming ``size`` bytes for a 2x28x28x1 FP32 image, followed by those bytes."""
-    header = _with({"name": "image", "shape": [2, 28, 28, 1], "datatype": "FP32", "parameters": {"binary_data_size": size}})
-    return header + bytes(size), {**AUTH, HEADER_LENGTH: str(len(header))}
+def _binary(size: int, name: str = "image", fill: float = 0.0, **fields) -> tuple[bytes, dict]:
+    """A JSON header claiming ``size`` bytes for a 2x28x28x1 FP32 image, followed by those bytes (``fill`` values)."""
+    header = _with({"name": name, "shape": [2, 28, 28, 1], "datatype": "FP32", "parameters": {"binary_data_size": size}},
+                   **fields)
+    return header + np.full(size // 4, fill, np.float32).tobytes(), {**AUTH, HEADER_LENGTH: str(len(header))}
 
 
 X2 = np.zeros((2, 28, 28, 1), np.float32)
 IMAGE = json.loads(_body(X2))["inputs"][0]
 TARGET = {"name": "target", "shape": [1], "datatype": "INT64", "data": [10]}
+HUGE = 3e38  # finite in FP32, but the network's sums overflow to Inf and its softmax to NaN
 # (case, model, body, headers, status, message fragment)
 BAD_REQUESTS = [
     ("wrong shape", "digits.gradcam", _body(X2, shape=[2, 28, 28, 3]), AUTH, 400, "the model expects [-1, 28, 28, 1]"),
@@ -214,6 +216,14 @@ BAD_REQUESTS = [
      f"{HEADER_LENGTH} must be an integer"),
     ("5000-digit header length", "digits.gradcam", _binary(6272)[0], {**AUTH, HEADER_LENGTH: "1" * 5000}, 400,
      f"{HEADER_LENGTH} must be an integer"),
+    ("non-finite output, JSON", "digits", _body(X2, name="input", data=[HUGE] * 1568), AUTH, 422,
+     "model 'digits' produced NaN or Inf in 'output'; this server never returns non-finite values"),
+    ("non-finite output, binary", "digits", *_binary(6272, name="input", fill=HUGE, parameters={"binary_data_output": True}),
+     422, "model 'digits' produced NaN or Inf in 'output'"),
+    ("non-finite explainer output, JSON", "digits.gradcam", _body(X2, data=[HUGE] * 1568), AUTH, 422,
+     "model 'digits.gradcam' produced NaN or Inf in 'probabilities'"),
+    ("non-finite explainer output, binary", "digits.saliency", *_binary(6272, fill=HUGE, parameters={"binary_data_output": True}),
+     422, "model 'digits.saliency' produced NaN or Inf in 'probabilities'"),
     ("unknown model", "mnist", _body(X2), AUTH, 404, "unknown model 'mnist'; this server has: digits"),
     ("unknown version", "digits.gradcam/versions/2", _body(X2), AUTH, 404, "has no version '2'"),
     ("oversized body", "digits.gradcam", _body(X2) + b" " * MAX_BODY, AUTH, 413, f"limit of {MAX_BODY} bytes"),

@@ -5,6 +5,9 @@ extension: the header ``Inference-Header-Content-Length`` gives the JSON's lengt
 with ``parameters.binary_data_size`` takes that many bytes, in order). Parsing validates every
 field's JSON type and every name, datatype, shape and value against the model's tensors and raises
 :class:`ProtocolError` with the HTTP status and a one-line message for the client.
+
+Neither kind of answer ever carries NaN or Inf: JSON cannot, so a binary answer does not either;
+an output holding them is refused with 422, naming the model and the outputs.
 """
 
 from __future__ import annotations
@@ -106,7 +109,12 @@ def parse_request(body: bytes, header_length: str | None, inputs: list[TensorSpe
 
 def encode_response(model: str, version: str, request_id: str | None, results: dict[str, np.ndarray],
                     binary: dict[str, bool]) -> tuple[bytes, dict[str, str]]:
-    """The response body and its headers: JSON, followed by raw bytes of the outputs wanted in binary."""
+    """The response body and its headers: JSON, followed by raw bytes of the outputs wanted in binary;
+    422 when an output holds NaN or Inf (in either form)."""
+    non_finite = [name for name, array in results.items() if array.dtype.kind == "f" and not np.isfinite(array).all()]
+    if non_finite:
+        raise ProtocolError(422, f"model {model!r} produced NaN or Inf in {', '.join(map(repr, non_finite))}; this "
+                                 "server never returns non-finite values (are the inputs in the model's range?)")
     entries, blobs = [], []
     for name, array in results.items():
         datatype = datatype_of(array.dtype)
