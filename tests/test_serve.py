@@ -1,6 +1,7 @@
 """The Open Inference Protocol server on loopback, spoken to by Triton's own client (tritonclient.http):
 metadata, inference, explainer outputs equal to the library's; bad requests get the right status and
-a clear message while the server keeps serving; concurrent clients; the ``serve`` command."""
+a clear message while the server keeps serving; concurrent clients; shutdown answering queued work
+503; the ``serve`` command."""
 
 from __future__ import annotations
 
@@ -300,6 +301,26 @@ def test_a_full_queue_answers_503_and_recovers():
     runner.shutdown()
 
 
+def test_closing_the_runner_answers_queued_calls_503_and_lets_running_ones_finish():
+    runner, release = Runner(workers=1, queue=2), threading.Event()
+
+    async def scenario():
+        running = asyncio.ensure_future(runner.run(release.wait))
+        queued = [asyncio.ensure_future(runner.run(lambda: "started")) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        runner.close()
+        for call in [*queued, runner.run(lambda: "new")]:
+            with pytest.raises(ProtocolError, match="server is shutting down") as refused:
+                await call
+            assert refused.value.status == 503
+        assert not running.done()
+        release.set()
+        assert await running is True
+
+    asyncio.run(scenario())
+    runner.shutdown()
+
+
 def test_unexpected_errors_are_a_bare_500(folder):
     """A failure inside the server is logged there; the client sees no traceback or internal detail."""
     models = load_models(folder / "digits.onnx", methods=[], device="cpu")
@@ -316,25 +337,35 @@ def test_unexpected_errors_are_a_bare_500(folder):
     assert status == 500 and json.loads(content) == {"error": "internal server error"}
 
 
-def test_serve_command_reads_the_token_from_the_environment_and_shuts_down_gracefully(folder):
+def serve_process(*arguments: str, env: dict | None = None) -> tuple[subprocess.Popen, int]:
+    """``onnxsight serve ARGUMENTS`` on a free loopback port, once it answers its readiness probe; and the port."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-c", "from onnxsight.cli.app import main; main()", "serve", str(folder / "digits.onnx"), "--port", str(port),
-               "--method", "saliency", "--log-level", "info"]
-    process = subprocess.Popen(command, env={**os.environ, "ONNXSIGHT_TOKEN": TOKEN}, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-c", "from onnxsight.cli.app import main; main()", "serve", *arguments, "--port", str(port)]
+    process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if client.is_server_ready():
+                break
+        except (ConnectionError, OSError, InferenceServerException):
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the server did not start: {process.communicate()[1]}")
+        time.sleep(0.2)
+    client.close()
+    return process, port
+
+
+def test_serve_command_reads_the_token_from_the_environment_and_shuts_down_gracefully(folder):
+    process, port = serve_process(str(folder / "digits.onnx"), "--method", "saliency", "--log-level", "info",
+                                  env={"ONNXSIGHT_TOKEN": TOKEN})
     try:
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if client.is_server_ready():
-                    break
-            except (ConnectionError, OSError, InferenceServerException):
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read() if process.poll() else "timeout"
-            time.sleep(0.2)
         with pytest.raises(InferenceServerException, match="missing bearer token"):
             client.get_model_metadata("digits.saliency")
         assert client.get_model_metadata("digits.saliency", headers=auth())["name"] == "digits.saliency"
@@ -346,3 +377,32 @@ def test_serve_command_reads_the_token_from_the_environment_and_shuts_down_grace
     assert process.returncode in (0, -signal.SIGTERM), stderr  # uvicorn re-raises the signal once it has shut down
     assert "Application shutdown complete" in stderr and "Traceback" not in stderr, stderr
     assert f"serving 2 models on http://127.0.0.1:{port}/v2: digits, digits.saliency" in stderr
+
+
+def test_sigterm_answers_requests_not_yet_started_503_and_lets_the_running_one_finish(folder, digits_data):
+    """One worker; six SmoothGrad requests of 64 images each; SIGTERM while the first one runs: it finishes
+    (200), the queued ones get 503 at once instead of running through the grace period or dying with 500."""
+    process, port = serve_process(str(folder / "digits.onnx"), "--method", "smoothgrad", "--samples", "20",
+                                  "--workers", "1", "--log-level", "warning")
+    images = digits_data.x_test[:64]
+    header = _with({"name": "image", "shape": list(images.shape), "datatype": "FP32",
+                    "parameters": {"binary_data_size": images.nbytes}}, outputs=[{"name": "target_class"}])
+    request = ("/v2/models/digits.smoothgrad/infer", header + images.tobytes(), {HEADER_LENGTH: str(len(header))})
+    pool = ThreadPoolExecutor(6)
+    try:
+        started = time.monotonic()
+        assert post(port, *request)[0] == 200
+        duration = time.monotonic() - started
+        answers = [pool.submit(post, port, *request) for _ in range(6)]
+        time.sleep(max(0.2, duration / 2))  # the first one is running, the other five are queued
+    finally:
+        process.send_signal(signal.SIGTERM)  # once: a second signal makes uvicorn quit without waiting
+        _, stderr = process.communicate(timeout=30)
+        pool.shutdown()
+    answers = [answer.result() for answer in answers]
+    statuses = [status for status, _, _ in answers]
+    assert set(statuses) <= {200, 503} and 1 <= statuses.count(200) <= 2, (statuses, stderr)
+    for status, content, _ in answers:
+        if status == 503:
+            assert json.loads(content) == {"error": "server is shutting down; retry on another instance"}
+    assert "Traceback" not in stderr, stderr

@@ -2,8 +2,9 @@
 
 Safe by default: the CLI binds to loopback; an optional bearer token guards everything but the
 health probes (compared in constant time); request bodies are capped (413); requests are
-validated strictly (400, 404) with ``{"error": "..."}`` bodies as the protocol asks; inference
-runs on a fixed pool of worker threads behind a bounded queue (503 when full, never a crash);
+validated strictly (400, 404, 422) with one-line ``{"error": "..."}`` bodies as the protocol asks;
+inference runs on a fixed pool of worker threads behind a bounded queue (503 when full, never a
+crash); on SIGINT/SIGTERM, requests not yet started are answered 503 while running ones finish;
 an unexpected failure is logged on the server and answered with a bare 500, never a traceback.
 """
 
@@ -33,6 +34,7 @@ except ImportError as missing:
 
 log = logging.getLogger("onnxsight.serve")
 EXTENSIONS = ["binary_tensor_data"]
+SHUTTING_DOWN = "server is shutting down; retry on another instance"
 
 
 @dataclass(frozen=True)
@@ -57,21 +59,39 @@ class Settings:
 
 
 class Runner:
-    """Runs blocking calls on ``workers`` threads; at most ``workers + queue`` calls at once, then 503."""
+    """Runs blocking calls on ``workers`` threads; at most ``workers + queue`` calls at once, then 503.
+    Once closed (shutdown has begun), calls not yet started and new ones are answered 503."""
 
     def __init__(self, workers: int, queue: int):
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onnxsight-infer")
         self._capacity = workers + queue
         self._pending = 0  # touched only on the event loop's thread
+        self._closed = False
 
-    async def run(self, function: Callable, *args):
+    def admit(self) -> None:
+        """503 unless a call could run or queue now."""
+        if self._closed:
+            raise ProtocolError(503, SHUTTING_DOWN)
         if self._pending >= self._capacity:
             raise ProtocolError(503, f"server busy: {self._pending} requests in progress or queued; retry later")
+
+    async def run(self, function: Callable, *args):
+        self.admit()
         self._pending += 1
+        job = self._pool.submit(function, *args)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
+            return await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            if self._closed and job.cancelled():  # close() took it off the queue before it started
+                raise ProtocolError(503, SHUTTING_DOWN) from None
+            raise
         finally:
             self._pending -= 1
+
+    def close(self) -> None:
+        """Cancels the queued calls (their callers get 503) and refuses new ones; running calls go on."""
+        self._closed = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True)
@@ -89,6 +109,7 @@ def create_app(models: dict[str, ServedModel], settings: Settings = Settings()) 
 
     app = FastAPI(title="onnxsight", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=lifespan)
+    app.state.runner = runner  # for run(): it closes the runner when shutdown begins
 
     def authorize(request: Request) -> None:
         if settings.token is None:
@@ -111,8 +132,8 @@ def create_app(models: dict[str, ServedModel], settings: Settings = Settings()) 
 
     @app.exception_handler(ProtocolError)
     async def protocol_error(request: Request, exc: ProtocolError):
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {"Retry-After": "1"} if exc.status == 503 else None
-        return error(exc.status, str(exc), headers)
+        headers = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": "1"}}
+        return error(exc.status, str(exc), headers.get(exc.status))
 
     @app.exception_handler(OnnxsightError)
     async def user_error(request: Request, exc: OnnxsightError):
@@ -192,7 +213,24 @@ async def _read_body(request, limit: int) -> bytes:
     return bytes(body)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn that closes the app's runner as shutdown begins: queued requests get 503, running ones finish."""
+
+    def __init__(self, config: uvicorn.Config, runner: Runner):
+        super().__init__(config)
+        self._runner = runner
+
+    async def shutdown(self, sockets=None):
+        self._runner.close()
+        await super().shutdown(sockets)
+
+
 def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", graceful_seconds: int = 10) -> None:
-    """Serves ``app`` with uvicorn until SIGINT/SIGTERM, then finishes running requests (graceful shutdown)."""
-    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False,
-                timeout_graceful_shutdown=graceful_seconds)
+    """Serves ``app`` with uvicorn until SIGINT/SIGTERM; then requests not yet started get 503 and the running
+    ones have ``graceful_seconds`` to finish (graceful shutdown)."""
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, server_header=False,
+                            timeout_graceful_shutdown=graceful_seconds)
+    try:
+        _Server(config, app.state.runner).run()  # exits with uvicorn's status 3 if it cannot bind
+    except KeyboardInterrupt:  # uvicorn re-raises SIGINT once it has shut down
+        pass
