@@ -1,7 +1,7 @@
 """The Open Inference Protocol server on loopback, spoken to by Triton's own client (tritonclient.http):
 metadata, inference, explainer outputs equal to the library's; bad requests get the right status and
-a clear message while the server keeps serving; concurrent clients; shutdown answering queued work
-503; the ``serve`` command."""
+a clear message while the server keeps serving; concurrent clients; request bodies bounded in bytes
+and time (raw sockets); shutdown answering queued work 503; the ``serve`` command."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import asyncio
 import http.client
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -22,6 +23,7 @@ import numpy as np
 import pytest
 
 import onnxsight
+from onnxsight.errors import InvalidArgument
 from onnxsight.serving.explainer import export_explainer
 from onnxsight.serving.protocol import HEADER_LENGTH, ProtocolError
 
@@ -321,6 +323,13 @@ def test_closing_the_runner_answers_queued_calls_503_and_lets_running_ones_finis
     runner.shutdown()
 
 
+def test_settings_refuse_a_body_budget_smaller_than_one_body():
+    with pytest.raises(InvalidArgument, match="max_pending_bytes .* must be at least max_body_bytes"):
+        Settings(max_body_bytes=2**20, max_pending_bytes=2**19)
+    with pytest.raises(InvalidArgument, match="body_timeout must be positive"):
+        Settings(body_timeout=0)
+
+
 def test_unexpected_errors_are_a_bare_500(folder):
     """A failure inside the server is logged there; the client sees no traceback or internal detail."""
     models = load_models(folder / "digits.onnx", methods=[], device="cpu")
@@ -406,3 +415,111 @@ def test_sigterm_answers_requests_not_yet_started_503_and_lets_the_running_one_f
         if status == 503:
             assert json.loads(content) == {"error": "server is shutting down; retry on another instance"}
     assert "Traceback" not in stderr, stderr
+
+
+# ---- request bodies, on raw sockets ------------------------------------------------------------
+def upload(port: int, length: int | None, first: bytes = b"") -> socket.socket:
+    """A loopback connection that has sent an inference POST's headers (``length``: its Content-Length; None:
+    chunked) and the body's first bytes."""
+    framing = b"Transfer-Encoding: chunked" if length is None else b"Content-Length: %d" % length
+    connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+    connection.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: test\r\n" + framing + b"\r\n\r\n" + first)
+    return connection
+
+
+def answer(connection: socket.socket) -> tuple[int, dict, http.client.HTTPResponse]:
+    """The status and JSON body of the response on ``connection`` (10 s at most)."""
+    response = http.client.HTTPResponse(connection)
+    response.begin()
+    return response.status, json.loads(response.read()), response
+
+
+@pytest.fixture()
+def plain_models(folder):
+    return load_models(folder / "digits.onnx", methods=[], device="cpu")
+
+
+def _plain_request(x, size: int) -> bytes:
+    """A valid inference request for the plain model, padded with spaces (valid JSON) to ``size`` bytes."""
+    body = _body(x, name="input")
+    assert len(body) <= size
+    return body.ljust(size)
+
+
+def test_a_stalled_upload_is_cut_off_with_408(plain_models, model, x):
+    """A client trickling one byte every 0.1 s gets 408 when the 1 s body timeout runs out, and is disconnected."""
+    background = Background(create_app(plain_models, Settings(body_timeout=1.0)))
+    try:
+        connection = upload(background.port, 1000)
+        started = time.monotonic()
+        for _ in range(60):  # 6 s at most
+            if select.select([connection], [], [], 0.1)[0]:
+                break
+            connection.sendall(b" ")
+        status, error, response = answer(connection)
+        elapsed = time.monotonic() - started
+        assert status == 408 and error == {"error": "the request body took longer than 1 s to arrive"}
+        assert 0.9 < elapsed < 3.0, elapsed
+        assert response.getheader("connection") == "close" and connection.recv(1) == b""
+        connection.close()
+        status, content, _ = post(background.port, "/v2/models/digits/infer", _plain_request(x[:1], 20_000), {})
+        np.testing.assert_allclose(json.loads(content)["outputs"][0]["data"], model.predict(x[:1]).ravel(), atol=1e-6)
+    finally:
+        background.stop()
+
+
+def test_bodies_in_flight_are_bounded_by_a_byte_budget(plain_models, model, x):
+    """Four 64 KiB uploads in progress fill a 256 KiB budget: any other body, declared or chunked, is refused 503
+    before it is read; the four then complete normally and give the budget back."""
+    size = 64 * 1024
+    background = Background(create_app(plain_models, Settings(max_body_bytes=size, max_pending_bytes=4 * size)))
+    body, refused = _plain_request(x[:1], size), []
+    try:
+        uploads = [upload(background.port, size, body[:1000]) for _ in range(4)]
+        for _ in range(50):  # until the server holds the four (a one-byte probe is refused)
+            probe = upload(background.port, 1, b" ")
+            status, error, _ = answer(probe)
+            probe.close()
+            if status == 503:
+                break
+            time.sleep(0.1)
+        assert status == 503 and "bytes of request bodies in progress (limit 262144)" in error["error"], error
+        for probe in (upload(background.port, size), upload(background.port, None, b"%x\r\n%s\r\n" % (1000, b" " * 1000))):
+            refused.append(answer(probe)[:2])
+            probe.close()
+        assert [status for status, _ in refused] == [503, 503], refused
+        expected = model.predict(x[:1]).ravel()
+        for connection in uploads:
+            connection.sendall(body[1000:])
+            status, result, _ = answer(connection)
+            connection.close()
+            assert status == 200, result
+            np.testing.assert_allclose(result["outputs"][0]["data"], expected, atol=1e-6)
+        assert post(background.port, "/v2/models/digits/infer", body, {})[0] == 200
+    finally:
+        background.stop()
+
+
+def test_a_full_queue_refuses_a_body_before_reading_it(plain_models, x):
+    """With the one worker busy and no queue, a request is answered 503 from its headers: its body never comes."""
+    started, release = threading.Event(), threading.Event()
+
+    def blocked(inputs):
+        started.set()
+        release.wait(10)
+
+    plain_models["digits"].check = blocked
+    background = Background(create_app(plain_models, Settings(workers=1, queue=0)))
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(post, background.port, "/v2/models/digits/infer", _body(x[:1], name="input"), {})
+            assert started.wait(10)
+            connection = upload(background.port, 2**20)
+            status, error, _ = answer(connection)
+            connection.close()
+            release.set()
+            assert first.result()[0] == 200
+        assert status == 503 and "server busy" in error["error"], error
+    finally:
+        release.set()
+        background.stop()

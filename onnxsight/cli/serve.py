@@ -71,6 +71,10 @@ def serve(
     noise: Noise = 0.15,
     seed: Seed = 0,
     max_body_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body, in MiB (413 above).")] = 16.0,
+    max_pending_mb: Annotated[float, typer.Option(min=0.001, help="Request bodies held at once (being received, queued "
+                                                                  "or in inference), in MiB (503 above).")] = 64.0,
+    body_timeout: Annotated[float, typer.Option(min=0.001, help="Seconds a client may take to send a request body "
+                                                               "(408 after).")] = 30.0,
     max_batch: Annotated[int, typer.Option(min=1, help="Most images per request (400 above).")] = 64,
     workers: Annotated[int, typer.Option(min=1, help="Inference threads.")] = 2,
     queue: Annotated[int, typer.Option(min=0, help="Requests that may wait for a thread (503 above).")] = 64,
@@ -85,8 +89,8 @@ def serve(
     from onnxsight.serving.repository import load_models
     from onnxsight.serving.server import Settings, create_app, run
 
-    settings = Settings(token=token, max_body_bytes=int(max_body_mb * 2**20), max_batch=max_batch,
-                        workers=workers, queue=queue)
+    settings = Settings(token=token, max_body_bytes=int(max_body_mb * 2**20), max_batch=max_batch, workers=workers,
+                        queue=queue, max_pending_bytes=int(max_pending_mb * 2**20), body_timeout=body_timeout)
     methods = [] if no_explainers else (method or list(METHODS))
     models = load_models(path, methods, layer=layer, device=device, samples=samples, noise=noise, seed=seed)
     app = create_app(models, settings)

@@ -1,11 +1,13 @@
 """An Open Inference Protocol (KServe v2) REST server for models and their explainers (FastAPI + uvicorn).
 
 Safe by default: the CLI binds to loopback; an optional bearer token guards everything but the
-health probes (compared in constant time); request bodies are capped (413); requests are
-validated strictly (400, 404, 422) with one-line ``{"error": "..."}`` bodies as the protocol asks;
-inference runs on a fixed pool of worker threads behind a bounded queue (503 when full, never a
-crash); on SIGINT/SIGTERM, requests not yet started are answered 503 while running ones finish;
-an unexpected failure is logged on the server and answered with a bare 500, never a traceback.
+health probes (compared in constant time); requests are validated strictly (400, 404, 422) with
+one-line ``{"error": "..."}`` bodies as the protocol asks; inference runs on a fixed pool of worker
+threads behind a bounded queue (503 when full, never a crash). Request bodies are bounded before
+they are read: each in size (413), all those held at once in bytes (503: being received, queued
+or in inference), and in the time a client may take to send one (408, and the connection is
+closed). On SIGINT/SIGTERM, requests not yet started are answered 503 while running ones finish.
+An unexpected failure is logged on the server and answered with a bare 500, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import hmac
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 from onnxsight import __version__
@@ -29,6 +31,7 @@ try:  # the ``serve`` extra; this module is imported only where a server is star
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
 except ImportError as missing:
     raise MissingDependency(missing.name or "fastapi", "serve") from missing
 
@@ -40,13 +43,16 @@ SHUTTING_DOWN = "server is shutting down; retry on another instance"
 @dataclass(frozen=True)
 class Settings:
     """Server limits: ``token`` (None: no auth), body size in bytes, rows per request, worker threads,
-    and requests that may wait for a worker before the server answers 503."""
+    requests that may wait for a worker before the server answers 503, bytes of request bodies held
+    at once (being received, queued or in inference; 503 above), and seconds to receive a body (408)."""
 
     token: str | None = None
     max_body_bytes: int = 16 * 2**20
     max_batch: int = 64
     workers: int = 2
     queue: int = 64
+    max_pending_bytes: int = 64 * 2**20
+    body_timeout: float = 30.0
 
     def __post_init__(self):
         for name in ("max_body_bytes", "max_batch", "workers"):
@@ -54,6 +60,11 @@ class Settings:
                 raise InvalidArgument(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.queue < 0:
             raise InvalidArgument(f"queue must be at least 0, got {self.queue}")
+        if self.max_pending_bytes < self.max_body_bytes:
+            raise InvalidArgument(f"max_pending_bytes ({self.max_pending_bytes}) must be at least max_body_bytes "
+                                  f"({self.max_body_bytes}), or no body of the largest size would be taken")
+        if not self.body_timeout > 0:
+            raise InvalidArgument(f"body_timeout must be positive, got {self.body_timeout}")
         if self.token is not None and not self.token.strip():
             raise InvalidArgument("the bearer token is empty")
 
@@ -97,9 +108,35 @@ class Runner:
         self._pool.shutdown(wait=True)
 
 
+class BodyBudget:
+    """Bytes of request bodies held at once, from the first byte received to the response; 503 above ``limit``."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held = 0  # touched only on the event loop's thread
+
+    @contextmanager
+    def lease(self):
+        """``take(size)``: hold ``size`` more bytes for this request (503 if over the budget); all given back on exit."""
+        taken = 0
+
+        def take(size: int) -> None:
+            nonlocal taken
+            if self.held + size > self.limit:
+                raise ProtocolError(503, f"server busy: {self.held} bytes of request bodies in progress (limit "
+                                         f"{self.limit}); retry later")
+            self.held += size
+            taken += size
+
+        try:
+            yield take
+        finally:
+            self.held -= taken
+
+
 def create_app(models: dict[str, ServedModel], settings: Settings = Settings()) -> FastAPI:
     """The FastAPI application serving ``models`` (by name) under the KServe v2 REST paths."""
-    runner = Runner(settings.workers, settings.queue)
+    runner, budget = Runner(settings.workers, settings.queue), BodyBudget(settings.max_pending_bytes)
     limits = Limits(max_batch=settings.max_batch)
 
     @asynccontextmanager
@@ -132,7 +169,7 @@ def create_app(models: dict[str, ServedModel], settings: Settings = Settings()) 
 
     @app.exception_handler(ProtocolError)
     async def protocol_error(request: Request, exc: ProtocolError):
-        headers = {401: {"WWW-Authenticate": "Bearer"}, 503: {"Retry-After": "1"}}
+        headers = {401: {"WWW-Authenticate": "Bearer"}, 408: {"Connection": "close"}, 503: {"Retry-After": "1"}}
         return error(exc.status, str(exc), headers.get(exc.status))
 
     @app.exception_handler(OnnxsightError)
@@ -184,33 +221,59 @@ def create_app(models: dict[str, ServedModel], settings: Settings = Settings()) 
         encoding = request.headers.get("content-encoding", "identity").lower()
         if encoding != "identity":
             raise ProtocolError(415, f"Content-Encoding {encoding!r} is not supported; send the body uncompressed")
-        body = await _read_body(request, settings.max_body_bytes)
-        header_length = request.headers.get(HEADER_LENGTH)
+        declared = _declared_length(request, settings.max_body_bytes)
+        runner.admit()  # before the body is read, not after
+        with budget.lease() as take:
+            body = await _read_body(request, declared, settings, take)
+            header_length = request.headers.get(HEADER_LENGTH)
 
-        def handle():
-            parsed = parse_request(body, header_length, served.inputs, served.outputs, limits)
-            served.check(parsed.inputs)
-            results = served.run(parsed.inputs, list(parsed.outputs))
-            return encode_response(served.name, VERSION, parsed.id, results, parsed.outputs)
+            def handle():
+                parsed = parse_request(body, header_length, served.inputs, served.outputs, limits)
+                served.check(parsed.inputs)
+                results = served.run(parsed.inputs, list(parsed.outputs))
+                return encode_response(served.name, VERSION, parsed.id, results, parsed.outputs)
 
-        content, headers = await runner.run(handle)
+            content, headers = await runner.run(handle)
         return Response(content, headers=headers)
 
     return app
 
 
-async def _read_body(request, limit: int) -> bytes:
-    """The request body, or 413 as soon as it exceeds ``limit`` bytes (declared or streamed)."""
-    declared = request.headers.get("content-length", "")
-    too_large = ProtocolError(413, f"request body exceeds this server's limit of {limit} bytes")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
-    return bytes(body)
+def _too_large(limit: int) -> ProtocolError:
+    return ProtocolError(413, f"request body exceeds this server's limit of {limit} bytes")
+
+
+def _declared_length(request, limit: int) -> int | None:
+    """The body's Content-Length (None for a chunked body; uvicorn's HTTP parser has refused a malformed one);
+    413 above ``limit``."""
+    declared = request.headers.get("content-length")
+    if declared is not None and int(declared) > limit:
+        raise _too_large(limit)
+    return None if declared is None else int(declared)
+
+
+async def _read_body(request, declared: int | None, settings: Settings, take: Callable[[int], None]) -> bytes:
+    """The request body, held against the budget with ``take`` (all of a declared length up front, a chunked
+    body as it arrives); 413 as soon as it exceeds the size limit, 408 if it takes longer than the timeout."""
+    if declared is not None:
+        take(declared)
+
+    async def receive() -> bytes:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > settings.max_body_bytes:
+                raise _too_large(settings.max_body_bytes)
+            if declared is None:
+                take(len(chunk))
+        return bytes(body)
+
+    try:
+        return await asyncio.wait_for(receive(), settings.body_timeout)
+    except asyncio.TimeoutError:
+        raise ProtocolError(408, f"the request body took longer than {settings.body_timeout:g} s to arrive") from None
+    except ClientDisconnect:
+        raise ProtocolError(400, "the client disconnected before sending the whole body") from None
 
 
 class _Server(uvicorn.Server):
