@@ -45,7 +45,7 @@ HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, blac
 def mostly(usual, unusual, odds: int = 4):
     """``usual`` (a strategy) ``odds`` times out of ``odds + 1``, else ``unusual``: most requests get past the
     checks that come first (route, token) to reach the ones behind them."""
-    return st.integers(0, odds).flatmap(lambda i: usual if i else unusual)
+    return st.integers(0, odds).flatmap(lambda i: unusual if i == odds else usual)
 
 
 NAMES = mostly(st.sampled_from(sorted(INPUTS)), st.text(max_size=12), odds=9)
@@ -55,7 +55,8 @@ TOKENS = mostly(st.just(AUTH), st.sampled_from([{}, {"Authorization": "Bearer no
 
 @st.composite
 def inference(draw) -> tuple[str, str, bytes, dict]:
-    """An inference POST: a valid request for a served model, changed in up to three fields, or any JSON or bytes."""
+    """An inference POST: a valid request for a served model with mostly one field changed (set to any JSON value,
+    or removed), or any JSON or bytes; with a binary tail, right or wrong, and headers, mostly right."""
     name = draw(NAMES)
     version = draw(mostly(st.sampled_from([None, "1"]), st.just("2") | st.text(max_size=4), odds=9))
     path = f"/v2/models/{quote(name, safe='')}" + ("" if version is None else f"/versions/{quote(version, safe='')}")
@@ -69,23 +70,24 @@ def inference(draw) -> tuple[str, str, bytes, dict]:
     request = {"inputs": [tensor]}
     if model != "digits" and draw(st.booleans()):
         request["inputs"].append({"name": "target", "shape": [1], "datatype": "INT64", "data": [draw(st.integers(-2, 11))]})
-    if draw(st.booleans()):
+    if draw(mostly(st.just(True), st.just(False), odds=3)):
         wanted = draw(st.lists(st.sampled_from(OUTPUTS[model]), min_size=1, max_size=3, unique=True))
         request["outputs"] = [{"name": n, "parameters": {"binary_data": draw(st.booleans())}} for n in wanted]
     if draw(st.booleans()):
         request["parameters"] = {"binary_data_output": draw(st.booleans())}
-    for _ in range(draw(st.integers(0, 3))):
+    for _ in range(draw(mostly(st.just(1), st.integers(0, 3), odds=2))):
         place = draw(st.sampled_from(list(_objects(request))))
-        key = draw(st.sampled_from(FIELDS) | st.text(max_size=6))
-        if draw(st.booleans()):
+        key = draw(mostly(st.sampled_from(sorted(place) or FIELDS), st.sampled_from(FIELDS) | st.text(max_size=6), odds=2))
+        delete = draw(mostly(st.just(False), st.just(True)))
+        if delete:
             place.pop(key, None)
         else:
-            place[key] = draw(JSON)
-    body = draw(mostly(st.just("request"), st.sampled_from(["any JSON", "any bytes"]), odds=3))
+            place[key] = draw(JSON | st.lists(JSON, max_size=3) | st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=3))
+    body = draw(mostly(st.just("request"), st.sampled_from(["any JSON", "any bytes"]), odds=5))
     header = json.dumps(request if body == "request" else draw(JSON)).encode() if body != "any bytes" else b""
     tail = draw(mostly(st.just(tail), st.sampled_from([tail + b"\0", tail[:-1], b""]) | st.binary(max_size=64)))
     length = draw(mostly(st.just(str(len(header)) if tail else None),
-                         st.sampled_from([None, str(len(header) + 1), "-1", "\u00b2", "1" * 5000]) | HEADER_TEXT))
+                         st.sampled_from([None, str(len(header) + 1), "-1", "\u00b2", "1" * 5000]) | HEADER_TEXT, odds=2))
     headers = {**draw(TOKENS), **draw(mostly(st.just({}), st.dictionaries(
         st.sampled_from(["Content-Encoding", "Content-Type", "Accept"]), st.just("identity") | HEADER_TEXT, max_size=2)))}
     if length is not None:
