@@ -21,10 +21,8 @@ pytest.importorskip("tritonclient.http")
 
 from onnxsight.serving.explainer import HEATMAP, PROBABILITIES, TARGET_CLASS  # noqa: E402
 from onnxsight.serving.protocol import DATATYPES, HEADER_LENGTH  # noqa: E402
-from onnxsight.serving.repository import load_models  # noqa: E402
-from onnxsight.serving.server import Settings, create_app  # noqa: E402
-from tests.test_serve import (  # noqa: E402, F401 (folder: the model folder fixture)
-    AUTH, LIBRARY, MAX_BATCH, MAX_BODY, TOKEN, TOLERANCE, Background, folder,
+from tests.test_serve import (  # noqa: E402, F401 (folder, server: the model folder and server fixtures)
+    AUTH, LIBRARY, TOLERANCE, folder, server,
 )
 
 EXAMPLES = 200
@@ -147,14 +145,6 @@ def request(port: int, method: str, path: str, body: bytes | None, headers: dict
         return response.status, response.read(), response.headers
     finally:
         connection.close()
-
-
-@pytest.fixture(scope="module")
-def server(folder):
-    models = load_models(folder, samples=4, seed=3, device="cpu")
-    background = Background(create_app(models, Settings(token=TOKEN, max_body_bytes=MAX_BODY, max_batch=MAX_BATCH)))
-    yield background
-    background.stop()
 
 
 def test_fuzzed_requests_never_get_a_5xx_and_leave_the_server_correct(server, model, digits_data):
