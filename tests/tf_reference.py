@@ -70,7 +70,11 @@ def _float64_config(config):
 
 def gradients(model, x: np.ndarray, target: np.ndarray, layer: str | None = None, modifier: str | None = None):
     """d(logit[target]) / d(input) and, if ``layer`` is given, / d(that layer's output), computed
-    by TensorFlow in float64 on ``float64_twin(model)``."""
+    by TensorFlow in float64 on ``float64_twin(model)``. ``layer`` may be the path of a layer of a
+    nested model (``base/conv``, ``base@1/conv`` for a base's second call), as onnxsight names it."""
+    if layer and ("/" in layer or "@" in layer):
+        _, grads = nested_layer_values(model, x, target, layer, modifier)
+        return grads
     import keras
     import tensorflow as tf
 
@@ -90,3 +94,50 @@ def gradients(model, x: np.ndarray, target: np.ndarray, layer: str | None = None
     if layer:
         result[layer] = tape.gradient(score, values[0]).numpy()
     return result
+
+
+def nested_layer(model, path: str):
+    """The Keras layer a path names, and which of its calls: ``base/conv`` -> (conv, 0);
+    ``base@1/conv`` -> (conv, 1): conv's second call in execution order."""
+    layer, call = model, 0
+    for part in path.split("/"):
+        name, _, index = part.partition("@")
+        layer = layer.get_layer(name)
+        call = int(index) if index else call
+    return layer, call
+
+
+def nested_layer_values(model, x: np.ndarray, target: np.ndarray, path: str, modifier: str | None = None):
+    """The activation A of a nested layer and the gradients of the summed logits[target] with
+    respect to the input and to A, in float64 on ``float64_twin(model)``. The layer's ``call`` is
+    wrapped for the run to return ``A + D`` with ``D`` zeros watched by the tape: dA = d/dD,
+    independent of how onnxsight walks nested models."""
+    import keras
+    import tensorflow as tf
+
+    model = float64_twin(model)
+    layer, call = nested_layer(model, path)
+    last = model.layers[-1]
+    head = last.input if type(last).__name__ in ("Softmax", "Activation") else last.output
+    probe = keras.Model(model.inputs, head)
+    x = tf.constant(np.asarray(x, np.float64))
+    seen = []
+    original = layer.call
+
+    def watched(*args, **kwargs):
+        value = original(*args, **kwargs)
+        offset = tf.zeros_like(value)
+        tape.watch(offset)
+        seen.append((value, offset))
+        return value + offset
+
+    object.__setattr__(layer, "call", watched)
+    try:
+        with swapped_activations(model, modifier), tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            logits = probe(x, training=False)
+            score = tf.reduce_sum(tf.gather(logits, target, axis=1, batch_dims=1))
+    finally:
+        object.__delattr__(layer, "call")
+    value, offset = seen[call]
+    return value.numpy(), {"input": tape.gradient(score, x).numpy(), path: tape.gradient(score, offset).numpy()}

@@ -27,9 +27,11 @@ import onnxruntime as ort
 
 from onnxsight.converters import rewrites
 from onnxsight.data.files import atomic_write, refuse_overwrite
-from onnxsight.engine.graph import data_inputs, producers, rename_tensor, runtime_compatible, tensor_names
+from onnxsight.engine.graph import data_inputs, rename_tensor, runtime_compatible, tensor_names
 from onnxsight.engine.metadata import LayerRecord, ModelMetadata
-from onnxsight.errors import ConversionError, InternalError, InvalidArgument, MissingDependency, ModelFileError
+from onnxsight.errors import (
+    ConversionError, InternalError, InvalidArgument, MissingDependency, ModelFileError, OnnxsightError,
+)
 
 MIN_OPSET = 17
 PARITY_BATCH = 8
@@ -211,22 +213,158 @@ def _trace_keras(model: Any, source: str) -> _Traced:
             f"{source}: only models with one input and one output are supported, "
             f"it has {len(model.inputs)} inputs and {len(model.outputs)} outputs"
         )
-    layers = [
-        layer for layer in model.layers
-        if not isinstance(layer, api.layers.InputLayer) and _single_output(layer)
-    ]
-    probe = api.Model(model.inputs, [model.outputs[0], *(layer.output for layer in layers)])
+    _refuse_input(model.inputs[0], source)
     shape = _input_shape(model.inputs[0].shape[1:])
+    graph = _graph_of(model) if api.__name__ == "keras" else None
+    if graph is not None:
+        calls = _layer_calls(graph, "")
 
-    @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32, name="input")])
-    def function(x):
-        return probe(x, training=False)
+        @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32, name="input")])
+        def function(x):
+            recorded: dict[str, Any] = {}
+            (output,) = _execute(graph, [x], "", recorded)
+            return [output, *(recorded[call.path] for call in calls)]
 
+        layers = [call.layer for call in calls]
+        records = [(call.path, type(call.layer).__name__, call.layer.count_params()) for call in calls]
+    else:  # tf_keras and subclassed models: the top-level layers of the Keras graph
+        layers = [
+            layer for layer in model.layers
+            if not isinstance(layer, api.layers.InputLayer) and _single_output(layer)
+        ]
+        probe = api.Model(model.inputs, [model.outputs[0], *(layer.output for layer in layers)])
+
+        @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32, name="input")])
+        def function(x):
+            return probe(x, training=False)
+
+        records = [(layer.name, type(layer).__name__, layer.count_params()) for layer in layers]
     channels_first = any(getattr(layer, "data_format", None) == "channels_first" for layer in layers)
     return _Traced(
-        function, shape, [(layer.name, type(layer).__name__, layer.count_params()) for layer in layers],
-        _layout(len(shape) + 1, channels_first), f"{api.__name__} {api.__version__} {source}",
+        function, shape, records, _layout(len(shape) + 1, channels_first), f"{api.__name__} {api.__version__} {source}",
     )
+
+
+def _refuse_input(tensor: Any, source: str) -> None:
+    """Ragged and sparse inputs have no ONNX tensor type: one line naming the input layer."""
+    for kind in ("ragged", "sparse"):
+        if getattr(tensor, kind, False):
+            history = getattr(tensor, "_keras_history", None)
+            layer = history[0] if history is not None else None
+            name = getattr(layer, "name", getattr(tensor, "name", "?"))
+            raise ConversionError(
+                f"{source}: input layer {name!r} ({type(layer).__name__}) is {kind}; "
+                f"only dense inputs can be converted to ONNX"
+            )
+
+
+# --- nested Keras models: layer paths ----------------------------------------------------
+#
+# A layer inside a nested model (functional or Sequential, any depth) is named by its path
+# from the top model, "/"-separated: ``mobilenetv2_1.00_64/block_16_project``. A layer or
+# model called more than once in the same graph (a siamese base) names each call ``name@k``,
+# k = 0, 1, ... in the order the calls were made when the model was built (Keras' node order):
+# ``base@0/conv``, ``base@1/conv``. Top-level layers called once keep their plain names.
+
+@dataclass
+class _Call:
+    """One call of a layer in the (flattened) Keras graph and its path name."""
+
+    path: str
+    layer: Any
+
+
+def _graph_of(layer: Any) -> Any:
+    """The functional graph a nested model runs (Functional itself, a Sequential's own), else None."""
+    if getattr(layer, "_nodes_by_depth", None) is not None and getattr(layer, "inputs", None):
+        return layer
+    inner = getattr(layer, "_functional", None)
+    return inner if inner is not None and getattr(inner, "_nodes_by_depth", None) is not None else None
+
+
+def _graph_nodes(graph: Any) -> list[Any]:
+    """The nodes of ``graph`` that call an operation, in execution order (deepest first)."""
+    by_depth = graph._nodes_by_depth  # noqa: SLF001 - Keras 3 keeps its graph there
+    return [
+        node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]
+        if node.operation is not None and not node.is_input
+    ]
+
+
+def _call_names(graph: Any) -> dict[int, str]:
+    """id(node) -> the name of that call within ``graph``: the layer's name, with ``@k`` if called again."""
+    calls: dict[int, list[Any]] = {}
+    for node in _graph_nodes(graph):
+        calls.setdefault(id(node.operation), []).append(node)
+    names = {}
+    for nodes in calls.values():
+        layer = nodes[0].operation
+        order = {id(node): index for index, node in enumerate(layer._inbound_nodes)}  # noqa: SLF001
+        nodes.sort(key=lambda node: order.get(id(node), len(order)))
+        for k, node in enumerate(nodes):
+            names[id(node)] = layer.name if len(nodes) == 1 else f"{layer.name}@{k}"
+    return names
+
+
+def _layer_calls(graph: Any, prefix: str) -> list[_Call]:
+    """Every single-output layer call of ``graph`` and of the models nested in it, in model order:
+    a nested model right before its own layers; the order of ``graph.layers``, calls of one
+    layer in their ``@k`` order."""
+    names = _call_names(graph)
+    nodes: dict[int, list[Any]] = {}
+    for node in _graph_nodes(graph):
+        nodes.setdefault(id(node.operation), []).append(node)
+    calls = []
+    for layer in graph.layers:
+        for node in sorted(nodes.get(id(layer), []), key=lambda n: names[id(n)]):
+            path = prefix + names[id(node)]
+            if len(node.outputs) == 1:
+                calls.append(_Call(path, layer))
+            inner = _graph_of(layer)
+            if inner is not None:
+                calls += _layer_calls(inner, path + "/")
+    return calls
+
+
+def _execute(graph: Any, inputs: list[Any], prefix: str, recorded: dict[str, Any]) -> list[Any]:
+    """Run ``graph`` on tensors the way Keras' Functional does, in inference mode, stepping into
+    nested models; every single-output call's tensor is stored in ``recorded`` by its path.
+    Returns the graph's outputs, flat."""
+    from keras import tree
+
+    names = _call_names(graph)
+    values = {id(x): y for x, y in zip(graph.inputs, inputs)}
+    for node in _graph_nodes(graph):
+        if any(id(x) not in values for x in node.input_tensors):
+            continue  # not computable from the inputs, as in Keras
+        layer, path = node.operation, prefix + names[id(node)]
+        args, kwargs = node.arguments.fill_in(values)
+        inner = _graph_of(layer)
+        flat_args = tree.flatten(args)
+        try:
+            if inner is not None and not kwargs.get("mask") and len(flat_args) == len(inner.inputs):
+                outputs = _execute(inner, flat_args, path + "/", recorded)
+            else:
+                if getattr(layer, "_call_has_training_arg", False):
+                    kwargs["training"] = False
+                outputs = tree.flatten(layer(*args, **kwargs))
+        except OnnxsightError:
+            raise
+        except Exception as error:  # noqa: BLE001 - any failure to trace names the layer, once
+            raise ConversionError(
+                f"layer {path!r} ({type(layer).__name__}) cannot be traced to a TensorFlow graph: "
+                f"{_first_line(error)}"
+            ) from error
+        if len(node.outputs) == 1:
+            recorded[path] = outputs[0]
+        for x, y in zip(node.outputs, outputs):
+            values[id(x)] = y
+    return [values[id(x)] for x in graph.outputs]
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
 
 
 def _keras_api(model: Any) -> Any:
@@ -284,7 +422,7 @@ def _tf2onnx(traced: _Traced, opset: int) -> tuple[onnx.ModelProto, list[str], l
             tensors_to_rename={input_name: "input"},
         )
     rewrites.replace_erfc(model)
-    _refuse_foreign_ops(model, [name for name, _, _ in layers])
+    _refuse_foreign_ops(model, layers)
     if len(data_inputs(model.graph)) != 1:
         names = [v.name for v in data_inputs(model.graph)]
         raise ConversionError(f"expected one graph input, the converted graph has {names}")
@@ -340,26 +478,31 @@ def _scoped_layers(graph_def: Any) -> list[tuple[str, str]]:
     return list(leaving.items())
 
 
-def _refuse_foreign_ops(model: onnx.ModelProto, layer_names: list[str]) -> None:
+def _refuse_foreign_ops(model: onnx.ModelProto, layers: list[tuple[str, str, int | None]]) -> None:
     foreign = rewrites.foreign_nodes(model)
     if not foreign:
         return
     ops = sorted({node.op_type for node in foreign})
-    layers = sorted({_layer_of(node.name, layer_names) for node in foreign})
+    named = sorted({_layer_of(node.name, layers) for node in foreign})
     raise ConversionError(
-        f"TensorFlow ops with no ONNX conversion: {', '.join(ops)}; in layers: {', '.join(layers)}"
+        f"TensorFlow ops with no ONNX conversion: {', '.join(ops)}; in layers: {', '.join(named)}"
     )
 
 
-def _layer_of(node_name: str, layer_names: list[str]) -> str:
-    """The layer a TF node name belongs to (Keras 3 scopes add a ``_1`` suffix)."""
-    known = set(layer_names)
+def _layer_of(node_name: str, layers: list[tuple[str, str, int | None]]) -> str:
+    """The layer a TF node name belongs to, as ``path (Class)`` (Keras 3 scopes add a ``_1``
+    suffix; a nested layer's scope is its own name, without the path)."""
+    known: dict[str, str] = {}
+    for path, kind, _ in layers:
+        label = f"{path} ({kind})" if kind else path
+        known.setdefault(path, label)
+        known.setdefault(path.rpartition("/")[2].partition("@")[0], label)
     for part in node_name.split("/"):
         if part in known:
-            return part
+            return known[part]
         stem = part.rpartition("_")[0]
         if stem in known:
-            return stem
+            return known[stem]
     return node_name
 
 
@@ -395,10 +538,9 @@ def _name_tensors(
     rewrites.toposort(graph)
     final.name = "output"
     graph.output.append(final)
-    softmax = producers(graph).get("output")
-    if softmax is None or softmax.op_type != "Softmax":
+    logits = rewrites.pre_softmax(graph, "output")
+    if logits is None:
         return records, "output"
-    logits = softmax.input[0]
     if logits not in named.values() and _free(graph, "logits"):
         _rename(graph, logits, "logits")
         return records, "logits"

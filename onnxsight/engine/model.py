@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -89,7 +90,10 @@ class Model:
         return node.input[0] if node is not None and node.op_type == "Softmax" else self.output_names[0]
 
     def tensor(self, name: str) -> str:
-        """Resolve a layer name, "input", "output", "logits" or a tensor name to a tensor name."""
+        """Resolve a layer name, "input", "output", "logits" or a tensor name to a tensor name.
+
+        Layers of nested Keras models are named by path (``base/block_16_project``); the end of
+        a path alone (``block_16_project``) works when it names one layer only."""
         if name in self._by_name:
             return self._by_name[name].tensor
         aliases = {"input": self.input_name, "output": self.output_names[0], "logits": self.logits}
@@ -97,13 +101,24 @@ class Model:
             return aliases[name]
         if name in self.values:
             return name
-        raise UnknownName("layer", name, [layer.name for layer in self.layers])
+        return self.layer(name).tensor
 
     def layer(self, name: str) -> Layer:
-        """The layer called ``name`` (UnknownName lists the known ones)."""
-        if name not in self._by_name:
-            raise UnknownName("layer", name, [layer.name for layer in self.layers])
-        return self._by_name[name]
+        """The layer called ``name``: its full path, or the end of one path (UnknownName lists
+        the near misses, or every match of an ambiguous name)."""
+        if name in self._by_name:
+            return self._by_name[name]
+        matches = [layer for layer in self.layers if _path_ends_with(layer.name, name)]
+        if len(matches) == 1:
+            return matches[0]
+        known = [layer.name for layer in self.layers]
+        if not matches:
+            raise _unknown_layer(name, known)
+        error = UnknownName("layer", name, known)
+        error.args = (f"layer name {name!r} is ambiguous: it ends {len(matches)} layer paths "
+                      f"({', '.join(layer.name for layer in matches[:10])}{' ...' if len(matches) > 10 else ''}); "
+                      f"give the full path",)
+        raise error
 
     def channel_axis(self, name: str) -> int:
         """The channel axis of a layer's output: image layers follow the input layout."""
@@ -371,6 +386,31 @@ def with_outputs(
         info = values[name]
         result.graph.output.append(helper.make_tensor_value_info(name, info.type.tensor_type.elem_type, None))
     return result
+
+
+def _path_ends_with(path: str, name: str) -> bool:
+    """Whether the "/"-separated layer ``path`` ends with ``name``'s parts; a part of ``name``
+    without a call index (``base``) matches any call of it (``base@1``)."""
+    parts, wanted = path.split("/"), name.split("/")
+    if len(wanted) > len(parts) or not all(wanted):
+        return False
+    return all(w == p or ("@" not in w and w == p.partition("@")[0]) for w, p in zip(wanted, parts[-len(wanted):]))
+
+
+def _unknown_layer(name: str, known: list[str]) -> UnknownName:
+    """UnknownName whose near misses also compare the last part of nested layer paths."""
+    error = UnknownName("layer", name, known)
+    leaf = name.rpartition("/")[2]
+    by_leaf: dict[str, list[str]] = {}
+    for path in known:
+        by_leaf.setdefault(path.rpartition("/")[2], []).append(path)
+    close = [*difflib.get_close_matches(name, known, n=3, cutoff=0.5),
+             *(path for near in difflib.get_close_matches(leaf, list(by_leaf), n=3, cutoff=0.6) for path in by_leaf[near])]
+    close = list(dict.fromkeys(close))[:5]
+    if close and "/" in "".join(known):
+        listing = ", ".join(known[:40]) + (" ..." if len(known) > 40 else "")
+        error.args = (f"unknown layer {name!r}; did you mean {', '.join(close)}? known: {listing}",)
+    return error
 
 
 def _guess_layout(shape: tuple) -> str:
