@@ -73,7 +73,15 @@ def dependent_tensors(graph: onnx.GraphProto, sources: Iterable[str]) -> set[str
 
 
 def value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
-    """Type and shape of every tensor that shape inference reaches (inputs, outputs included)."""
+    """Type and shape of every tensor that shape inference reaches (inputs, outputs included).
+
+    Data-path dims that ONNX shape inference leaves unknown (sizes computed from ``Shape`` at run
+    time, as PyTorch's exporter writes ``chunk`` and ``view``) are completed by symbolic shape
+    inference and, failing that, a measured run (:mod:`onnxsight.engine.shapes`), so that rules
+    needing static sizes do not depend on what ``onnx.shape_inference`` happens to resolve.
+    """
+    from onnxsight.engine.shapes import complete  # shapes runs the model: it imports this module
+
     try:
         inferred = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except onnx.shape_inference.InferenceError:
@@ -82,7 +90,7 @@ def value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
     infos = {v.name: v for v in [*graph.value_info, *graph.input, *graph.output]}
     for init in graph.initializer:
         infos.setdefault(init.name, onnx.helper.make_tensor_value_info(init.name, init.data_type, init.dims))
-    return infos
+    return complete(model, infos)
 
 
 def shape_of(info: onnx.ValueInfoProto) -> tuple[int | None, ...] | None:
@@ -217,3 +225,31 @@ def _rename_in(graph: onnx.GraphProto, old: str, new: str) -> None:
 
 
 _GRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+
+
+def bottlenecks(graph: onnx.GraphProto, source: str, sink: str) -> set[str]:
+    """Tensors that every path from ``source`` to ``sink`` passes through (both ends included):
+    a residual block's output is one, a layer inside the block or a squeeze-excitation branch is not.
+
+    In a topological order a path cannot skip a tensor unless one of its edges jumps over it, so
+    a tensor on the ``source``→``sink`` paths is a bottleneck when no edge between such tensors
+    spans its position.
+    """
+    relevant = dependent_tensors(graph, [source]) & ancestors(graph, sink)
+    order = [source] + [o for node in graph.node for o in node.output if o in relevant and o != source]
+    position = {name: i for i, name in enumerate(order)}
+    if sink not in position:
+        return set()
+    jumps = [0] * (len(order) + 1)
+    for node in graph.node:
+        for out in (o for o in node.output if o in position):
+            for name in {i for i in node.input if i in position}:
+                if position[out] - position[name] > 1:
+                    jumps[position[name] + 1] += 1
+                    jumps[position[out]] -= 1
+    covered, result = 0, set()
+    for i, name in enumerate(order):
+        covered += jumps[i]
+        if covered == 0 and position[name] <= position[sink]:
+            result.add(name)
+    return result
