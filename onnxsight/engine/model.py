@@ -15,6 +15,7 @@ from onnx import helper
 from onnxsight.engine import graph as g
 from onnxsight.engine import targets
 from onnxsight.engine.augment import Augmented, augment_model
+from onnxsight.engine.exporters import torch_layer_names
 from onnxsight.engine.metadata import ModelMetadata
 from onnxsight.engine.session import first_line, open_session, providers_for
 from onnxsight.errors import InvalidArgument, ModelFileError, OnnxsightError, UnknownName
@@ -317,10 +318,11 @@ class Model:
     def _read_layers(self) -> list[Layer]:
         if self.metadata.layers:
             named = [(r.name, r.tensor, r.kind, r.params) for r in self.metadata.layers]
-        else:  # foreign files: every data-dependent node output, named after its node
+        else:  # foreign files: PyTorch's module names, else every data-dependent node output named after its node
             dependent = g.dependent_tensors(self.proto.graph, [self.input_name])
-            named, seen = [], set()
-            for node in self.proto.graph.node:
+            torch_names = torch_layer_names(self.proto, dependent)
+            named, seen = [] if torch_names is None else [(n, t, k, None) for n, t, k in torch_names], set()
+            for node in self.proto.graph.node if torch_names is None else []:
                 for tensor in node.output:
                     if tensor in dependent and tensor not in seen:
                         name = node.name if node.name and node.name not in seen and len(node.output) == 1 else tensor

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxsight.engine import targets
+from onnxsight.engine.graph import bottlenecks
 from onnxsight.engine.model import Model
 from onnxsight.errors import InvalidArgument
 from onnxsight.kernels import cam as k
@@ -116,18 +117,26 @@ def gradcam(
 
 
 def default_cam_layer(model: Model) -> str:
-    """The last layer with a spatial output before the first flat one (Flatten, global pooling, Dense).
+    """The last layer with a spatial output before the first flat one (Flatten, global pooling, Dense)
+    on the model's trunk.
 
-    Layers are walked in order; a spatial layer has a 4-D output larger than 1×1. This is
-    keras-vis' "nearest pre layer" (seed 002): for seed 000's CNN ``max_pooling2d_2``, 4×4.
+    Layers are walked in order; a spatial layer has a 4-D output larger than 1×1 (5-D ones, a
+    ShuffleNet's channel shuffle, neither end nor extend the walk). Only layers
+    that every path from the input to the logits passes through count (a residual block's output,
+    not a layer inside the block; not a squeeze-and-excitation branch, whose pooled 1×1 tensors
+    would otherwise end the walk inside the first SE block of a MobileNetV3 or EfficientNet).
+    This is keras-vis' "nearest pre layer" (seed 002): for seed 000's CNN ``max_pooling2d_2``,
+    4×4; for a torchvision ResNet ``layer4``. Of several names for one tensor the last listed
+    (the outermost module) is taken.
     """
+    trunk = bottlenecks(model.proto.graph, model.input_name, model.tensor("logits"))
     chosen = None
     for layer in model.layers:
-        if layer.shape is None:
+        if layer.shape is None or layer.tensor not in trunk:
             continue
         if _spatial(model, layer.name):
             chosen = layer.name
-        elif chosen is not None:
+        elif chosen is not None and len(layer.shape) <= 4:  # 5-D: a channel shuffle's (N, g, C/g, H, W)
             break
     if chosen is None:
         raise InvalidArgument(f"{model.source} has no layer with a spatial (4-D) output for a CAM")
