@@ -3,6 +3,7 @@
 from onnxsight.engine.augment import augment
 from onnxsight.engine.gradcheck import GradcheckReport, gradcheck
 from onnxsight.engine.model import Layer, Model, load
+from onnxsight.engine.targets import Region
 from onnxsight.errors import OnnxsightError
 from onnxsight.methods.cam import gradcam
 from onnxsight.methods.dataset import class_saliency, embedding, top_k_images
@@ -26,7 +27,7 @@ def convert_keras(model_or_path, output_path, **options):
 
 __all__ = [
     "BatchResult", "GradcheckReport", "Layer", "Maximization", "Model", "OnnxsightError", "ReportData",
-    "ReportOptions", "augment", "class_saliency", "completeness_gap", "convert_keras", "embedding",
+    "ReportOptions", "Region", "augment", "class_saliency", "completeness_gap", "convert_keras", "embedding",
     "export_explainer", "gradcam", "gradcheck", "integrated_gradients", "load", "maximize", "occlusion",
     "run_batch", "saliency", "top_k_images", "write_report", "__version__"
 ]

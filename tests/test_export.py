@@ -26,7 +26,7 @@ SMOOTH = dict(samples=4, noise=0.2, seed=3)
 
 def _smoothgrad(m, x, t):
     """The library's SmoothGrad image by image: the explainer gives every image the noise of a single image."""
-    targets = m.target_indices(x, t)  # resolved once on the clean images, as the explainer does
+    targets = m.resolve_target(x, t)  # resolved once on the clean images, as the explainer does
     return np.concatenate([
         onnxsight.saliency(m, x[i:i + 1], target=targets[i:i + 1], normalize=True, smooth_samples=SMOOTH["samples"],
                            smooth_noise=SMOOTH["noise"], seed=SMOOTH["seed"])

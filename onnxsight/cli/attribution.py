@@ -13,14 +13,19 @@ from onnxsight.cli.options import (
     BatchSize, DataOpt, Device, Force, Mean, ModelArg, OptionalImagesArg, OutputDir, Scale, Std, err, out,
 )
 from onnxsight.data.files import OutputDir as Folder
+from onnxsight.data.images import read_npy
 from onnxsight.engine.model import Model, load
+from onnxsight.engine.targets import Region
 from onnxsight.errors import InvalidArgument
 from onnxsight.kernels.colors import COLORMAPS, normalize
 from onnxsight.kernels.grids import attribution_figure
 from onnxsight.kernels.images import spatial_size
 
 Count = Annotated[Optional[int], typer.Option(min=1, help="With --data: how many test images (default 16).")]
-Target = Annotated[str, typer.Option(help="'predicted' (argmax), a class/channel index, or one index per image: 3,1,4.")]
+Target = Annotated[str, typer.Option(help="'predicted' (argmax), a class/channel index, one index per image (3,1,4), "
+                                          "'region:C' (segmentation: the pixels predicted as class C), "
+                                          "'region:C:mask.npy' (class C over an HxW or NxHxW mask), or "
+                                          "'cotangent:weights.npy' (weights shaped like the scored tensor).")]
 Of = Annotated[str, typer.Option(help="Scored tensor: logits (softmax swapped for linear), output, or a layer (target = its channel).")]
 Cmap = Annotated[str, typer.Option(help=f"Heat-map colormap: {', '.join(COLORMAPS)}.")]
 Modifier = Annotated[Optional[str], typer.Option(help="Backprop modifier: guided or deconv (keras-vis 'relu'); default vanilla.")]
@@ -33,13 +38,21 @@ DEFAULT_DATA_COUNT = 16
 
 
 def parse_target(text: str):
-    """'predicted', an int, or comma-separated ints (one per image)."""
+    """'predicted', an int, comma-separated ints (one per image), 'region:C' (the pixels predicted as
+    class C), 'region:C:mask.npy' (class C's scores over a mask) or 'cotangent:weights.npy'."""
     if text == "predicted":
         return text
+    kind, _, rest = text.partition(":")
     try:
+        if kind == "cotangent" and rest:
+            return read_npy(Path(rest)).astype(np.float64)
+        if kind == "region" and rest:
+            category, _, mask = rest.partition(":")
+            return Region(int(category), read_npy(Path(mask)) if mask else None)
         values = [int(part) for part in text.split(",")]
     except ValueError as error:
-        raise InvalidArgument(f"--target must be 'predicted', an index or comma-separated indices, got {text!r}") from error
+        raise InvalidArgument(f"--target must be 'predicted', an index, comma-separated indices, 'region:C[:mask.npy]' "
+                              f"or 'cotangent:file.npy', got {text!r}") from error
     return values[0] if len(values) == 1 else values
 
 
@@ -48,14 +61,15 @@ def run_method(method: str, model: Path, images, data, count, target, of, output
     """Shared steps: load inputs, resolve the target once, compute maps, write PNG/.npy/JSON."""
     m = load(model, device=device)
     inputs = load_inputs(m, images, data, count or (DEFAULT_DATA_COUNT if data else None), scale, mean, std)
-    indices = m.target_indices(inputs.x, parse_target(target), of)
+    indices = m.resolve_target(inputs.x, parse_target(target), of)
     maps = compute(m, inputs.x, indices)
-    write_results(method, m, inputs, maps, indices, of, Folder(output, force), cmap, options)
+    write_results(method, m, inputs, maps, indices, target, of, Folder(output, force), cmap, options)
 
 
-def write_results(method: str, m: Model, inputs: Inputs, maps: np.ndarray, indices, of: str, folder: Folder,
-                  cmap: str, options: dict) -> None:
-    """One PNG per image (input | map | overlay), the maps as .npy, and a JSON summary."""
+def write_results(method: str, m: Model, inputs: Inputs, maps: np.ndarray, indices, target: str, of: str,
+                  folder: Folder, cmap: str, options: dict) -> None:
+    """One PNG per image (input | map | overlay), the maps as .npy, and a JSON summary (the target of
+    each image: its index, or the --target text for a region or cotangent)."""
     probabilities = m.predict(inputs.x)
     folder.npy(f"{method}.npy", maps)
     if maps.ndim == 3 and inputs.pictures:
@@ -66,7 +80,7 @@ def write_results(method: str, m: Model, inputs: Inputs, maps: np.ndarray, indic
     rows = []
     for i, name in enumerate(inputs.names):
         row = {"image": name, "predicted": int(probabilities[i].argmax()), "probability": float(probabilities[i].max())}
-        row["target"] = None if indices is None else int(indices[i])
+        row["target"] = None if indices is None else int(indices[i]) if indices.ndim == 1 else target
         if inputs.labels is not None:
             row["label"] = int(inputs.labels[i])
         rows.append(row)

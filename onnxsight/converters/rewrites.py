@@ -49,7 +49,7 @@ def route_through(graph: onnx.GraphProto, name: str) -> None:
         return
     back = f"{name}/onnxsight_back"
     if node.op_type == "Transpose":
-        perm = list(helper.get_attribute_value(next(a for a in node.attribute if a.name == "perm")))
+        perm = _perm(node)
         inverse = [helper.make_node("Transpose", [name], [back], name=back, perm=[perm.index(i) for i in range(len(perm))])]
     else:
         shape = f"{name}/onnxsight_source_shape"
@@ -93,3 +93,32 @@ def foreign_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
         node for node in model.graph.node
         if node.domain not in ("", "ai.onnx") or not onnx.defs.has(node.op_type)
     ]
+
+
+def pre_softmax(graph: onnx.GraphProto, output: str) -> str | None:
+    """The tensor a final Softmax reads, in the layout of ``output``; None without a final Softmax.
+
+    tf2onnx runs a softmax over the channels of an NHWC tensor (a segmentation output) in NCHW,
+    between Transposes: the logits are then the input of the Transpose before the Softmax when it
+    undoes the one after it, else the Softmax's input transposed like the output (a new node).
+    """
+    producer = producers(graph)
+    node, perm = producer.get(output), None
+    if node is not None and node.op_type == "Transpose":
+        perm = _perm(node)
+        node = producer.get(node.input[0])
+    if node is None or node.op_type != "Softmax":
+        return None
+    logits = node.input[0]
+    if perm is None:
+        return logits
+    inner = producer.get(logits)
+    if inner is not None and inner.op_type == "Transpose" and [_perm(inner)[i] for i in perm] == list(range(len(perm))):
+        return inner.input[0]
+    graph.node.append(helper.make_node("Transpose", [logits], [f"{logits}/onnxsight_layout"],
+                                       name=f"{logits}/onnxsight_layout", perm=perm))
+    return f"{logits}/onnxsight_layout"
+
+
+def _perm(node: onnx.NodeProto) -> list[int]:
+    return list(helper.get_attribute_value(next(a for a in node.attribute if a.name == "perm")))

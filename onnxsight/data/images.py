@@ -20,7 +20,7 @@ def read_images(paths: Sequence[str | Path]) -> tuple[list[np.ndarray], list[str
         if not path.is_file():
             raise ModelFileError(f"image file not found: {path}")
         if path.suffix.lower() == ".npy":
-            array = _read_npy(path)
+            array = read_npy(path)
             batch = array if array.ndim == 4 or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4)) else array[None]
             images.extend(batch)
             names.extend(f"{path.stem}_{i}" if len(batch) > 1 else path.stem for i in range(len(batch)))
@@ -54,7 +54,8 @@ def check_complete(path: Path, data: bytes) -> None:
         raise ModelFileError(f"image {path} is truncated (its JPEG data ends before the end-of-image marker)")
 
 
-def _read_npy(path: Path) -> np.ndarray:
+def read_npy(path: Path) -> np.ndarray:
+    """An .npy array (no pickles), or a one-line error naming the file."""
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:

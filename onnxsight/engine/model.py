@@ -185,7 +185,7 @@ class Model:
     ) -> Backward:
         """Gradients as in ``gradient``, and the activations named in ``outputs``, from one run."""
         x = self.check_input(x)
-        indices = self.target_indices(x, target, of, batch_size)
+        indices = self.resolve_target(x, target, of, batch_size)
         tensor = self.tensor(of)
         static = self.shapes.get(tensor)
         shape = (len(x), *static[1:]) if static is not None and None not in static[1:] else \
@@ -214,18 +214,20 @@ class Model:
         count = len(augmented.gradients)
         return Backward(dict(zip(augmented.gradients, results[:count])), dict(zip(augmented.activations, results[count:])))
 
-    def target_indices(
+    def resolve_target(
         self, x: np.ndarray, target: targets.Target, of: str = "logits", batch_size: int = DEFAULT_BATCH_SIZE
-    ) -> np.ndarray | None:
-        """One class/channel index of ``of`` per image (None for "the whole tensor").
+    ) -> targets.Resolved:
+        """The target per image: a class/channel index of ``of``, weights (a Region or an explicit
+        cotangent), or None for "the whole tensor" (see ``targets.resolve``).
 
-        "predicted" runs the model on ``x``; resolve once on clean images and pass the indices
-        on to noisy copies or path points, so that they keep their image's target.
+        "predicted" and a Region without a mask run the model on ``x``; resolve once on clean
+        images and pass the result on to noisy copies or path points (``targets.tile``), so that
+        they keep their image's target.
         """
         tensor = self.tensor(of)
         static = self.shapes.get(tensor)
         values = None
-        if isinstance(target, str) or static is None or None in static[1:]:
+        if targets.needs_values(target) or static is None or None in static[1:]:
             values = self.run(x, [tensor], batch_size=batch_size)[0]
         shape = values.shape if values is not None else (len(x), *static[1:])
         return targets.resolve(target, shape, self.channel_axis(of), values)

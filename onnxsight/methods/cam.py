@@ -91,7 +91,7 @@ def gradcam(
     input_axis = require_image(model, "gradcam")
     size = spatial_size(x, input_axis)
     layer = default_cam_layer(model) if layer is None else check_cam_layer(model, layer)
-    indices = model.target_indices(x, target, of, batch_size)
+    indices = model.resolve_target(x, target, of, batch_size)
     a, g = _layer_values(model, x, layer, of, indices, rule.gradients, modifier, batch_size)
 
     def masked_scores(acts: np.ndarray) -> np.ndarray:

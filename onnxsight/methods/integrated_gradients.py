@@ -45,14 +45,14 @@ def integrated_gradients(
     x = model.check_input(x)
     axis = image_channel_axis(model)
     start = k.baseline(x, baseline, axis)
-    indices = model.target_indices(x, target, of, batch_size)
+    indices = model.resolve_target(x, target, of, batch_size)
     delta = x - start
     chunk = k.sample_chunk(len(alphas), 4 * x.nbytes, MAX_CHUNK_BYTES)  # path, two ends, gradient
     integral = np.zeros(x.shape, np.float64)
     for first in range(0, len(alphas), chunk):
         a, w = alphas[first:first + chunk], weights[first:first + chunk]
         path = k.path_points(start, x, a).reshape(-1, *x.shape[1:])
-        tiled = None if indices is None else np.tile(indices, len(a))
+        tiled = targets.tile(indices, len(a))
         grads = model.gradient(path, of=of, target=tiled, batch_size=batch_size)["input"]
         integral += np.tensordot(w, grads.reshape(len(a), *x.shape).astype(np.float64), axes=1)
     attributions = k.reduce_channels(delta * integral, axis, reduce)
@@ -79,7 +79,7 @@ def completeness_gap(
     if len(attributions) != len(x):
         raise InvalidArgument(f"attributions have {len(attributions)} rows for {len(x)} images")
     start = k.baseline(x, baseline, image_channel_axis(model))
-    indices = model.target_indices(x, target, of, batch_size)
+    indices = model.resolve_target(x, target, of, batch_size)
     ours = target_scores(model, x, indices, of, batch_size)
     theirs = target_scores(model, start, indices, of, batch_size)
     return k.completeness_gap(attributions, ours, theirs)

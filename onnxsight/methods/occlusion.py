@@ -52,7 +52,7 @@ def occlusion(
         raise InvalidArgument(f"window {window} is larger than the image ({height}, {width})")
     fills = k.fill_values(x, fill, axis, sigma=(window[0] / 2, window[1] / 2))
     rows, cols = k.grid(height, width, window, stride)
-    indices = model.target_indices(x, target, of, batch_size)
+    indices = model.resolve_target(x, target, of, batch_size)
     clean = copy_scores(model, x, 1, lambda r: x[r], indices, of, batch_size)
     positions = len(rows)
 

@@ -67,10 +67,10 @@ def saliency(
     k.choice("smooth_aggregate", smooth_aggregate, k.AGGREGATES)
     samples = _count(smooth_samples, "smooth_samples", minimum=0)
     x = model.check_input(x)
-    indices = model.target_indices(x, target, of, batch_size)
+    indices = model.resolve_target(x, target, of, batch_size)
 
     def grad(batch: np.ndarray, copies: int) -> np.ndarray:
-        tiled = None if indices is None else np.tile(indices, copies)
+        tiled = targets.tile(indices, copies)
         return model.gradient(batch, of=of, target=tiled, modifier=modifier, batch_size=batch_size)["input"]
 
     post = dict(negate=negate, times_input=times_input, absolute=absolute)

@@ -125,7 +125,7 @@ def compute(model: Model, job: Job, chunk: Chunk, shard: int) -> tuple[dict[str,
     if job.target == "label":
         targets = chunk.labels
     else:
-        targets = model.target_indices(x, job.target, job.of, **batch)
+        targets = model.resolve_target(x, job.target, job.of, **batch)
     options = {**job.options, **({"seed": shard_seed(job.seed, shard)} if seeded else {})}
     maps = method(model, x, target=targets, of=job.of, **batch, **options)
     results.update(target=np.asarray(targets, np.int64), maps=maps)
