@@ -9,7 +9,8 @@ not follow that arithmetic, so every later tensor loses its dims and rules that 
    installed), which follows the ``Shape`` arithmetic with the batch as a symbol;
 2. a measured run: the model run once on random inputs of two batch sizes with the unresolved
    tensors as outputs; a dim equal in both runs is static, one equal to the batch size in both
-   is the batch, any other stays unknown. Needs static non-batch input dims.
+   is the batch, any other stays unknown. Needs static non-batch input dims and a model
+   onnxruntime can open (else the shapes stay as inference gave them).
 
 Only models with one data input are completed (augmented models, with their cotangent input,
 keep what inference gives: their forward part is already typed by the rules' builder).
@@ -22,6 +23,7 @@ import onnx
 from onnx import helper
 
 from onnxsight.engine import graph as g
+from onnxsight.errors import ModelFileError
 
 _UNKNOWN_PREFIX = "unk__"  # symbolic inference's name for a dim it could not resolve
 _PROBE_BATCHES = (2, 3)
@@ -106,10 +108,16 @@ def _measured(model, infos, names) -> dict[str, onnx.ValueInfoProto]:
         elem = infos[name].type.tensor_type.elem_type if name in infos else 0
         probe.graph.output.append(helper.make_tensor_value_info(name, elem, None) if elem
                                   else helper.make_empty_tensor_value_info(name))
-    session = open_session(g.runtime_compatible(probe), CPU, "the shape probe")
+    try:
+        session = open_session(g.runtime_compatible(probe), CPU, "the shape probe")
+    except ModelFileError:  # ops onnxruntime lacks (tf2onnx's Erfc before the converter rewrites it)
+        return {}
     dtype = helper.tensor_dtype_to_np_dtype(data.type.tensor_type.elem_type)
     rng = np.random.default_rng(0)
-    runs = [session.run(names, {data.name: rng.standard_normal((n, *shape[1:])).astype(dtype)}) for n in batches]
+    try:
+        runs = [session.run(names, {data.name: rng.standard_normal((n, *shape[1:])).astype(dtype)}) for n in batches]
+    except Exception:  # noqa: BLE001 - onnxruntime raises several types; a model it cannot run keeps its unknown dims
+        return {}
     found = {}
     for i, name in enumerate(names):
         arrays = [run[i] for run in runs]
