@@ -53,3 +53,61 @@ def reference_forward(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.nda
     fc = pool.reshape(len(x), -1) @ w["fc_w"].T + w["fc_b"]
     e = np.exp(fc - fc.max(axis=1, keepdims=True))
     return {"conv1": conv, "relu1": relu, "pool1": pool, "fc": fc, "prob": e / e.sum(axis=1, keepdims=True)}
+
+
+def torch_style_resnet(exporter: str, seed: int = 0) -> onnx.ModelProto:
+    """A one-block ResNet (conv1, relu, layer1.0 = conv1, relu, conv2, add, relu again, avgpool, fc)
+    named the way ``torch.onnx.export`` names it: ``exporter="torchscript"`` writes scopes into
+    node names (``/layer1/layer1.0/relu_1/Relu``), ``"dynamo"`` names nodes ``node_relu_1`` and
+    writes ``pkg.torch.onnx.name_scopes``/``class_hierarchy`` metadata (one scope for both calls
+    of ``layer1.0.relu``). Input (batch, 3, 8, 8), 5 logits."""
+    rng = np.random.default_rng(seed)
+    weights = {
+        "conv1.weight": rng.normal(0, 0.4, (4, 3, 3, 3)), "layer1.0.conv1.weight": rng.normal(0, 0.4, (4, 4, 3, 3)),
+        "layer1.0.conv2.weight": rng.normal(0, 0.4, (4, 4, 3, 3)), "fc.weight": rng.normal(0, 0.4, (5, 4)),
+        "fc.bias": rng.normal(0, 0.1, 5),
+    }
+    main, block, relu, conv = "__main__.Net", "__main__.BasicBlock", "torch.nn.modules.activation.ReLU", "torch.nn.modules.conv.Conv2d"
+    # (op, inputs, output, TorchScript name, dynamo scopes [(module, class)...], FX node name, attributes)
+    rows = [
+        ("Conv", ["x", "conv1.weight"], "c1", "/conv1/Conv", [("conv1", conv)], "conv2d", {"pads": [1, 1, 1, 1]}),
+        ("Relu", ["c1"], "r1", "/relu/Relu", [("relu", relu)], "relu", {}),
+        ("Conv", ["r1", "layer1.0.conv1.weight"], "c2", "/layer1/layer1.0/conv1/Conv",
+         [("layer1", "torch.nn.modules.container.Sequential"), ("layer1.0", block), ("layer1.0.conv1", conv)], "conv2d_1",
+         {"pads": [1, 1, 1, 1]}),
+        ("Relu", ["c2"], "r2", "/layer1/layer1.0/relu/Relu",
+         [("layer1", ""), ("layer1.0", block), ("layer1.0.relu", relu)], "relu_1", {}),
+        ("Conv", ["r2", "layer1.0.conv2.weight"], "c3", "/layer1/layer1.0/conv2/Conv",
+         [("layer1", ""), ("layer1.0", block), ("layer1.0.conv2", conv)], "conv2d_2", {"pads": [1, 1, 1, 1]}),
+        ("Add", ["c3", "r1"], "a", "/layer1/layer1.0/Add", [("layer1", ""), ("layer1.0", block)], "add", {}),
+        ("Relu", ["a"], "r3", "/layer1/layer1.0/relu_1/Relu",
+         [("layer1", ""), ("layer1.0", block), ("layer1.0.relu", relu)], "relu_2", {}),
+        ("GlobalAveragePool", ["r3"], "p", "/avgpool/GlobalAveragePool",
+         [("avgpool", "torch.nn.modules.pooling.AdaptiveAvgPool2d")], "mean", {}),
+        ("Flatten", ["p"], "f", "/Flatten", [], "view", {}),
+        ("Gemm", ["f", "fc.weight", "fc.bias"], "logits", "/fc/Gemm", [("fc", "torch.nn.modules.linear.Linear")], "linear",
+         {"transB": 1}),
+    ]
+    nodes = []
+    for op, inputs, output, script_name, scopes, fx_name, attrs in rows:
+        if exporter == "torchscript":
+            nodes.append(helper.make_node(op, inputs, [f"{script_name}_output_0" if output != "logits" else output],
+                                          name=script_name, **attrs))
+            continue
+        node = helper.make_node(op, inputs, [output], name=f"node_{fx_name}", **attrs)
+        names = ["", *(m for m, _ in scopes), fx_name]
+        classes = [main, *(c or "torch.nn.modules.container.Sequential" for _, c in scopes), f"aten.{op.lower()}.default"]
+        node.metadata_props.add(key="pkg.torch.onnx.name_scopes", value=repr(names))
+        node.metadata_props.add(key="pkg.torch.onnx.class_hierarchy", value=repr(classes))
+        nodes.append(node)
+    if exporter == "torchscript":  # inputs are the previous nodes' outputs, renamed as TorchScript names them
+        renamed = {out: node.output[0] for (_, _, out, *_), node in zip(rows, nodes)}
+        for node in nodes:
+            node.input[:] = [renamed.get(name, name) for name in node.input]
+    graph = helper.make_graph(
+        nodes, "torch_style_resnet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 5])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="pytorch")
+    return runtime_compatible(model)

@@ -262,13 +262,14 @@ def build(name: str, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def export(model: nn.Module, x: torch.Tensor, path, exporter: str) -> None:
-    """``torch.onnx.export`` with a dynamic batch axis: TorchScript at opset 17, dynamo at opset 18."""
+def export(model: nn.Module, x: torch.Tensor, path, exporter: str, opset: int | None = None) -> None:
+    """``torch.onnx.export`` with a dynamic batch axis: "torchscript" (default opset 17) or "dynamo"
+    (default opset 18)."""
     if exporter == "torchscript":
-        torch.onnx.export(model, (x,), str(path), input_names=["x"], output_names=["logits"], opset_version=17,
+        torch.onnx.export(model, (x,), str(path), input_names=["x"], output_names=["logits"], opset_version=opset or 17,
                           dynamo=False, dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
     else:
-        torch.onnx.export(model, (x,), str(path), input_names=["x"], output_names=["logits"], opset_version=18,
+        torch.onnx.export(model, (x,), str(path), input_names=["x"], output_names=["logits"], opset_version=opset or 18,
                           dynamo=True, dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, verbose=False)
 
 
