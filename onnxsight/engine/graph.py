@@ -72,13 +72,14 @@ def dependent_tensors(graph: onnx.GraphProto, sources: Iterable[str]) -> set[str
     return dependent
 
 
-def value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+def value_infos(model: onnx.ModelProto, complete_shapes: bool = True) -> dict[str, onnx.ValueInfoProto]:
     """Type and shape of every tensor that shape inference reaches (inputs, outputs included).
 
     Data-path dims that ONNX shape inference leaves unknown (sizes computed from ``Shape`` at run
     time, as PyTorch's exporter writes ``chunk`` and ``view``) are completed by symbolic shape
     inference and, failing that, a measured run (:mod:`onnxsight.engine.shapes`), so that rules
-    needing static sizes do not depend on what ``onnx.shape_inference`` happens to resolve.
+    needing static sizes do not depend on what ``onnx.shape_inference`` happens to resolve;
+    ``complete_shapes=False`` skips that (element types only need ONNX's inference).
     """
     from onnxsight.engine.shapes import complete  # shapes runs the model: it imports this module
 
@@ -90,7 +91,7 @@ def value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
     infos = {v.name: v for v in [*graph.value_info, *graph.input, *graph.output]}
     for init in graph.initializer:
         infos.setdefault(init.name, onnx.helper.make_tensor_value_info(init.name, init.data_type, init.dims))
-    return complete(model, infos)
+    return complete(model, infos) if complete_shapes else infos
 
 
 def shape_of(info: onnx.ValueInfoProto) -> tuple[int | None, ...] | None:
@@ -109,7 +110,7 @@ def value_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
 
 def value_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element types (``onnx.TensorProto`` enum) of every tensor shape inference can reach."""
-    return {name: info.type.tensor_type.elem_type for name, info in value_infos(model).items()}
+    return {name: info.type.tensor_type.elem_type for name, info in value_infos(model, complete_shapes=False).items()}
 
 
 def opset_version(model: onnx.ModelProto) -> int:
