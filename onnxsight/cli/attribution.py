@@ -22,7 +22,8 @@ from onnxsight.kernels.grids import attribution_figure
 from onnxsight.kernels.images import spatial_size
 
 Count = Annotated[Optional[int], typer.Option(min=1, help="With --data: how many test images (default 16).")]
-Target = Annotated[str, typer.Option(help="'predicted' (argmax), a class/channel index, one index per image (3,1,4), "
+Target = Annotated[str, typer.Option(help="'predicted' (argmax), 'none' (the sum: a regression output), a class/channel "
+                                          "index, one index per image (3,1,4), "
                                           "'region:C' (segmentation: the pixels predicted as class C), "
                                           "'region:C:mask.npy' (class C over an HxW or NxHxW mask), or "
                                           "'cotangent:weights.npy' (weights shaped like the scored tensor).")]
@@ -32,16 +33,21 @@ Modifier = Annotated[Optional[str], typer.Option(help="Backprop modifier: guided
 Reduce = Annotated[str, typer.Option(help="Channel reduction of the gradient: max (keras-vis), mean or sum.")]
 Signed = Annotated[bool, typer.Option("--signed", help="Keep the gradient's sign (default: absolute value, as keras-vis).")]
 Negate = Annotated[bool, typer.Option("--negate", help="Negate the gradient: what speaks against the target (keras-vis 'negate').")]
+TokensGrid = Annotated[Optional[str], typer.Option(help="A token layer's patch grid, ROWSxCOLUMNS (default: found "
+                                                          "from the token count and the input size).")]
 TimesInput = Annotated[bool, typer.Option("--times-input", help="Gradient x Input.")]
 
 DEFAULT_DATA_COUNT = 16
 
 
 def parse_target(text: str):
-    """'predicted', an int, comma-separated ints (one per image), 'region:C' (the pixels predicted as
-    class C), 'region:C:mask.npy' (class C's scores over a mask) or 'cotangent:weights.npy'."""
+    """'predicted', 'none' (the sum of the tensor: a regression output), an int, comma-separated ints
+    (one per image), 'region:C' (the pixels predicted as class C), 'region:C:mask.npy' (class C's
+    scores over a mask) or 'cotangent:weights.npy'."""
     if text == "predicted":
         return text
+    if text == "none":
+        return None
     kind, _, rest = text.partition(":")
     try:
         if kind == "cotangent" and rest:
@@ -51,7 +57,7 @@ def parse_target(text: str):
             return Region(int(category), read_npy(Path(mask)) if mask else None)
         values = [int(part) for part in text.split(",")]
     except ValueError as error:
-        raise InvalidArgument(f"--target must be 'predicted', an index, comma-separated indices, 'region:C[:mask.npy]' "
+        raise InvalidArgument(f"--target must be 'predicted', 'none', an index, comma-separated indices, 'region:C[:mask.npy]' "
                               f"or 'cotangent:file.npy', got {text!r}") from error
     return values[0] if len(values) == 1 else values
 
@@ -173,15 +179,48 @@ def gradcam(
     modifier: Modifier = None,
     relu: Annotated[bool, typer.Option(help="ReLU on the map (Grad-CAM's default).")] = True,
     upsample: Annotated[str, typer.Option(help="bilinear (default) or nearest.")] = "bilinear",
+    tokens_grid: TokensGrid = None,
     output: OutputDir = Path("gradcam"), cmap: Cmap = "jet", batch_size: BatchSize = 64, device: Device = "auto",
     scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False,
 ) -> None:
-    """Grad-CAM and its family, upsampled to the input, normalised, overlaid."""
+    """Grad-CAM and its family, upsampled to the input, normalised, overlaid (a transformer's token
+    layer is laid on its patch grid)."""
     from onnxsight.methods.cam import gradcam as method
 
-    options = {"layer": layer, "variant": variant, "guided": guided, "modifier": modifier, "relu": relu, "upsample": upsample}
+    options = {"layer": layer, "variant": variant, "guided": guided, "modifier": modifier, "relu": relu,
+               "upsample": upsample, "tokens_grid": _grid(tokens_grid)}
     run_method("gradcam", model, images, data, count, target, of, output, force, cmap, device, scale, mean, std,
                lambda m, x, t: method(m, x, target=t, of=of, batch_size=batch_size, **options), options)
+
+
+def rollout(
+    model: ModelArg, images: OptionalImagesArg = None, data: DataOpt = None, count: Count = None,
+    layer: Annotated[Optional[list[str]], typer.Option("--layer", "-l", help="Attention probabilities (N, heads, T, T), "
+                                                       "first layer first (default: every attention softmax).")] = None,
+    head_fusion: Annotated[str, typer.Option(help="Fuse heads by mean, max or min.")] = "mean",
+    discard_ratio: Annotated[float, typer.Option(help="Zero this fraction of the smallest attention weights.")] = 0.0,
+    residual: Annotated[float, typer.Option(help="Weight of the identity (residual connection) in each layer.")] = 0.5,
+    tokens_grid: TokensGrid = None,
+    upsample: Annotated[str, typer.Option(help="bilinear (default) or nearest.")] = "bilinear",
+    output: OutputDir = Path("rollout"), cmap: Cmap = "jet", batch_size: BatchSize = 64, device: Device = "auto",
+    scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False,
+) -> None:
+    """Attention rollout (Abnar & Zuidema) of a vision transformer: class-agnostic patch relevance."""
+    from onnxsight.methods.rollout import attention_rollout as method
+
+    options = {"layers": layer, "head_fusion": head_fusion, "discard_ratio": discard_ratio, "residual": residual,
+               "tokens_grid": _grid(tokens_grid), "upsample": upsample}
+    run_method("rollout", model, images, data, count, "none", "logits", output, force, cmap, device, scale, mean, std,
+               lambda m, x, t: method(m, x, batch_size=batch_size, **options), options)
+
+
+def _grid(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    rows, _, columns = text.lower().partition("x")
+    if not (rows.isdecimal() and columns.isdecimal()) or int(rows) < 1 or int(columns) < 1:
+        raise InvalidArgument(f"--tokens-grid must be ROWSxCOLUMNS, e.g. 14x14; got {text!r}")
+    return int(rows), int(columns)
 
 
 def occlusion(

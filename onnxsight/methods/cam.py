@@ -7,16 +7,17 @@ how the layer's channels are weighed: a row of ``VARIANTS``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from onnxsight.engine import targets
-from onnxsight.engine.graph import bottlenecks
+from onnxsight.engine.graph import ancestors, bottlenecks
 from onnxsight.engine.model import Model
 from onnxsight.errors import InvalidArgument
 from onnxsight.kernels import cam as k
+from onnxsight.kernels import tokens
 from onnxsight.kernels.colors import normalize_each
 from onnxsight.methods.common import require_image, spatial_size
 from onnxsight.methods.occlusion import copy_scores
@@ -57,13 +58,16 @@ def gradcam(
     upsample: str = "bilinear",
     normalize: bool = True,
     of: str = "logits",
+    tokens_grid: Sequence[int] | None = None,
     batch_size: int = 64,
 ) -> np.ndarray:
     """Class activation maps of a batch ``x`` at the input's size, (N, H, W) float32.
 
     target: a class of ``of`` (default "predicted": the argmax on the clean input), one per
         image, a channel of an intermediate layer ``of`` (scored by its mean), or None (sum).
-    layer: the layer whose feature maps are weighed; default :func:`default_cam_layer`.
+    layer: the layer whose feature maps are weighed; default :func:`default_cam_layer`. A token
+        layer (N, T, D) of a vision transformer is laid on its patch grid first, the leading extra
+        tokens (class, registers) dropped, as pytorch-grad-cam's ``reshape_transform`` does.
     variant: "gradcam" (default: spatial mean of the gradient), "gradcam++", "xgradcam",
         "hirescam", "layercam" or "scorecam" (see ``onnxsight.kernels.cam`` for each formula).
         Score-CAM's channel weights are the softmax over channels of the target's score of ``of``
@@ -79,6 +83,8 @@ def gradcam(
     upsample: "bilinear" (default) or "nearest" resizing to the input's H×W with OpenCV.
     normalize: min-max scale each map to [0, 1] (default True; constant maps become 0).
     of: the scored tensor, default "logits" (softmax swapped for linear); any layer name.
+    tokens_grid: (rows, columns) of patches for a token layer; default found from T and the input
+        size (:func:`onnxsight.kernels.tokens.patch_grid`).
     batch_size: rows per onnxruntime run (default 64).
     """
     x = model.check_input(x)
@@ -92,7 +98,7 @@ def gradcam(
     size = spatial_size(x, input_axis)
     layer = default_cam_layer(model) if layer is None else check_cam_layer(model, layer)
     indices = model.resolve_target(x, target, of, batch_size)
-    a, g = _layer_values(model, x, layer, of, indices, rule.gradients, modifier, batch_size)
+    a, g = _layer_values(model, x, layer, of, indices, rule.gradients, modifier, size, tokens_grid, batch_size)
 
     def masked_scores(acts: np.ndarray) -> np.ndarray:
         channels = acts.shape[-1]
@@ -127,7 +133,8 @@ def default_cam_layer(model: Model) -> str:
     would otherwise end the walk inside the first SE block of a MobileNetV3 or EfficientNet).
     This is keras-vis' "nearest pre layer" (seed 002): for seed 000's CNN ``max_pooling2d_2``,
     4×4; for a torchvision ResNet ``layer4``. Of several names for one tensor the last listed
-    (the outermost module) is taken.
+    (the outermost module) is taken. A model whose attention follows that layer (a vision
+    transformer) gets :func:`default_token_layer` instead.
     """
     trunk = bottlenecks(model.proto.graph, model.input_name, model.tensor("logits"))
     chosen = None
@@ -138,15 +145,34 @@ def default_cam_layer(model: Model) -> str:
             chosen = layer.name
         elif chosen is not None and len(layer.shape) <= 4:  # 5-D: a channel shuffle's (N, g, C/g, H, W)
             break
+    token = default_token_layer(model)
+    if token is not None and (chosen is None or model.layer(chosen).tensor in ancestors(model.proto.graph, model.tensor(token))):
+        return token  # a vision transformer: its patch embedding is the last spatial layer
     if chosen is None:
-        raise InvalidArgument(f"{model.source} has no layer with a spatial (4-D) output for a CAM")
+        raise InvalidArgument(f"{model.source} has no layer with a spatial (4-D) output or tokens for a CAM")
     return chosen
 
 
+def default_token_layer(model: Model) -> str | None:
+    """For a vision transformer, the last token layer (N, T, D) that its last attention softmax reads:
+    the input of the last attention block (pytorch-grad-cam's ``blocks[-1].norm1`` for ViT: after the
+    last attention only the class token reaches the logits). None for a model without attention."""
+    from onnxsight.methods.rollout import attention_tensors  # rollout imports cam's neighbours, not cam
+
+    try:
+        feeding = ancestors(model.proto.graph, attention_tensors(model)[-1])
+    except InvalidArgument:
+        return None
+    chosen = [layer.name for layer in model.layers if layer.tensor in feeding and layer.shape is not None
+              and len(layer.shape) == 3]
+    return chosen[-1] if chosen else None
+
+
 def check_cam_layer(model: Model, layer: str) -> str:
-    """``layer`` if it has a spatial (4-D) output, else InvalidArgument naming its shape and the default."""
+    """``layer`` if it has a spatial (4-D) or token (N, T, D) output, else InvalidArgument naming its
+    shape and the default."""
     shape = model.layer(layer).shape
-    if shape is not None and len(shape) != 4:
+    if shape is not None and len(shape) not in (3, 4):
         try:
             hint = f"; the default CAM layer is {default_cam_layer(model)!r}"
         except InvalidArgument:
@@ -166,22 +192,21 @@ def _spatial(model: Model, name: str) -> bool:
 
 def _layer_values(
     model: Model, x: np.ndarray, layer: str, of: str, indices: np.ndarray | None, gradients: bool,
-    modifier: str | None, batch_size: int,
+    modifier: str | None, size: tuple[int, int], tokens_grid: Sequence[int] | None, batch_size: int,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The layer's activations and (if asked) the target score's gradient there, from one batched run.
 
-    Channel-last float64 (N, h, w, K).
+    Channel-last float64 (N, h, w, K); tokens (N, T, D) on their patch grid (see ``gradcam``).
     """
-    axis = model.channel_axis(layer)
-    if not gradients:
-        a = model.activations(x, [layer], batch_size=batch_size)[layer]
-        return k.channels_last(_four_d(a, layer), axis), None
-    result = model.backward(x, of, indices, [layer], modifier=modifier, outputs=[layer], batch_size=batch_size)
-    g, a = result.gradients[layer], result.activations[layer]
-    return k.channels_last(_four_d(a, layer), axis), k.channels_last(g, axis)
-
-
-def _four_d(a: np.ndarray, layer: str) -> np.ndarray:
-    if a.ndim != 4:
-        raise InvalidArgument(f"layer {layer!r} has no spatial output (shape {a.shape}) for a CAM")
-    return a
+    if gradients:
+        result = model.backward(x, of, indices, [layer], modifier=modifier, outputs=[layer], batch_size=batch_size)
+        a, g = result.activations[layer], result.gradients[layer]
+    else:
+        a, g = model.activations(x, [layer], batch_size=batch_size)[layer], None
+    if a.ndim == 4:
+        axis = model.channel_axis(layer)
+        return k.channels_last(a, axis), None if g is None else k.channels_last(g, axis)
+    if a.ndim == 3:
+        grid = tokens.patch_grid(a.shape[1], size) if tokens_grid is None else tuple(tokens_grid)
+        return tokens.to_grid(a, grid), None if g is None else tokens.to_grid(g, grid)
+    raise InvalidArgument(f"layer {layer!r} has no spatial or token output (shape {a.shape}) for a CAM")
