@@ -139,10 +139,12 @@ def test_gradcam_at_named_layer_and_saliency_run(exported, arch, exporter):
 @needs_torch
 def test_module_names_mean_the_same_tensor_for_both_exporters(exported):
     """The dynamo exporter names nodes node_Conv_12 and records scopes in metadata; a ReLU module
-    called twice is one scope there, split into calls as TorchScript names them (relu, relu_1)."""
+    called twice is one scope there, split into calls as TorchScript names them (relu, relu_1); a
+    convolution fused with its batch norm is named after its weight (layer1.0.conv1) too."""
     _, x, script_path = exported("resnet", "torchscript")
     _, _, dynamo_path = exported("resnet", "dynamo")
-    names = ["maxpool", "layer1.0.relu", "layer1.0.relu_1", "layer2.0", "layer4.1.relu", "layer4"]
+    names = ["conv1", "maxpool", "layer1.0.conv1", "layer1.0.relu", "layer1.0.relu_1", "layer2.0", "layer4.1.conv2",
+             "layer4.1.relu", "layer4"]
     script = onnxsight.load(script_path, device="cpu").activations(x, names)
     dynamo = onnxsight.load(dynamo_path, device="cpu").activations(x, names)
     for name in names:

@@ -14,6 +14,10 @@ Every data-path node output gets a name: the module's name when the module (call
 node, else ``<module>.<node's own name>`` (``layer4.1.Add``, ``layer4.1.add_35``). Every module
 also names its output, the last tensor computed inside it (``layer4.1``, ``layer4``), listed
 after its content (innermost first), as ``model.layer4[-1]`` is addressed in pytorch-grad-cam.
+A Conv or Gemm whose weight keeps its module's name (``layer1.0.conv1.weight``) is also named
+after that module when no scope names it: the dynamo exporter fuses a batch norm into the
+convolution and keeps only the norm's scope (``layer1.0.bn1``), and ``nn.MultiheadAttention``
+runs its ``out_proj`` as a function.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 import onnx
 
 NAME_SCOPES = "pkg.torch.onnx.name_scopes"
+_WEIGHTED = ("Conv", "ConvTranspose", "Gemm")
 CLASS_HIERARCHY = "pkg.torch.onnx.class_hierarchy"
 
 
@@ -176,9 +181,13 @@ def _names(scoped: list[_Scoped], graph: onnx.GraphProto, dependent: set[str]) -
             seen.add(name)
             named.append((name, tensor, kind))
 
+    weights = {t.name for t in graph.initializer}
     for s in scoped:
         node = graph.node[s.index]
         outputs = [o for o in node.output if o in dependent]
+        weight = node.input[1] if node.op_type in _WEIGHTED and len(node.input) > 1 else ""
+        if weight in weights and weight.endswith(".weight") and weight[:-7] not in members and len(outputs) == 1:
+            add(weight[:-7], outputs[0], "")  # a module the exporter fused away (conv1 into bn1's scope)
         inner = s.modules[-1] if s.modules else ""
         own = inner if inner and len(members[inner]) == 1 else (f"{inner}.{s.local}" if inner else s.local)
         if final[(tuple(s.modules), s.local)] != s.index:
