@@ -23,6 +23,7 @@ runs its ``out_proj`` as a function.
 from __future__ import annotations
 
 import ast
+import os
 from dataclasses import dataclass
 
 import onnx
@@ -102,7 +103,6 @@ def _literal(text: str | None) -> list[str]:
 def _adopt_unscoped(scoped: list[_Scoped], graph: onnx.GraphProto) -> None:
     """Nodes the exporter's optimizer made without scopes (a ``chunk``'s Split, half of a fused
     ``linear``) join the modules their scoped producers and consumers share."""
-    by_index = {s.index: s for s in scoped}
     made_by = {out: s for s in scoped for out in graph.node[s.index].output if out}
     read_by: dict[str, list[_Scoped]] = {}
     for s in scoped:
@@ -116,11 +116,8 @@ def _adopt_unscoped(scoped: list[_Scoped], graph: onnx.GraphProto) -> None:
         near = [n for n in near if n.modules and n.index != s.index]
         if not near:
             continue
-        shared = near[0].modules
-        for n in near[1:]:
-            shared = [a for a, b in zip(shared, n.modules) if a == b][:len(shared)]
-            shared = shared[:next((k for k, (a, b) in enumerate(zip(shared, n.modules)) if a != b), len(shared))]
-        s.modules, s.classes = list(shared), list(by_index[near[0].index].classes[:len(shared)])
+        shared = os.path.commonprefix([n.modules for n in near])  # element-wise on lists
+        s.modules, s.classes = list(shared), list(near[0].classes[:len(shared)])
 
 
 def _split_calls(scoped: list[_Scoped], graph: onnx.GraphProto) -> None:
