@@ -78,16 +78,25 @@ def _merge(infos, found: dict[str, onnx.ValueInfoProto], names: list[str]) -> di
 
 
 def _symbolic(model, infos, names) -> dict[str, onnx.ValueInfoProto]:
-    """Symbolic shape inference's value infos; none when sympy is missing or the inference fails."""
+    """Symbolic shape inference's value infos, as far as it gets; none when sympy is missing or it fails.
+
+    Its ``infer_shapes`` runs the steps below and, when a shape stays unresolved, writes the model
+    into the working directory (``sym_shape_infer_temp.onnx`` and a ``<uuid>.data`` of the weights)
+    before raising: the user's folder is no scratch space, so the steps are run here.
+    """
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
     except ImportError:  # it imports sympy, which onnxruntime does not require
         return {}
     try:
-        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=False)
+        inference = SymbolicShapeInference(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess_output_rank, verbose
+        inference._preprocess(model)
+        while inference.run_:
+            inference._infer_impl()
+        inference._update_output_from_vi()
     except Exception:  # noqa: BLE001 - its failures (any type) only mean "ask the next source"
         return {}
-    graph = inferred.graph
+    graph = inference.out_mp_.graph
     return {v.name: v for v in [*graph.value_info, *graph.output] if v.name in set(names)}
 
 
