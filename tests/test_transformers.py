@@ -85,9 +85,9 @@ def reference_rollout(attentions, class_token):
     return (maps - low) / (high - low)
 
 
-def test_the_default_cam_layer_is_the_input_of_the_last_attention_block(transformer):
+def test_the_default_cam_layer_is_the_token_stream_entering_the_last_attention_block(transformer):
     _, model = transformer
-    assert default_cam_layer(model) == "block1_norm1"
+    assert default_cam_layer(model) == "block0_residual2"
     assert len(attention_tensors(model)) == 2
 
 
@@ -152,3 +152,47 @@ def test_the_cli_runs_rollout_and_a_token_gradcam(transformer, images, tmp_path)
                                rtol=1e-6, atol=1e-7)
     result = runner.invoke(app, ["gradcam", str(model.source), str(tmp_path / "x.npy"), "--tokens-grid", "4by4"])
     assert result.exit_code == 1 and "--tokens-grid must be ROWSxCOLUMNS" in result.output
+
+
+# ---- a ViT exported from PyTorch (torchvision's layout; tests/torch_models.py) -----------------
+@pytest.fixture(scope="module", params=["torchscript", "dynamo"])
+def torch_vit(request, tmp_path_factory):
+    """(torch ViT in float64, a batch, the exported model loaded by onnxsight)."""
+    torch = pytest.importorskip("torch")  # the dev extra installs it
+    from tests import torch_models as tm
+
+    model = tm.build("vit")
+    x = np.random.default_rng(4).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    path = tmp_path_factory.mktemp(f"vit-{request.param}") / "vit.onnx"
+    tm.export(model, torch.from_numpy(x), path, request.param)
+    return tm.build_like(model), x, onnxsight.load(path, device="cpu")
+
+
+def test_a_torch_vit_gets_token_gradcam_and_rollout_equal_to_torch(torch_vit):
+    import torch
+
+    reference, x, model = torch_vit
+    assert default_cam_layer(model) == "layers.0"
+    block, seen = reference.layers[1], {}
+    block.register_forward_hook(lambda module, args, out: seen.update(stream=args[0]))
+    attentions = []
+    for layer in reference.layers:  # the attention probabilities per head, as the blocks compute them
+        layer.ln_1.register_forward_hook(lambda module, args, out, att=layer.self_attention: attentions.append(
+            att(out, out, out, need_weights=True, average_attn_weights=False)[1].detach().numpy()))
+    logits = reference(torch.from_numpy(x).double())
+    seen["stream"].retain_grad()
+    logits[:, 3].sum().backward()
+    a, g = seen["stream"].detach().numpy(), seen["stream"].grad.numpy()
+    grid = (32 // 8, 32 // 8)
+    cam = np.maximum((a[:, 1:] * g[:, 1:].mean(axis=1, keepdims=True)).sum(axis=-1), 0).reshape(2, *grid)
+    want = np.stack([cv2.resize(c.astype(np.float32), (32, 32), interpolation=cv2.INTER_LINEAR) for c in cam])
+    got = onnxsight.gradcam(model, x, 3, normalize=False)
+    assert relative_error(got, want) <= TOLERANCE
+    result = np.eye(17)
+    for attention in attentions:
+        mixed = (attention.mean(axis=1) + np.eye(17)) / 2
+        result = mixed / mixed.sum(axis=-1, keepdims=True) @ result
+    flow = result[:, 0, 1:].reshape(2, *grid).astype(np.float32)
+    maps = np.stack([cv2.resize(m, (32, 32), interpolation=cv2.INTER_LINEAR) for m in flow])
+    low, high = maps.min(axis=(1, 2), keepdims=True), maps.max(axis=(1, 2), keepdims=True)
+    assert relative_error(onnxsight.attention_rollout(model, x), (maps - low) / (high - low)) <= TOLERANCE

@@ -134,7 +134,7 @@ def default_cam_layer(model: Model) -> str:
     This is keras-vis' "nearest pre layer" (seed 002): for seed 000's CNN ``max_pooling2d_2``,
     4×4; for a torchvision ResNet ``layer4``. Of several names for one tensor the last listed
     (the outermost module) is taken. A model whose attention follows that layer (a vision
-    transformer) gets :func:`default_token_layer` instead.
+    transformer) gets the token stream entering its last attention block instead (see ``_token_layer``).
     """
     trunk = bottlenecks(model.proto.graph, model.input_name, model.tensor("logits"))
     chosen = None
@@ -145,7 +145,7 @@ def default_cam_layer(model: Model) -> str:
             chosen = layer.name
         elif chosen is not None and len(layer.shape) <= 4:  # 5-D: a channel shuffle's (N, g, C/g, H, W)
             break
-    token = default_token_layer(model)
+    token = _token_layer(model, trunk)
     if token is not None and (chosen is None or model.layer(chosen).tensor in ancestors(model.proto.graph, model.tensor(token))):
         return token  # a vision transformer: its patch embedding is the last spatial layer
     if chosen is None:
@@ -153,18 +153,20 @@ def default_cam_layer(model: Model) -> str:
     return chosen
 
 
-def default_token_layer(model: Model) -> str | None:
-    """For a vision transformer, the last token layer (N, T, D) that its last attention softmax reads:
-    the input of the last attention block (pytorch-grad-cam's ``blocks[-1].norm1`` for ViT: after the
-    last attention only the class token reaches the logits). None for a model without attention."""
+def _token_layer(model: Model, trunk: set[str]) -> str | None:
+    """For a vision transformer, the token stream (N, T, D) entering its last attention block: the last
+    trunk layer with the attention's T tokens that the last attention softmax reads (the residual
+    stream; pytorch-grad-cam takes ``blocks[-1].norm1``, its LayerNorm, since after the last attention
+    only the class token reaches the logits). None for a model without attention."""
     from onnxsight.methods.rollout import attention_tensors  # rollout imports cam's neighbours, not cam
 
     try:
-        feeding = ancestors(model.proto.graph, attention_tensors(model)[-1])
+        last = attention_tensors(model)[-1]
     except InvalidArgument:
         return None
+    feeding, tokens = ancestors(model.proto.graph, last) & trunk, model.shapes[last][-1]
     chosen = [layer.name for layer in model.layers if layer.tensor in feeding and layer.shape is not None
-              and len(layer.shape) == 3]
+              and len(layer.shape) == 3 and (tokens is None or layer.shape[1] == tokens)]
     return chosen[-1] if chosen else None
 
 
