@@ -221,6 +221,34 @@ def test_unsupported_tensorflow_op_fails_naming_op_and_layer(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_zero_padding_before_max_pooling_keeps_its_zeros(tmp_path):
+    """ResNet50V2's stem: ZeroPadding2D then MaxPooling2D over values that may be negative. Where
+    onnxruntime fused the Pad into the MaxPool (padding with -inf), border windows of negative
+    values gave their maximum instead of 0 and ResNet50V2's output moved by 2.3e-3."""
+    inputs = keras.Input((6, 6, 2))
+    h = keras.layers.Conv2D(3, 1, bias_initializer=keras.initializers.Constant(-2.0), name="shift")(inputs)
+    h = keras.layers.MaxPooling2D(3, strides=2, name="pool")(keras.layers.ZeroPadding2D(1, name="pad")(h))
+    model = keras.Model(inputs, keras.layers.Flatten(name="flat")(h))
+    conversion = convert_keras_model(model, tmp_path / "padded.onnx", tolerance=1e-6)
+    x = batch((6, 6, 2), n=3)
+    np.testing.assert_allclose(run_onnx(conversion.path, x)["output"], np.asarray(model(x)), atol=1e-6, rtol=0)
+
+
+def test_a_layer_without_a_tensorflow_graph_is_one_line_and_nothing_is_written(tmp_path):
+    class EagerOnly(keras.layers.Layer):
+        def call(self, x):
+            return keras.ops.convert_to_tensor(np.tanh(np.asarray(x)))
+
+        def compute_output_shape(self, shape):
+            return shape
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(EagerOnly(name="numpy_tanh")(inputs)))
+    with pytest.raises(ConversionError, match=r"^layer 'numpy_tanh' \(EagerOnly\) cannot be traced to a TensorFlow graph: [^\n]+$"):
+        convert_keras(model, tmp_path / "eager.onnx")
+    assert not list(tmp_path.iterdir())
+
+
 def test_refuses_to_overwrite_unless_asked(mnist, tmp_path):
     model = mnist[0]
     target = tmp_path / "model.onnx"

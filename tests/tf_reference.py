@@ -97,13 +97,18 @@ def gradients(model, x: np.ndarray, target: np.ndarray, layer: str | None = None
 
 
 def nested_layer(model, path: str):
-    """The Keras layer a path names, and which of its calls: ``base/conv`` -> (conv, 0);
-    ``base@1/conv`` -> (conv, 1): conv's second call in execution order."""
+    """The Keras layer a path names, and which of its calls runs it: ``base/conv`` -> (conv, 0);
+    ``base@1/conv`` -> (conv, i) where i is the position, in Keras' execution order, of the
+    base's call made second when the model was built (one ``@`` per path)."""
     layer, call = model, 0
     for part in path.split("/"):
         name, _, index = part.partition("@")
-        layer = layer.get_layer(name)
-        call = int(index) if index else call
+        parent, layer = layer, layer.get_layer(name)
+        if index:
+            nodes = [node for depth in sorted(parent._nodes_by_depth, reverse=True)
+                     for node in parent._nodes_by_depth[depth] if node.operation is layer]
+            built = sorted(nodes, key=layer._inbound_nodes.index)
+            call = nodes.index(built[int(index)])
     return layer, call
 
 

@@ -19,16 +19,19 @@ def _shape(shape) -> str:
 
 
 def inspect(model: ModelArg, as_json: Json = False) -> None:
-    """Print the layer table (name, op, output shape, params), like Keras' summary()."""
+    """Print the layer table (name, op, output shape, params), like Keras' summary(); the layers of
+    nested models are indented under theirs (address them as ``model/layer``)."""
     m = load(model, device="cpu")
+    depth = {record.name: record.depth for record in m.metadata.layers}
     rows = [
-        {"name": layer.name, "op": layer.kind or layer.op, "shape": _shape(layer.shape), "params": layer.params}
+        {"name": layer.name, "op": layer.kind or layer.op, "shape": _shape(layer.shape), "params": layer.params,
+         "depth": depth.get(layer.name, 0)}
         for layer in m.layers
     ]
     summary = {
         "model": str(model), "input": m.input_name, "input_shape": _shape(m.input_shape),
         "layout": m.input_layout, "logits": m.logits, "outputs": m.output_names,
-        "params": sum(r["params"] for r in rows), "layers": rows,
+        "params": sum(r["params"] for r in rows if r["depth"] == 0), "layers": rows,
     }
     if as_json:
         out.print_json(json.dumps(summary))
@@ -37,7 +40,8 @@ def inspect(model: ModelArg, as_json: Json = False) -> None:
     for column, justify in (("Layer", "left"), ("Op", "left"), ("Output shape", "left"), ("Param #", "right")):
         table.add_column(column, justify=justify)
     for r in rows:
-        table.add_row(r["name"], r["op"], r["shape"], f"{r['params']:,}")
+        name = "  " * r["depth"] + r["name"].rsplit("/", 1)[-1] if r["depth"] else r["name"]
+        table.add_row(name, r["op"], r["shape"], f"{r['params']:,}")
     out.print(table)
     out.print(f"Total params: {summary['params']:,}   logits: {m.logits}   outputs: {', '.join(m.output_names)}")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,10 +25,11 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import helper
 
 from onnxsight.converters import rewrites
 from onnxsight.data.files import atomic_write, refuse_overwrite
-from onnxsight.engine.graph import data_inputs, rename_tensor, runtime_compatible, tensor_names
+from onnxsight.engine.graph import data_inputs, producers, rename_tensor, runtime_compatible, tensor_names
 from onnxsight.engine.metadata import LayerRecord, ModelMetadata
 from onnxsight.errors import (
     ConversionError, InternalError, InvalidArgument, MissingDependency, ModelFileError, OnnxsightError,
@@ -88,6 +90,7 @@ def convert_keras_model(
     traced = _trace(model_or_path)
     model, tf_outputs, names = _tf2onnx(traced, opset)
     layers, logits = _name_tensors(model, tf_outputs, names)
+    _guard_padded_max_pools(model.graph)
     meta = ModelMetadata(layers, logits, traced.layout, traced.source)
     meta.write(model)
     onnx.checker.check_model(runtime_compatible(model), full_check=True)
@@ -219,7 +222,7 @@ def _trace_keras(model: Any, source: str) -> _Traced:
     if graph is not None:
         calls = _layer_calls(graph, "")
 
-        @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32, name="input")])
+        @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32, name="input")], autograph=False)
         def function(x):
             recorded: dict[str, Any] = {}
             (output,) = _execute(graph, [x], "", recorded)
@@ -234,7 +237,7 @@ def _trace_keras(model: Any, source: str) -> _Traced:
         ]
         probe = api.Model(model.inputs, [model.outputs[0], *(layer.output for layer in layers)])
 
-        @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32, name="input")])
+        @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32, name="input")], autograph=False)
         def function(x):
             return probe(x, training=False)
 
@@ -363,8 +366,11 @@ def _execute(graph: Any, inputs: list[Any], prefix: str, recorded: dict[str, Any
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
+    """The error's first informative line (Keras opens with "Exception encountered when calling
+    ..." and bolds the cause with terminal escapes)."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(error).splitlines()]
+    lines = [line for line in lines if line and not line.startswith("Exception encountered when calling")]
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def _keras_api(model: Any) -> Any:
@@ -416,7 +422,7 @@ def _tf2onnx(traced: _Traced, opset: int) -> tuple[onnx.ModelProto, list[str], l
         scoped = _scoped_layers(graph_def)
         layers = [(name, "", None) for name, _ in scoped]
         tf_outputs += [tensor for _, tensor in scoped]
-    with _quiet("tf2onnx"):  # it logs ops it cannot convert; they are rewritten or refused below
+    with _quiet("tf2onnx"), _shared_walk(tf2onnx):  # it logs ops it cannot convert; they are rewritten or refused below
         model, _ = tf2onnx.convert.from_graph_def(
             graph_def, input_names=[input_name], output_names=tf_outputs, opset=opset,
             tensors_to_rename={input_name: "input"},
@@ -438,6 +444,40 @@ def _quiet(logger_name: str):
         yield
     finally:
         logger.setLevel(level)
+
+
+@contextmanager
+def _shared_walk(tf2onnx: Any):
+    """tf2onnx's ``extract_sub_graph_nodes`` walks the ancestors of each graph output anew, after
+    each of its ~45 optimizer passes: with one output per layer that is quadratic (DenseNet121's
+    431 layers: 90 of its 150 s). The same union of ancestor sets, from one walk with one visited
+    set, for the duration of a conversion."""
+    graph_class = tf2onnx.graph.Graph
+    original = graph_class.extract_sub_graph_nodes
+
+    def extract_sub_graph_nodes(self, outputs_name, input_checker=None, remove_unused_inputs=True):
+        wanted = list(outputs_name)
+        if not remove_unused_inputs:
+            wanted += [node.output[0] for node in self.inputs]
+        found: set[Any] = set()
+        stack = [self.get_node_by_output(name, search_in_parent_graphs=False) for name in wanted]
+        stack = [node for node in stack if node and (input_checker is None or input_checker(node) is not False)]
+        while stack:
+            node = stack.pop()
+            if node in found:
+                continue
+            found.add(node)
+            for name in [*node.input, *node.get_implicit_inputs()]:
+                source = self.get_node_by_output(name, search_in_parent_graphs=False)
+                if source and source not in found and (input_checker is None or input_checker(source) is not False):
+                    stack.append(source)
+        return list(found)
+
+    graph_class.extract_sub_graph_nodes = extract_sub_graph_nodes
+    try:
+        yield
+    finally:
+        graph_class.extract_sub_graph_nodes = original
 
 
 def _frozen(function: Any) -> tuple[Any, str, list[str]]:
@@ -530,11 +570,12 @@ def _name_tensors(
     _rename(graph, sources[0], "output")
     records = []
     for (name, kind, params), source in zip(layers, sources[1:]):
+        depth = name.count("/")  # Keras forbids "/" in layer names: only paths have it
         if source not in named:
             named[source] = name if _free(graph, name) else source
             _rename(graph, source, named[source])
         rewrites.route_through(graph, named[source])
-        records.append(LayerRecord(name, named[source], kind, params))
+        records.append(LayerRecord(name, named[source], kind, params, depth))
     rewrites.toposort(graph)
     final.name = "output"
     graph.output.append(final)
@@ -554,6 +595,25 @@ def _free(graph: onnx.GraphProto, name: str) -> bool:
 def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
     if old != new:
         rename_tensor(graph, old, new)
+
+
+def _guard_padded_max_pools(graph: onnx.GraphProto) -> None:
+    """Give a MaxPool that reads a constant Pad (Keras' ZeroPadding2D before MaxPooling2D, as in
+    ResNet50V2) its optional Indices output, unused. onnxruntime's Pad_Fusion otherwise folds the
+    Pad into the MaxPool's own padding, which pads with -inf instead of zeros: a window over
+    negative values and padding gives its largest value instead of 0 (ResNet50V2's softmax moved
+    by 2.3e-3). The fusion only takes a single-output MaxPool."""
+    producer = producers(graph)
+    for node in graph.node:
+        if node.op_type != "MaxPool" or len(node.output) != 1:
+            continue
+        source = producer.get(node.input[0])
+        while source is not None and source.op_type == "Transpose":
+            source = producer.get(source.input[0])
+        mode = next((helper.get_attribute_value(a) for a in source.attribute if a.name == "mode"), b"constant") \
+            if source is not None and source.op_type == "Pad" else None
+        if mode in (b"constant", "constant"):
+            node.output.append(f"{node.name}/onnxsight_unfused_indices")
 
 
 # --- parity and writing ------------------------------------------------------------------

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import onnx
 
-LAYERS = "onnxsight.layers"          # JSON list of {"name", "tensor", "kind"} in model order
+LAYERS = "onnxsight.layers"          # JSON list of LayerRecord fields in model order (nested: by path)
 LOGITS = "onnxsight.logits"          # tensor name of the pre-softmax logits
 INPUT_LAYOUT = "onnxsight.input_layout"  # "NHWC" | "NCHW" | "NC" ...
 SOURCE = "onnxsight.source"          # what the model was converted from
@@ -22,6 +22,7 @@ class LayerRecord:
     tensor: str
     kind: str = ""  # the framework's layer class, e.g. "Conv2D"
     params: int | None = None  # the framework's own parameter count (Keras' summary())
+    depth: int = 0  # nesting: 0 for the model's own layers, 1 inside a nested model, ...
 
 
 @dataclass
