@@ -161,6 +161,20 @@ def test_nested_sequential_layers_are_addressable(tmp_path):
     _compare_gradients(model, keras_model, x, np.array([0, 1, 3]), "features/conv_a")
 
 
+def test_sequential_without_input_inside_a_sequential(tmp_path):
+    """Sequential models built by their first call (no keras.Input) nest too."""
+    keras.utils.set_random_seed(0)
+    inner = keras.Sequential([keras.layers.Conv2D(3, 3, activation="tanh", name="c1"),
+                              keras.layers.Conv2D(2, 3, name="c2")], name="inner")
+    keras_model = keras.Sequential([keras.Input((12, 12, 1)), inner, keras.layers.Flatten(name="flat"),
+                                    keras.layers.Dense(4, activation="softmax", name="head")], name="outer")
+    _, model = _convert(tmp_path, keras_model)
+    assert [layer.name for layer in model.layers] == ["inner", "inner/c1", "inner/c2", "flat", "head"]
+    x = _batch(keras_model)
+    np.testing.assert_allclose(model.predict(x), np.asarray(keras_model(x)), atol=PARITY, rtol=0)
+    _compare_gradients(model, keras_model, x, np.array([3, 1]), "inner/c1")
+
+
 def test_two_levels_of_nesting(tmp_path):
     keras.utils.set_random_seed(0)
     block = _conv_block("block")
