@@ -294,3 +294,19 @@ def test_a_ragged_input_is_one_line_naming_the_input_layer(tmp_path):
     assert "\n" not in message and "'tokens' (InputLayer)" in message and "ragged" in message, message
     _assert_nothing_written(tmp_path)
 
+
+
+def test_tf_keras_nested_model_converts_with_its_top_level_layers(tmp_path):
+    """tf_keras (Keras 2) models are traced through Keras itself: a nested model converts (its
+    output was disconnected from the outer inputs) and is one layer; its inner layers are not mapped."""
+    tf_keras = pytest.importorskip("tf_keras")
+    inner_in = tf_keras.Input((8, 8, 1))
+    base = tf_keras.Model(inner_in, tf_keras.layers.Conv2D(2, 3, name="conv")(inner_in), name="base")
+    inputs = tf_keras.Input((8, 8, 1))
+    h = tf_keras.layers.Flatten(name="flat")(base(inputs))
+    keras_model = tf_keras.Model(inputs, tf_keras.layers.Dense(3, activation="softmax", name="head")(h))
+    conversion = convert_keras_model(keras_model, tmp_path / "model.onnx")
+    assert [record.name for record in conversion.layers] == ["base", "flat", "head"]
+    x = _batch(keras_model)
+    np.testing.assert_allclose(onnxsight.load(conversion.path, device="cpu").predict(x), keras_model(x).numpy(),
+                               atol=PARITY, rtol=0)

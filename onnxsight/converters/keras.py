@@ -235,7 +235,7 @@ def _trace_keras(model: Any, source: str) -> _Traced:
             layer for layer in model.layers
             if not isinstance(layer, api.layers.InputLayer) and _single_output(layer)
         ]
-        probe = api.Model(model.inputs, [model.outputs[0], *(layer.output for layer in layers)])
+        probe = api.Model(model.inputs, [model.outputs[0], *(_outer_output(layer) for layer in layers)])
 
         @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32, name="input")], autograph=False)
         def function(x):
@@ -389,10 +389,19 @@ def _keras_api(model: Any) -> Any:
 def _single_output(layer: Any) -> bool:
     """Whether the layer has one output tensor (layers with several are not mapped)."""
     try:
-        output = layer.output
+        output = _outer_output(layer)
     except (AttributeError, ValueError):  # a layer never called in this model
         return False
     return not isinstance(output, (list, tuple, dict))
+
+
+def _outer_output(layer: Any) -> Any:
+    """The layer's output in the graph that calls it: a nested tf_keras model's ``output`` is its
+    own inner graph's, disconnected from the outer inputs; its call's output is not."""
+    nodes = getattr(layer, "inbound_nodes", None)
+    if hasattr(layer, "get_output_at") and hasattr(layer, "layers") and nodes is not None and len(nodes) == 1:
+        return layer.get_output_at(0)
+    return layer.output
 
 
 def _input_shape(shape: Any) -> tuple[int, ...]:
