@@ -2,9 +2,10 @@
 
 Naming in the written graph: the only graph input is ``input`` (float32, dynamic batch) and
 the only graph output is ``output`` (the model's output as Keras returns it, e.g. softmax
-scores). Every top-level layer's output tensor is renamed to the layer's name when that name
-is free; otherwise (the last layer, whose tensor is ``output``, or a Dropout whose tensor is
-its predecessor's) the layer maps to the tensor it shares. The input of a final Softmax is
+scores). Every layer's output tensor, nested models' layers included (named by path, see
+"nested Keras models" below), is renamed to the layer's name when that name is free;
+otherwise (the last layer, whose tensor is ``output``, a Dropout whose tensor is its
+predecessor's, a nested model and its last layer) the layer maps to the tensor it shares. The input of a final Softmax is
 ``logits`` unless a layer already names it. ``metadata_props`` record the layer map, the
 logits tensor, the input layout and the source (see ``onnxsight.engine.metadata``).
 
