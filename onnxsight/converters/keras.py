@@ -227,6 +227,10 @@ def _trace_keras(model: Any, source: str) -> _Traced:
         def function(x):
             recorded: dict[str, Any] = {}
             (output,) = _execute(graph, [x], "", recorded)
+            missing = [call.path for call in calls if call.path not in recorded]
+            if missing:  # a nested model run whole (called with a mask or other inputs than its own)
+                raise ConversionError(f"{source}: the layers {', '.join(missing[:5])} of a nested model "
+                                      f"called with a mask or with inputs unlike its own cannot be mapped")
             return [output, *(recorded[call.path] for call in calls)]
 
         layers = [call.layer for call in calls]
