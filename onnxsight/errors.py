@@ -21,9 +21,10 @@ class ModelFileError(OnnxsightError):
 class UnknownName(InvalidArgument, KeyError):
     """A layer or tensor name that the model does not have."""
 
-    def __init__(self, kind: str, name: str, known: Iterable[str]):
+    def __init__(self, kind: str, name: str, known: Iterable[str], close: Iterable[str] | None = None):
+        """``close``: the near misses to suggest; default the closest of ``known`` by spelling."""
         known = list(known)
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5) if close is None else list(close)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         listing = ", ".join(known[:40]) + (" ..." if len(known) > 40 else "")
         super().__init__(f"unknown {kind} {name!r}; {hint}known: {listing}")

@@ -403,18 +403,15 @@ def _path_ends_with(path: str, name: str) -> bool:
 
 def _unknown_layer(name: str, known: list[str]) -> UnknownName:
     """UnknownName whose near misses also compare the last part of nested layer paths."""
-    error = UnknownName("layer", name, known)
+    if "/" not in "".join(known):
+        return UnknownName("layer", name, known)
     leaf = name.rpartition("/")[2]
     by_leaf: dict[str, list[str]] = {}
     for path in known:
         by_leaf.setdefault(path.rpartition("/")[2], []).append(path)
     close = [*difflib.get_close_matches(name, known, n=3, cutoff=0.5),
              *(path for near in difflib.get_close_matches(leaf, list(by_leaf), n=3, cutoff=0.6) for path in by_leaf[near])]
-    close = list(dict.fromkeys(close))[:5]
-    if close and "/" in "".join(known):
-        listing = ", ".join(known[:40]) + (" ..." if len(known) > 40 else "")
-        error.args = (f"unknown layer {name!r}; did you mean {', '.join(close)}? known: {listing}",)
-    return error
+    return UnknownName("layer", name, known, list(dict.fromkeys(close))[:5])
 
 
 def _guess_layout(shape: tuple) -> str:

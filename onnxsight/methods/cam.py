@@ -21,6 +21,7 @@ from onnxsight.kernels import tokens
 from onnxsight.kernels.colors import normalize_each
 from onnxsight.methods.common import require_image, spatial_size
 from onnxsight.methods.occlusion import copy_scores
+from onnxsight.methods.rollout import attention_tensors
 
 # (channel-last activations, gradients or None, masked_scores) -> weights broadcastable to the activations;
 # masked_scores(a) runs the input masked by each upsampled channel of ``a`` and returns (N, K) scores.
@@ -158,8 +159,6 @@ def _token_layer(model: Model, trunk: set[str]) -> str | None:
     trunk layer with the attention's T tokens that the last attention softmax reads (the residual
     stream; pytorch-grad-cam takes ``blocks[-1].norm1``, its LayerNorm, since after the last attention
     only the class token reaches the logits). None for a model without attention."""
-    from onnxsight.methods.rollout import attention_tensors  # rollout imports cam's neighbours, not cam
-
     try:
         last = attention_tensors(model)[-1]
     except InvalidArgument:
