@@ -10,7 +10,8 @@ import typer
 
 from onnxsight.cli.inputs import Inputs, load_inputs
 from onnxsight.cli.options import (
-    BatchSize, DataOpt, Device, Force, Mean, ModelArg, OptionalImagesArg, OutputDir, Scale, Std, err, out,
+    BatchSize, DataOpt, Device, Force, HeadOpt, Mean, ModelArg, NamedInputs, OptionalImagesArg, OutputDir, Scale, Std,
+    err, out,
 )
 from onnxsight.data.files import OutputDir as Folder
 from onnxsight.data.images import read_npy
@@ -63,21 +64,27 @@ def parse_target(text: str):
 
 
 def run_method(method: str, model: Path, images, data, count, target, of, output, force, cmap, device,
-               scale, mean, std, compute, options: dict) -> None:
+               scale, mean, std, compute, options: dict, head: str | None = None, named=None) -> None:
     """Shared steps: load inputs, resolve the target once, compute maps, write PNG/.npy/JSON."""
-    m = load(model, device=device)
-    inputs = load_inputs(m, images, data, count or (DEFAULT_DATA_COUNT if data else None), scale, mean, std)
+    m = load(model, device=device).with_output(head)
+    inputs = load_inputs(m, images, data, count or (DEFAULT_DATA_COUNT if data else None), scale, mean, std, named)
     indices = m.resolve_target(inputs.x, parse_target(target), of)
     maps = compute(m, inputs.x, indices)
     write_results(method, m, inputs, maps, indices, target, of, Folder(output, force), cmap, options)
 
 
-def write_results(method: str, m: Model, inputs: Inputs, maps: np.ndarray, indices, target: str, of: str,
+def write_results(method: str, m: Model, inputs: Inputs, maps, indices, target: str, of: str,
                   folder: Folder, cmap: str, options: dict) -> None:
     """One PNG per image (input | map | overlay), the maps as .npy, and a JSON summary (the target of
-    each image: its index, or the --target text for a region or cotangent)."""
-    probabilities = m.predict(inputs.x)
-    folder.npy(f"{method}.npy", maps)
+    each image: its index, or the --target text for a region or cotangent). Maps per input (a model
+    with several) are written as ``<method>_<input>.npy``, the primary input's also as pictures."""
+    probabilities = m.predict(inputs.x).reshape(len(inputs.names), -1)
+    if isinstance(maps, dict):
+        for name, values in maps.items():
+            folder.npy(f"{method}_{name}.npy", values)
+        maps = maps[m.input_name]
+    else:
+        folder.npy(f"{method}.npy", maps)
     if maps.ndim == 3 and inputs.pictures:
         height, width, _ = spatial_size(m.input_shape, m.input_layout)
         for name, picture, heat in zip(inputs.names, inputs.pictures, maps):
@@ -90,7 +97,8 @@ def write_results(method: str, m: Model, inputs: Inputs, maps: np.ndarray, indic
         if inputs.labels is not None:
             row["label"] = int(inputs.labels[i])
         rows.append(row)
-    folder.json(f"{method}.json", {"method": method, "model": m.source, "of": of, "options": options, "images": rows})
+    folder.json(f"{method}.json", {"method": method, "model": m.source, "head": m.head, "of": of, "options": options,
+                                   "images": rows})
     err.print(f"{method}: {len(rows)} images")
     out.print(f"wrote {len(folder.written)} files to {folder.path}")
 
@@ -101,13 +109,14 @@ def saliency(
     signed: Signed = False, negate: Negate = False, times_input: TimesInput = False,
     output: OutputDir = Path("saliency"), cmap: Cmap = "jet", batch_size: BatchSize = 64, device: Device = "auto",
     scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False,
+    head: HeadOpt = None, named: NamedInputs = None,
 ) -> None:
     """Gradient saliency (Simonyan et al.): vanilla, guided or deconv; |gradient| max over channels by default."""
     from onnxsight.methods.saliency import saliency as method
 
     options = {"modifier": modifier, "reduce": reduce, "absolute": not signed, "negate": negate, "times_input": times_input}
     run_method("saliency", model, images, data, count, target, of, output, force, cmap, device, scale, mean, std,
-               lambda m, x, t: method(m, x, target=t, of=of, batch_size=batch_size, **options), options)
+               lambda m, x, t: method(m, x, target=t, of=of, batch_size=batch_size, **options), options, head, named)
 
 
 def smoothgrad(
@@ -121,6 +130,7 @@ def smoothgrad(
     seed: Annotated[int, typer.Option(help="Seed of the noise.")] = 0,
     output: OutputDir = Path("smoothgrad"), cmap: Cmap = "jet", batch_size: BatchSize = 64, device: Device = "auto",
     scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False,
+    head: HeadOpt = None, named: NamedInputs = None,
 ) -> None:
     """SmoothGrad (Smilkov et al.): saliency averaged over noisy copies; SmoothGrad² and VarGrad too."""
     from onnxsight.methods.saliency import saliency as method
@@ -129,7 +139,7 @@ def smoothgrad(
                "times_input": times_input, "smooth_samples": samples, "smooth_noise": noise, "noise": noise_mode,
                "smooth_aggregate": aggregate, "seed": seed}
     run_method("smoothgrad", model, images, data, count, target, of, output, force, cmap, device, scale, mean, std,
-               lambda m, x, t: method(m, x, target=t, of=of, batch_size=batch_size, **options), options)
+               lambda m, x, t: method(m, x, target=t, of=of, batch_size=batch_size, **options), options, head, named)
 
 
 def ig(
@@ -141,6 +151,7 @@ def ig(
     reduce: Annotated[str, typer.Option(help="Channel reduction for the picture: sum (default), mean or max.")] = "sum",
     output: OutputDir = Path("ig"), cmap: Cmap = "jet", batch_size: BatchSize = 64, device: Device = "auto",
     scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False,
+    head: HeadOpt = None, named: NamedInputs = None,
 ) -> None:
     """Integrated Gradients (Sundararajan et al.); the JSON reports each image's completeness gap."""
     from onnxsight.methods.integrated_gradients import completeness_gap, integrated_gradients
@@ -152,11 +163,18 @@ def ig(
         attributions = integrated_gradients(m, x, target=t, of=of, steps=steps, baseline=chosen, method=method_name,
                                             batch_size=batch_size)
         options["completeness_gap"] = completeness_gap(m, x, attributions, t, of=of, baseline=chosen).tolist()
-        axis = 3 if m.input_layout == "NHWC" else 1
-        return getattr(attributions, reduce)(axis=axis) if attributions.ndim == 4 else attributions
+        if isinstance(attributions, dict):
+            return {name: _reduced(a, m.input_layouts[name], reduce) for name, a in attributions.items()}
+        return _reduced(attributions, m.input_layout, reduce)
 
     run_method("ig", model, images, data, count, target, of, output, force, cmap, device, scale, mean, std,
-               compute, options)
+               compute, options, head, named)
+
+
+def _reduced(attributions: np.ndarray, layout: str, reduce: str) -> np.ndarray:
+    """Image attributions reduced over their channel axis for the picture; others as they are."""
+    axis = {"NHWC": 3, "NCHW": 1}.get(layout)
+    return getattr(attributions, reduce)(axis=axis) if attributions.ndim == 4 and axis else attributions
 
 
 def _baseline(text: str):
@@ -182,6 +200,7 @@ def gradcam(
     tokens_grid: TokensGrid = None,
     output: OutputDir = Path("gradcam"), cmap: Cmap = "jet", batch_size: BatchSize = 64, device: Device = "auto",
     scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False,
+    head: HeadOpt = None, named: NamedInputs = None,
 ) -> None:
     """Grad-CAM and its family, upsampled to the input, normalised, overlaid (a transformer's token
     layer is laid on its patch grid)."""
@@ -190,7 +209,7 @@ def gradcam(
     options = {"layer": layer, "variant": variant, "guided": guided, "modifier": modifier, "relu": relu,
                "upsample": upsample, "tokens_grid": _grid(tokens_grid)}
     run_method("gradcam", model, images, data, count, target, of, output, force, cmap, device, scale, mean, std,
-               lambda m, x, t: method(m, x, target=t, of=of, batch_size=batch_size, **options), options)
+               lambda m, x, t: method(m, x, target=t, of=of, batch_size=batch_size, **options), options, head, named)
 
 
 def rollout(
@@ -204,6 +223,7 @@ def rollout(
     upsample: Annotated[str, typer.Option(help="bilinear (default) or nearest.")] = "bilinear",
     output: OutputDir = Path("rollout"), cmap: Cmap = "jet", batch_size: BatchSize = 64, device: Device = "auto",
     scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False,
+    head: HeadOpt = None, named: NamedInputs = None,
 ) -> None:
     """Attention rollout (Abnar & Zuidema) of a vision transformer: class-agnostic patch relevance."""
     from onnxsight.methods.rollout import attention_rollout as method
@@ -211,7 +231,7 @@ def rollout(
     options = {"layers": layer, "head_fusion": head_fusion, "discard_ratio": discard_ratio, "residual": residual,
                "tokens_grid": _grid(tokens_grid), "upsample": upsample}
     run_method("rollout", model, images, data, count, "none", "logits", output, force, cmap, device, scale, mean, std,
-               lambda m, x, t: method(m, x, batch_size=batch_size, **options), options)
+               lambda m, x, t: method(m, x, batch_size=batch_size, **options), options, head, named)
 
 
 def _grid(text: str | None) -> tuple[int, int] | None:
@@ -231,6 +251,7 @@ def occlusion(
     fill: Annotated[str, typer.Option(help="A number, mean (the image's mean) or blur.")] = "0",
     output: OutputDir = Path("occlusion"), cmap: Cmap = "jet", batch_size: BatchSize = 256, device: Device = "auto",
     scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False,
+    head: HeadOpt = None, named: NamedInputs = None,
 ) -> None:
     """Occlusion sensitivity (Zeiler & Fergus): the score drop when a window hides each pixel."""
     from onnxsight.methods.occlusion import occlusion as method
@@ -239,7 +260,7 @@ def occlusion(
     options = {"window": window, "stride": stride, "fill": fill}
     run_method("occlusion", model, images, data, count, target, of, output, force, cmap, device, scale, mean, std,
                lambda m, x, t: method(m, x, target=t, of=of, window=window, stride=stride, fill=filler,
-                                      batch_size=batch_size), options)
+                                      batch_size=batch_size), options, head, named)
 
 
 def _number(text: str, option: str) -> float:

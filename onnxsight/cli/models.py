@@ -9,8 +9,8 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from onnxsight.cli.inputs import load_batch
-from onnxsight.cli.options import BatchSize, Device, ImagesArg, Json, Mean, ModelArg, Scale, Std, out
+from onnxsight.cli.inputs import load_inputs
+from onnxsight.cli.options import BatchSize, Device, HeadOpt, ImagesArg, Json, Mean, ModelArg, NamedInputs, Scale, Std, out
 from onnxsight.engine.model import load
 
 
@@ -31,6 +31,8 @@ def inspect(model: ModelArg, as_json: Json = False) -> None:
     summary = {
         "model": str(model), "input": m.input_name, "input_shape": _shape(m.input_shape),
         "layout": m.input_layout, "logits": m.logits, "outputs": m.output_names,
+        "inputs": {name: {"shape": _shape(m.shapes[name]), "layout": m.input_layouts[name]} for name in m.input_names},
+        "heads": {name: m.logits_of(name) for name in m.output_names}, "default_head": m.head,
         "params": sum(r["params"] for r in rows if r["depth"] == 0), "layers": rows,
     }
     if as_json:
@@ -44,6 +46,10 @@ def inspect(model: ModelArg, as_json: Json = False) -> None:
         table.add_row(name, r["op"], r["shape"], f"{r['params']:,}")
     out.print(table)
     out.print(f"Total params: {summary['params']:,}   logits: {m.logits}   outputs: {', '.join(m.output_names)}")
+    if len(m.input_names) > 1 or len(m.output_names) > 1:
+        out.print("inputs: " + ", ".join(f"{n} {summary['inputs'][n]['shape']}" for n in m.input_names)
+                  + "   heads (logits): " + ", ".join(f"{h} ({t})" for h, t in summary["heads"].items())
+                  + f"   default head: {m.head}")
 
 
 def predict(
@@ -56,11 +62,14 @@ def predict(
     batch_size: BatchSize = 64,
     device: Device = "auto",
     as_json: Json = False,
+    head: HeadOpt = None,
+    named: NamedInputs = None,
 ) -> None:
     """Classify images: the top classes and their scores for each image."""
-    m = load(model, device=device)
-    x, names, _ = load_batch(m, images, scale, mean, std)
-    scores = m.predict(x, batch_size=batch_size).reshape(len(x), -1)
+    m = load(model, device=device).with_output(head)
+    inputs = load_inputs(m, images, None, None, scale, mean, std, named)
+    names = inputs.names
+    scores = m.predict(inputs.x, batch_size=batch_size).reshape(len(names), -1)
     order = np.argsort(-scores, axis=1)[:, :top]
     results = [
         {"image": name, "top": [{"class": int(c), "score": float(row[c])} for c in best]}

@@ -33,4 +33,10 @@ Std = Annotated[
     Optional[list[float]],
     typer.Option(help="Divide by per-channel std after the mean (repeat per channel, or once for all)."),
 ]
+HeadOpt = Annotated[Optional[str], typer.Option(
+    "--head", help="The output of a model with several (its name, or its layer's) that 'logits' and 'output' mean; "
+                   "default: the first classification head.")]
+NamedInputs = Annotated[Optional[list[str]], typer.Option(
+    "--input", help="NAME=FILE.npy: feed the model input NAME from an array, one row per image or one for all; "
+                    "repeatable. Images and --data feed the primary (image) input.")]
 LayerOpt = Annotated[list[str], typer.Option("--layer", "-l", help="Layer name (see `onnxsight inspect`); repeatable.")]

@@ -2,7 +2,9 @@
 
 Naming in the written graph: the only graph input is ``input`` (float32, dynamic batch) and
 the only graph output is ``output`` (the model's output as Keras returns it, e.g. softmax
-scores). Every layer's output tensor, nested models' layers included (named by path, see
+scores). A model with several inputs or outputs keeps Keras' names for them instead (its input
+layers' names; its output layers' names, in Keras' flat order), each head's logits are
+recorded in ``onnxsight.heads`` and each input's layout in ``onnxsight.input_layouts``. Every layer's output tensor, nested models' layers included (named by path, see
 "nested Keras models" below), is renamed to the layer's name when that name is free;
 otherwise (the last layer, whose tensor is ``output``, a Dropout whose tensor is its
 predecessor's, a nested model and its last layer) the layer maps to the tensor it shares. The input of a final Softmax is
@@ -54,14 +56,28 @@ class Conversion:
 
 
 @dataclass
+class _Input:
+    """One model input as the ONNX graph names it."""
+
+    name: str
+    shape: tuple[int, ...]  # without the batch dimension
+    dtype: Any  # a tf.DType
+    layout: str | None
+
+
+@dataclass
 class _Traced:
-    """A tf.function of the input returning the model output first, then one tensor per layer."""
+    """A tf.function of the inputs returning the model outputs first, then one tensor per layer."""
 
     function: Any
-    input_shape: tuple[int, ...]  # without the batch dimension
+    inputs: list[_Input]
+    outputs: list[str]  # ONNX names of the model outputs
     layers: list[tuple[str, str, int | None]]  # (name, kind, params) per extra output; empty: take scopes
-    layout: str | None
     source: str
+
+    @property
+    def layout(self) -> str | None:
+        return self.inputs[0].layout
 
 
 def convert_keras(
@@ -90,9 +106,12 @@ def convert_keras_model(
         raise InvalidArgument(f"opset must be >= {MIN_OPSET}, got {opset}")
     traced = _trace(model_or_path)
     model, tf_outputs, names = _tf2onnx(traced, opset)
-    layers, logits = _name_tensors(model, tf_outputs, names)
+    layers, heads = _name_tensors(model, tf_outputs, traced.outputs, names)
+    logits = next((found for head, found in heads.items() if found != head), next(iter(heads.values())))
     _guard_padded_max_pools(model.graph)
-    meta = ModelMetadata(layers, logits, traced.layout, traced.source)
+    several = len(traced.inputs) > 1 or len(heads) > 1
+    meta = ModelMetadata(layers, logits, traced.layout, traced.source, heads if len(heads) > 1 else {},
+                         {i.name: i.layout for i in traced.inputs if i.layout} if several else {})
     meta.write(model)
     onnx.checker.check_model(runtime_compatible(model), full_check=True)
     diff = _parity(model, traced)
@@ -200,38 +219,37 @@ def _trace_saved_model(path: Path) -> _Traced:
             f"its signature has inputs {sorted(args)} and outputs {sorted(outputs)}"
         )
     (arg, spec), (key,) = next(iter(args.items())), outputs
-    shape = _input_shape(spec.shape[1:])
+    shape = _input_shape(spec.shape[1:], "input")
 
     @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32, name="input")])
     def function(x):  # reads the signature through ``loaded``, which owns the variables
         return [loaded.signatures["serving_default"](**{arg: tf.cast(x, spec.dtype)})[key]]
 
-    return _Traced(function, shape, [], _layout(len(shape) + 1, channels_first=False), str(path))
+    inputs = [_Input("input", shape, tf.float32, _layout(len(shape) + 1, channels_first=False))]
+    return _Traced(function, inputs, ["output"], [], str(path))
 
 
 def _trace_keras(model: Any, source: str) -> _Traced:
     tf, _ = _modules()
     api = _keras_api(model)
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ConversionError(
-            f"{source}: only models with one input and one output are supported, "
-            f"it has {len(model.inputs)} inputs and {len(model.outputs)} outputs"
-        )
-    _refuse_input(model.inputs[0], source)
-    shape = _input_shape(model.inputs[0].shape[1:])
+    for tensor in model.inputs:
+        _refuse_input(tensor, source)
+    names = _io_names(model, source)
+    specs = [tf.TensorSpec((None, *_input_shape(t.shape[1:], name)), _tf_dtype(tf, t.dtype), name=name)
+             for t, name in zip(model.inputs, names.inputs)]
     graph = _graph_of(model) if api.__name__ == "keras" else None
     if graph is not None:
         calls = _layer_calls(graph, "")
 
-        @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32, name="input")], autograph=False)
-        def function(x):
+        @tf.function(input_signature=specs, autograph=False)
+        def function(*xs):
             recorded: dict[str, Any] = {}
-            (output,) = _execute(graph, [x], "", recorded)
+            outputs = _execute(graph, list(xs), "", recorded)
             missing = [call.path for call in calls if call.path not in recorded]
             if missing:  # a nested model run whole (called with a mask or other inputs than its own)
                 raise ConversionError(f"{source}: the layers {', '.join(missing[:5])} of a nested model "
                                       f"called with a mask or with inputs unlike its own cannot be mapped")
-            return [output, *(recorded[call.path] for call in calls)]
+            return [*outputs, *(recorded[call.path] for call in calls)]
 
         layers = [call.layer for call in calls]
         records = [(call.path, type(call.layer).__name__, call.layer.count_params()) for call in calls]
@@ -240,17 +258,43 @@ def _trace_keras(model: Any, source: str) -> _Traced:
             layer for layer in model.layers
             if not isinstance(layer, api.layers.InputLayer) and _single_output(layer)
         ]
-        probe = api.Model(model.inputs, [model.outputs[0], *(_outer_output(layer) for layer in layers)])
+        probe = api.Model(model.inputs, [*model.outputs, *(_outer_output(layer) for layer in layers)])
 
-        @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32, name="input")], autograph=False)
-        def function(x):
-            return probe(x, training=False)
+        @tf.function(input_signature=specs, autograph=False)
+        def function(*xs):
+            return probe(list(xs) if len(xs) > 1 else xs[0], training=False)
 
         records = [(layer.name, type(layer).__name__, layer.count_params()) for layer in layers]
     channels_first = any(getattr(layer, "data_format", None) == "channels_first" for layer in layers)
-    return _Traced(
-        function, shape, records, _layout(len(shape) + 1, channels_first), f"{api.__name__} {api.__version__} {source}",
-    )
+    inputs = [_Input(spec.name, tuple(spec.shape[1:]), spec.dtype, _layout(spec.shape.rank, channels_first))
+              for spec in specs]
+    return _Traced(function, inputs, names.outputs, records, f"{api.__name__} {api.__version__} {source}")
+
+
+@dataclass
+class _Names:
+    inputs: list[str]
+    outputs: list[str]
+
+
+def _io_names(model: Any, source: str) -> _Names:
+    """ONNX names of the model's inputs and outputs: ``input`` and ``output`` when there is one
+    of each kind, else Keras' own (input layer names; output layer names, in its flat order)."""
+    inputs = ["input"] if len(model.inputs) == 1 else \
+        list(getattr(model, "input_names", None) or [t.name for t in model.inputs])
+    outputs = ["output"] if len(model.outputs) == 1 else list(model.output_names)
+    for kind, names in (("input", inputs), ("output", outputs)):
+        bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9.][A-Za-z0-9_.\-]*", n)]
+        if bad or len(set(names)) != len(names):
+            raise ConversionError(f"{source}: {kind} names {names} must be distinct and made of letters, "
+                                  f"digits, '.', '_' and '-'")
+    return _Names(inputs, outputs)
+
+
+def _tf_dtype(tf: Any, dtype: Any) -> Any:
+    """The TensorFlow dtype of a Keras input: floats are traced as float32, integers kept."""
+    dtype = tf.as_dtype(dtype)
+    return dtype if dtype.is_integer else tf.float32
 
 
 def _refuse_input(tensor: Any, source: str) -> None:
@@ -409,10 +453,10 @@ def _outer_output(layer: Any) -> Any:
     return layer.output
 
 
-def _input_shape(shape: Any) -> tuple[int, ...]:
+def _input_shape(shape: Any, name: str) -> tuple[int, ...]:
     dims = tuple(shape)
     if any(d is None for d in dims):
-        raise ConversionError(f"the input shape must be known except for the batch size, got {dims}")
+        raise ConversionError(f"the shape of input {name!r} must be known except for the batch size, got {dims}")
     return tuple(int(d) for d in dims)
 
 
@@ -430,7 +474,7 @@ def _layout(rank: int, channels_first: bool) -> str | None:
 def _tf2onnx(traced: _Traced, opset: int) -> tuple[onnx.ModelProto, list[str], list[tuple[str, str, int | None]]]:
     """Convert; returns the model, the TF names of its outputs (model output first), the layers."""
     _, tf2onnx = _modules()
-    graph_def, input_name, tf_outputs = _frozen(traced.function)
+    graph_def, tf_inputs, tf_outputs = _frozen(traced.function)
     layers = traced.layers
     if not layers:
         scoped = _scoped_layers(graph_def)
@@ -438,14 +482,14 @@ def _tf2onnx(traced: _Traced, opset: int) -> tuple[onnx.ModelProto, list[str], l
         tf_outputs += [tensor for _, tensor in scoped]
     with _quiet("tf2onnx"), _shared_walk(tf2onnx):  # it logs ops it cannot convert; they are rewritten or refused below
         model, _ = tf2onnx.convert.from_graph_def(
-            graph_def, input_names=[input_name], output_names=tf_outputs, opset=opset,
-            tensors_to_rename={input_name: "input"},
+            graph_def, input_names=tf_inputs, output_names=tf_outputs, opset=opset,
+            tensors_to_rename={tf_name: i.name for tf_name, i in zip(tf_inputs, traced.inputs)},
         )
     rewrites.replace_erfc(model)
     _refuse_foreign_ops(model, layers)
-    if len(data_inputs(model.graph)) != 1:
-        names = [v.name for v in data_inputs(model.graph)]
-        raise ConversionError(f"expected one graph input, the converted graph has {names}")
+    names = [v.name for v in data_inputs(model.graph)]
+    if names != [i.name for i in traced.inputs]:
+        raise ConversionError(f"expected the graph inputs {[i.name for i in traced.inputs]}, the converted graph has {names}")
     return model, tf_outputs, layers
 
 
@@ -494,7 +538,7 @@ def _shared_walk(tf2onnx: Any):
         graph_class.extract_sub_graph_nodes = original
 
 
-def _frozen(function: Any) -> tuple[Any, str, list[str]]:
+def _frozen(function: Any) -> tuple[Any, list[str], list[str]]:
     """Frozen GraphDef of ``function`` with XLA-only calls made inlinable; input/output names."""
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
@@ -510,7 +554,7 @@ def _frozen(function: Any) -> tuple[Any, str, list[str]]:
     for attrs in [*(node.attr for node in nodes), *(function_def.attr for function_def in functions)]:
         for key in ("_XlaMustCompile", "_noinline"):
             attrs.pop(key, None)
-    return graph_def, frozen.inputs[0].name, [tensor.name for tensor in frozen.outputs]
+    return graph_def, [tensor.name for tensor in frozen.inputs], [tensor.name for tensor in frozen.outputs]
 
 
 def _scoped_layers(graph_def: Any) -> list[tuple[str, str]]:
@@ -563,27 +607,34 @@ def _layer_of(node_name: str, layers: list[tuple[str, str, int | None]]) -> str:
 # --- naming ------------------------------------------------------------------------------
 
 def _name_tensors(
-    model: onnx.ModelProto, tf_outputs: list[str], layers: list[tuple[str, str, int | None]]
-) -> tuple[list[LayerRecord], str]:
-    """Keep ``output`` as the only graph output and name the layer tensors.
+    model: onnx.ModelProto, tf_outputs: list[str], heads: list[str], layers: list[tuple[str, str, int | None]]
+) -> tuple[list[LayerRecord], dict[str, str]]:
+    """Keep the model outputs (named ``heads``) as the only graph outputs and name the layer tensors.
 
-    ``layers`` (name, kind, params) line up with ``tf_outputs[1:]``. Returns the layer records and
-    the logits tensor.
+    ``tf_outputs`` are the heads', then one per layer of ``layers`` (name, kind, params). Returns
+    the layer records and, per head, its logits tensor (the head itself without a final Softmax).
     """
     graph = model.graph
     outputs = {value.name: value for value in graph.output}
     missing = [name for name in tf_outputs if name not in outputs]
     if missing:
         raise InternalError(f"tf2onnx dropped the outputs {missing[:5]}")
-    final = onnx.ValueInfoProto()
-    final.CopyFrom(outputs[tf_outputs[0]])
+    finals = []
+    for name, head in zip(tf_outputs, heads):
+        finals.append(onnx.ValueInfoProto())
+        finals[-1].CopyFrom(outputs[name])
+        finals[-1].name = head
     sources = [rewrites.identity_source(graph, name) for name in tf_outputs]
     del graph.output[:]
     rewrites.drop_unused_identities(graph)
-    named = {"input": "input", sources[0]: "output"}
-    _rename(graph, sources[0], "output")
+    named = {v.name: v.name for v in data_inputs(graph)}
+    for source, head in zip(sources, heads):
+        if source in named:  # one tensor returned twice, or an input returned as it is
+            raise ConversionError(f"output {head!r} is the same tensor as {named[source]!r}; outputs must differ")
+        named[source] = head
+        _rename(graph, source, head)
     records = []
-    for (name, kind, params), source in zip(layers, sources[1:]):
+    for (name, kind, params), source in zip(layers, sources[len(heads):]):
         depth = name.count("/")  # Keras forbids "/" in layer names: only paths have it
         if source not in named:
             named[source] = name if _free(graph, name) else source
@@ -591,14 +642,15 @@ def _name_tensors(
         rewrites.route_through(graph, named[source])
         records.append(LayerRecord(name, named[source], kind, params, depth))
     rewrites.toposort(graph)
-    final.name = "output"
-    graph.output.append(final)
-    logits = rewrites.pre_softmax(graph, "output")
-    if logits is None:
-        return records, "output"
-    if logits not in named.values() and _free(graph, "logits"):
-        _rename(graph, logits, "logits")
-        return records, "logits"
+    graph.output.extend(finals)
+    logits = {}
+    for head in heads:
+        found = rewrites.pre_softmax(graph, head)
+        name = "logits" if len(heads) == 1 else f"{head}_logits"
+        if found is not None and found not in named.values() and _free(graph, name):
+            _rename(graph, found, name)
+            found = name
+        logits[head] = found or head
     return records, logits
 
 
@@ -633,14 +685,20 @@ def _guard_padded_max_pools(graph: onnx.GraphProto) -> None:
 # --- parity and writing ------------------------------------------------------------------
 
 def _parity(model: onnx.ModelProto, traced: _Traced) -> float:
-    """Max abs difference of the final output, Keras versus onnxruntime (CPU)."""
-    batch = np.random.default_rng(PARITY_SEED).random((PARITY_BATCH, *traced.input_shape), dtype=np.float32)
-    expected = traced.function(batch)[0].numpy()
+    """Max abs difference over the model outputs, Keras versus onnxruntime (CPU), on random inputs
+    (uniform [0, 1) floats; integer inputs 0 or 1, valid for any embedding or lookup)."""
+    rng = np.random.default_rng(PARITY_SEED)
+    batch = [rng.random((PARITY_BATCH, *i.shape), dtype=np.float32) if i.dtype.is_floating
+             else rng.integers(0, 2, (PARITY_BATCH, *i.shape)).astype(i.dtype.as_numpy_dtype) for i in traced.inputs]
+    expected = [t.numpy() for t in traced.function(*batch)[:len(traced.outputs)]]
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    (actual,) = session.run(["output"], {"input": batch})
-    if actual.shape != expected.shape:
-        raise ConversionError(f"ONNX output shape {actual.shape} differs from Keras' {expected.shape}")
-    return float(np.max(np.abs(actual.astype(np.float64) - expected)))
+    actual = session.run(traced.outputs, {i.name: b for i, b in zip(traced.inputs, batch)})
+    worst = 0.0
+    for name, ours, theirs in zip(traced.outputs, actual, expected):
+        if ours.shape != theirs.shape:
+            raise ConversionError(f"ONNX output {name!r} has shape {ours.shape}, Keras' {theirs.shape}")
+        worst = max(worst, float(np.max(np.abs(ours.astype(np.float64) - theirs))))
+    return worst
 
 
 def _write(model: onnx.ModelProto, output: Path, overwrite: bool) -> None:

@@ -12,6 +12,8 @@ LOGITS = "onnxsight.logits"          # tensor name of the pre-softmax logits
 INPUT_LAYOUT = "onnxsight.input_layout"  # "NHWC" | "NCHW" | "NC" ...
 SOURCE = "onnxsight.source"          # what the model was converted from
 AUGMENTED = "onnxsight.augmented"    # JSON description of added inputs/outputs
+HEADS = "onnxsight.heads"            # several outputs: JSON {output tensor: its logits tensor}
+INPUT_LAYOUTS = "onnxsight.input_layouts"  # several inputs: JSON {input name: layout}
 
 
 @dataclass
@@ -33,12 +35,15 @@ class ModelMetadata:
     logits: str | None = None
     input_layout: str | None = None
     source: str | None = None
+    heads: dict[str, str] = field(default_factory=dict)
+    input_layouts: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def read(cls, model: onnx.ModelProto) -> "ModelMetadata":
         props = {p.key: p.value for p in model.metadata_props}
         layers = [LayerRecord(**entry) for entry in json.loads(props.get(LAYERS, "[]"))]
-        return cls(layers, props.get(LOGITS), props.get(INPUT_LAYOUT), props.get(SOURCE))
+        return cls(layers, props.get(LOGITS), props.get(INPUT_LAYOUT), props.get(SOURCE),
+                   json.loads(props.get(HEADS, "{}")), json.loads(props.get(INPUT_LAYOUTS, "{}")))
 
     def write(self, model: onnx.ModelProto) -> None:
         """Store into ``model.metadata_props`` in place, replacing earlier onnxsight keys."""
@@ -47,6 +52,8 @@ class ModelMetadata:
             LOGITS: self.logits,
             INPUT_LAYOUT: self.input_layout,
             SOURCE: self.source,
+            HEADS: json.dumps(self.heads) if self.heads else None,
+            INPUT_LAYOUTS: json.dumps(self.input_layouts) if self.input_layouts else None,
         }
         set_props(model, {k: v for k, v in values.items() if v is not None})
 

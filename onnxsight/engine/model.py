@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 import onnx
@@ -25,6 +27,8 @@ _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProt
 # Ops that keep a convolution's output channels in place: walked through to find a layer's kernel.
 _CHANNELWISE = {"Relu", "LeakyRelu", "Elu", "Selu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "HardSwish",
                 "Softplus", "PRelu", "Add", "Mul", "Identity", "Transpose", "BatchNormalization", "Dropout"}
+# A batch for the model: one array for a model with one input, a dict by input name for several.
+Inputs = Union[np.ndarray, Mapping[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,13 @@ class Layer:
 
 
 class Model:
-    """A loaded ONNX model: layers by name, batched inference, one cached session per output set."""
+    """A loaded ONNX model: layers by name, batched inference, one cached session per output set.
+
+    Several inputs: ``input_names`` in graph order; ``input_name`` (the alias "input") is the
+    primary one, the first image-like float input, which image methods perturb and upsample to.
+    Several outputs (heads): the aliases "output" and "logits" refer to ``head``, the first
+    classification head unless a view from ``with_output`` chose another.
+    """
 
     def __init__(self, proto: onnx.ModelProto, source: str, device: str = "auto", threads: int | None = None):
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -60,17 +70,21 @@ class Model:
         self.metadata = ModelMetadata.read(proto)
         graph = proto.graph
         inputs = g.data_inputs(graph)
-        if len(inputs) != 1:
-            names = ", ".join(v.name for v in inputs) or "none"
-            raise ModelFileError(f"{source}: expected one data input, found {len(inputs)} ({names})")
-        self.input_name = inputs[0].name
+        if not inputs:
+            raise ModelFileError(f"{source}: the graph has no data input")
+        self.input_names = [v.name for v in inputs]
         self.output_names = [v.name for v in graph.output]
         self.values = g.value_infos(self.proto)
         self.shapes = {n: s for n, s in ((n, g.shape_of(v)) for n, v in self.values.items()) if s is not None}
-        self.input_shape = self.shapes.get(self.input_name)
-        if not self.input_shape:
-            raise ModelFileError(f"{source}: input {self.input_name!r} has no known shape")
-        self.input_layout = self.metadata.input_layout or _guess_layout(self.input_shape)
+        for name in self.input_names:
+            if not self.shapes.get(name):
+                raise ModelFileError(f"{source}: input {name!r} has no known shape")
+        self.input_name = _primary_input(self.input_names, self.shapes, self.values)
+        self.input_shape = self.shapes[self.input_name]
+        recorded = self.metadata.input_layouts or {self.input_name: self.metadata.input_layout}
+        self.input_layouts = {name: recorded.get(name) or _guess_layout(self.shapes[name]) for name in self.input_names}
+        self.input_layout = self.input_layouts[self.input_name]
+        self._head: str | None = None
         self.layers = self._read_layers()
         self._by_name = {layer.name: layer for layer in self.layers}
         self._sessions: dict[tuple, object] = {}
@@ -78,17 +92,50 @@ class Model:
 
     # ---- names -------------------------------------------------------------------------
     @property
+    def head(self) -> str:
+        """The graph output that "output" and "logits" refer to: the one chosen by ``with_output``,
+        else the first that ends in a Softmax, else the first 2-D one, else the first."""
+        if self._head is not None:
+            return self._head
+        softmax = [name for name in self.output_names if self._pre_softmax(name) != name]
+        flat = [name for name in self.output_names if len(self.shapes.get(name) or ()) == 2]
+        return [*softmax, *flat, self.output_names[0]][0]
+
+    @property
     def logits(self) -> str:
-        """The pre-softmax tensor (keras-vis' "swap softmax for linear"), else the output."""
-        if self.metadata.logits:
+        """The head's pre-softmax tensor (keras-vis' "swap softmax for linear"), else the head."""
+        return self.logits_of(self.head)
+
+    def logits_of(self, output: str) -> str:
+        """The pre-softmax tensor of the graph output ``output``, else ``output`` itself."""
+        recorded = self.metadata.heads.get(output)
+        if recorded:
+            return recorded
+        if output == self.output_names[0] and self.metadata.logits:
             return self.metadata.logits
+        return self._pre_softmax(output)
+
+    def with_output(self, output: str | None) -> "Model":
+        """This model with "output", "logits" and every method's default ``of`` referring to the head
+        ``output`` (a graph output, or the layer that makes one); None: the model itself. The view
+        shares the model's sessions and caches."""
+        if output is None:
+            return self
+        tensor = output if output in self.output_names else self._by_name.get(output, Layer("", "", "", None, 0)).tensor
+        if tensor not in self.output_names:
+            heads = [*self.output_names, *(layer.name for layer in self.layers if layer.tensor in self.output_names)]
+            raise UnknownName("output", output, list(dict.fromkeys(heads)))
+        view = copy.copy(self)
+        view._head = tensor
+        return view
+
+    def _pre_softmax(self, output: str) -> str:
         producer = g.producers(self.proto.graph)
-        name = self.output_names[0]
-        node = producer.get(name)
+        name, node = output, producer.get(output)
         while node is not None and node.op_type == "Identity":
             name = node.input[0]
             node = producer.get(name)
-        return node.input[0] if node is not None and node.op_type == "Softmax" else self.output_names[0]
+        return node.input[0] if node is not None and node.op_type == "Softmax" else output
 
     def tensor(self, name: str) -> str:
         """Resolve a layer name, "input", "output", "logits" or a tensor name to a tensor name.
@@ -97,7 +144,7 @@ class Model:
         a path alone (``block_16_project``) works when it names one layer only."""
         if name in self._by_name:
             return self._by_name[name].tensor
-        aliases = {"input": self.input_name, "output": self.output_names[0], "logits": self.logits}
+        aliases = {"input": self.input_name, "output": self.head, "logits": self.logits}
         if name in aliases:
             return aliases[name]
         if name in self.values:
@@ -130,7 +177,7 @@ class Model:
         """Weights (Cout, Cin/groups, kh, kw) of the convolution that produces layer ``name``."""
         graph, producer = self.proto.graph, g.producers(self.proto.graph)
         tensor = self.tensor(name)
-        dependent = g.dependent_tensors(graph, [self.input_name])
+        dependent = g.dependent_tensors(graph, self.input_names)
         node = producer.get(tensor)
         while node is not None and node.op_type in _CHANNELWISE:
             node = producer.get(next((i for i in node.input if i in dependent), ""))
@@ -142,12 +189,12 @@ class Model:
         raise InvalidArgument(f"layer {name!r} is not a convolution with constant weights; conv layers: {', '.join(convs) or 'none'}")
 
     # ---- running -----------------------------------------------------------------------
-    def predict(self, x: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
-        """The model's first output for a batch ``x`` of shape (N, ...)."""
-        return self.run(x, [self.output_names[0]], batch_size=batch_size)[0]
+    def predict(self, x: Inputs, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """The model's output (its ``head``) for a batch ``x`` of shape (N, ...)."""
+        return self.run(x, [self.head], batch_size=batch_size)[0]
 
     def activations(
-        self, x: np.ndarray, layers: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE
+        self, x: Inputs, layers: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE
     ) -> dict[str, np.ndarray]:
         """Outputs of the named layers (or tensors) for a batch ``x``."""
         if isinstance(layers, str):
@@ -157,7 +204,7 @@ class Model:
 
     def gradient(
         self,
-        x: np.ndarray,
+        x: Inputs,
         of: str = "logits",
         target: targets.Target = None,
         wrt: Sequence[str] = ("input",),
@@ -175,7 +222,7 @@ class Model:
 
     def backward(
         self,
-        x: np.ndarray,
+        x: Inputs,
         of: str = "logits",
         target: targets.Target = None,
         wrt: Sequence[str] = ("input",),
@@ -188,14 +235,14 @@ class Model:
         indices = self.resolve_target(x, target, of, batch_size)
         tensor = self.tensor(of)
         static = self.shapes.get(tensor)
-        shape = (len(x), *static[1:]) if static is not None and None not in static[1:] else \
-            (len(x), *self.run(x[:1], [tensor])[0].shape[1:])
+        shape = (rows(x), *static[1:]) if static is not None and None not in static[1:] else \
+            (rows(x), *self.run(take(x, slice(0, 1)), [tensor])[0].shape[1:])
         cotangent = targets.cotangent(shape, indices, self.channel_axis(of), self.dtype_of(tensor))
         return self.vjp(x, of, cotangent, wrt, modifier, outputs, batch_size)
 
     def vjp(
         self,
-        x: np.ndarray,
+        x: Inputs,
         of: str,
         cotangent: np.ndarray,
         wrt: Sequence[str] = ("input",),
@@ -206,8 +253,8 @@ class Model:
         """``d(sum(of * cotangent))/d(wrt)`` for an explicit ``cotangent`` shaped like ``of``."""
         x = self.check_input(x)
         augmented = self.augmented(of, wrt, modifier, outputs)
-        if len(cotangent) != len(x):
-            raise InvalidArgument(f"cotangent has {len(cotangent)} rows for {len(x)} images")
+        if len(cotangent) != rows(x):
+            raise InvalidArgument(f"cotangent has {len(cotangent)} rows for {rows(x)} images")
         tensors = [*augmented.gradients.values(), *augmented.activations.values()]
         cotangent = np.ascontiguousarray(cotangent, dtype=self.dtype_of(augmented.of))
         results = self.run(x, tensors, batch_size, augmented.model, {augmented.cotangent: cotangent})
@@ -215,7 +262,7 @@ class Model:
         return Backward(dict(zip(augmented.gradients, results[:count])), dict(zip(augmented.activations, results[count:])))
 
     def resolve_target(
-        self, x: np.ndarray, target: targets.Target, of: str = "logits", batch_size: int = DEFAULT_BATCH_SIZE
+        self, x: Inputs, target: targets.Target, of: str = "logits", batch_size: int = DEFAULT_BATCH_SIZE
     ) -> targets.Resolved:
         """The target per image: a class/channel index of ``of``, weights (a Region or an explicit
         cotangent), or None for "the whole tensor" (see ``targets.resolve``).
@@ -229,7 +276,7 @@ class Model:
         values = None
         if targets.needs_values(target) or static is None or None in static[1:]:
             values = self.run(x, [tensor], batch_size=batch_size)[0]
-        shape = values.shape if values is not None else (len(x), *static[1:])
+        shape = values.shape if values is not None else (rows(x), *static[1:])
         return targets.resolve(target, shape, self.channel_axis(of), values)
 
     def augmented(
@@ -237,7 +284,7 @@ class Model:
     ) -> Augmented:
         """The augmented model for these names, built once and cached."""
         wrt, outputs = ([n] if isinstance(n, str) else list(n) for n in (wrt, outputs))
-        key = (of, tuple(wrt), modifier, tuple(outputs))
+        key = (self.tensor(of), tuple(wrt), modifier, tuple(outputs))
         if key not in self._augmented:
             self._augmented[key] = augment_model(self, of, wrt, modifier, outputs)
         return self._augmented[key]
@@ -248,7 +295,7 @@ class Model:
 
     def run(
         self,
-        x: np.ndarray,
+        x: Inputs,
         outputs: Sequence[str],
         batch_size: int = DEFAULT_BATCH_SIZE,
         proto: onnx.ModelProto | None = None,
@@ -256,47 +303,84 @@ class Model:
     ) -> list[np.ndarray]:
         """Run ``outputs`` (tensor names) batched; ``feeds`` are per-sample extra inputs.
 
-        ``proto`` is an augmented version of this model (same data input); sessions are
+        ``proto`` is an augmented version of this model (same data inputs); sessions are
         cached per (model, outputs). A model with a fixed batch size runs in chunks of it.
         """
         x = self.check_input(x)
-        feeds = dict(feeds or {})
+        count = rows(x)
+        feeds = {**self.input_feeds(x), **(feeds or {})}
         for name, value in feeds.items():
-            if len(value) != len(x):
-                raise InvalidArgument(f"{name}: {len(value)} rows for {len(x)} images")
+            if len(value) != count:
+                raise InvalidArgument(f"{name}: {len(value)} rows for {count} images")
         session = self._session(tuple(outputs), proto)
         fixed = self.input_shape[0]
         step = fixed if isinstance(fixed, int) else _positive(batch_size, "batch_size")
         chunks = []
-        for start in range(0, len(x), step):
-            batch = {self.input_name: x[start:start + step]}
-            batch.update({k: v[start:start + step] for k, v in feeds.items()})
+        for start in range(0, count, step):
+            batch = {k: v[start:start + step] for k, v in feeds.items()}
             chunks.append(self._run_chunk(session, list(outputs), batch, fixed))
         return [np.concatenate(parts) for parts in zip(*chunks)]
 
-    def check_input(self, x: np.ndarray) -> np.ndarray:
-        """``x`` as the model's input dtype, or a clear error about its type, shape or values."""
-        x = np.asarray(x)
-        expected = "(N, " + ", ".join("?" if d is None else str(d) for d in self.input_shape[1:]) + ")"
-        if not np.issubdtype(x.dtype, np.floating):
-            raise InvalidArgument(
-                f"input must be a floating-point array, got {x.dtype}; scale integer images first (e.g. x / 255)"
-            )
-        if x.ndim != len(self.input_shape):
-            hint = "; add a batch axis (x[None])" if x.ndim == len(self.input_shape) - 1 else ""
-            raise InvalidArgument(f"input has shape {x.shape} but {self.source} expects {expected}{hint}")
-        for got, want in zip(x.shape[1:], self.input_shape[1:]):
-            if want is not None and got != want:
-                raise InvalidArgument(f"input has shape {x.shape} but {self.source} expects {expected}")
-        if len(x) == 0:
-            raise InvalidArgument("input batch is empty")
-        if not np.isfinite(x).all():
-            raise InvalidArgument("input contains NaN or Inf values")
-        return np.ascontiguousarray(x, dtype=self.input_dtype)
+    def check_input(self, x: Inputs) -> Inputs:
+        """``x`` in the model's input dtypes — one array for a one-input model, a dict by input name
+        for several — or a clear error naming the input and its expected type, shape or values."""
+        if len(self.input_names) == 1:
+            if isinstance(x, Mapping):
+                if set(x) != {self.input_name}:
+                    raise InvalidArgument(f"{self.source} has one input, {self.input_name!r}; got inputs {sorted(x)}")
+                x = x[self.input_name]
+            return self.check_array(self.input_name, x)
+        names = ", ".join(self.input_names)
+        if not isinstance(x, Mapping):
+            raise InvalidArgument(f"{self.source} has {len(self.input_names)} inputs ({names}): "
+                                  f"pass x as a dict {{input name: array}}")
+        unknown = [name for name in x if name not in self.input_names]
+        missing = [name for name in self.input_names if name not in x]
+        if unknown or missing:
+            raise InvalidArgument(f"{self.source} has the inputs {names}; "
+                                  + "; ".join(f"{what} {', '.join(map(repr, n))}" for what, n in
+                                              (("unknown", unknown), ("missing", missing)) if n))
+        arrays = {name: self.check_array(name, x[name]) for name in self.input_names}
+        counts = {name: len(a) for name, a in arrays.items()}
+        if len(set(counts.values())) != 1:
+            raise InvalidArgument(f"inputs have different batch sizes: {counts}")
+        return arrays
+
+    def input_feeds(self, x: Inputs) -> dict[str, np.ndarray]:
+        """A checked batch as onnxruntime feeds, by input name."""
+        return dict(x) if isinstance(x, Mapping) else {self.input_name: x}
+
+    def differentiable_inputs(self) -> list[str]:
+        """The float inputs, those a gradient can be taken with respect to."""
+        return [name for name in self.input_names if np.issubdtype(self.dtype_of(name), np.floating)]
 
     @property
     def input_dtype(self) -> np.dtype:
         return self.dtype_of(self.input_name)
+
+    def check_array(self, name: str, x: np.ndarray) -> np.ndarray:
+        """One input's batch ``x`` in its dtype, or a clear error about its type, shape or values."""
+        x = np.asarray(x)
+        shape, dtype = self.shapes[name], self.dtype_of(name)
+        label = "input" if len(self.input_names) == 1 else f"input {name!r}"
+        expected = "(N, " + ", ".join("?" if d is None else str(d) for d in shape[1:]) + ")"
+        if np.issubdtype(dtype, np.floating) and not np.issubdtype(x.dtype, np.floating):
+            raise InvalidArgument(
+                f"{label} must be a floating-point array, got {x.dtype}; scale integer images first (e.g. x / 255)"
+            )
+        if np.issubdtype(dtype, np.integer) and not np.issubdtype(x.dtype, np.integer):
+            raise InvalidArgument(f"{label} must be an integer array ({dtype}), got {x.dtype}")
+        if x.ndim != len(shape):
+            hint = "; add a batch axis (x[None])" if x.ndim == len(shape) - 1 else ""
+            raise InvalidArgument(f"{label} has shape {x.shape} but {self.source} expects {expected}{hint}")
+        for got, want in zip(x.shape[1:], shape[1:]):
+            if want is not None and got != want:
+                raise InvalidArgument(f"{label} has shape {x.shape} but {self.source} expects {expected}")
+        if len(x) == 0:
+            raise InvalidArgument(f"{label} batch is empty")
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+            raise InvalidArgument(f"{label} contains NaN or Inf values")
+        return np.ascontiguousarray(x, dtype=dtype)
 
     # ---- internals ---------------------------------------------------------------------
     def _session(self, outputs: tuple[str, ...], proto: onnx.ModelProto | None):
@@ -308,20 +392,20 @@ class Model:
         return self._sessions[key]
 
     def _run_chunk(self, session, outputs, batch, fixed) -> list[np.ndarray]:
-        rows = len(batch[self.input_name])
-        if isinstance(fixed, int) and rows < fixed:  # pad the last chunk of a fixed-batch model
-            batch = {k: np.concatenate([v, np.zeros((fixed - rows, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+        count = len(batch[self.input_name])
+        if isinstance(fixed, int) and count < fixed:  # pad the last chunk of a fixed-batch model
+            batch = {k: np.concatenate([v, np.zeros((fixed - count, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
         try:
             results = session.run(outputs, batch)
         except Exception as error:  # noqa: BLE001 - onnxruntime raises several unrelated types
             raise OnnxsightError(f"onnxruntime failed on {self.source}: {first_line(error)}") from error
-        return [r[:rows] for r in results]
+        return [r[:count] for r in results]
 
     def _read_layers(self) -> list[Layer]:
         if self.metadata.layers:
             named = [(r.name, r.tensor, r.kind, r.params) for r in self.metadata.layers]
         else:  # foreign files: PyTorch's module names, else every data-dependent node output named after its node
-            dependent = g.dependent_tensors(self.proto.graph, [self.input_name])
+            dependent = g.dependent_tensors(self.proto.graph, self.input_names)
             torch_names = torch_layer_names(self.proto, dependent)
             named, seen = [] if torch_names is None else [(n, t, k, None) for n, t, k in torch_names], set()
             for node in self.proto.graph.node if torch_names is None else []:
@@ -412,6 +496,24 @@ def _unknown_layer(name: str, known: list[str]) -> UnknownName:
     close = [*difflib.get_close_matches(name, known, n=3, cutoff=0.5),
              *(path for near in difflib.get_close_matches(leaf, list(by_leaf), n=3, cutoff=0.6) for path in by_leaf[near])]
     return UnknownName("layer", name, known, list(dict.fromkeys(close))[:5])
+
+
+def rows(x: Inputs) -> int:
+    """The batch size of a checked batch."""
+    return len(next(iter(x.values())) if isinstance(x, Mapping) else x)
+
+
+def take(x: Inputs, index) -> Inputs:
+    """Rows ``index`` (a slice or an index array) of every input of a batch."""
+    return {name: value[index] for name, value in x.items()} if isinstance(x, Mapping) else x[index]
+
+
+def _primary_input(names: list[str], shapes: Mapping, values: Mapping) -> str:
+    """The first float input of rank >= 3 (an image), else the first float input, else the first."""
+    floats = [n for n in names
+              if np.issubdtype(helper.tensor_dtype_to_np_dtype(values[n].type.tensor_type.elem_type), np.floating)]
+    images = [n for n in floats if len(shapes[n]) >= 3]
+    return [*images, *floats, names[0]][0]
 
 
 def _guess_layout(shape: tuple) -> str:

@@ -32,8 +32,7 @@ _PROBE_BATCHES = (2, 3)
 def complete(model: onnx.ModelProto, infos: dict[str, onnx.ValueInfoProto]) -> dict[str, onnx.ValueInfoProto]:
     """``infos`` (from ONNX shape inference) with the unknown dims of data-path tensors filled
     from symbolic inference, then from a measured run; returns a new dict, ``model`` untouched."""
-    inputs = g.data_inputs(model.graph)
-    if len(inputs) != 1:
+    if not g.data_inputs(model.graph):
         return infos
     missing = unresolved(model, infos)
     for source in (_symbolic, _measured):
@@ -104,10 +103,11 @@ def _measured(model, infos, names) -> dict[str, onnx.ValueInfoProto]:
     """Shapes of ``names`` from running the model on random inputs of two batch sizes."""
     from onnxsight.engine.session import CPU, open_session  # the runtime lives behind session.py
 
-    (data,) = g.data_inputs(model.graph)
-    shape = g.shape_of(data)
-    if not shape or any(d is None for d in shape[1:]):
+    inputs = g.data_inputs(model.graph)
+    shapes = [g.shape_of(data) for data in inputs]
+    if not inputs or any(not shape or None in shape[1:] for shape in shapes):
         return {}
+    data, shape = inputs[0], shapes[0]
     batch_param = data.type.tensor_type.shape.dim[0].dim_param or None
     batches = (shape[0],) if shape[0] is not None else _PROBE_BATCHES
     probe = onnx.ModelProto()
@@ -121,10 +121,15 @@ def _measured(model, infos, names) -> dict[str, onnx.ValueInfoProto]:
         session = open_session(g.runtime_compatible(probe), CPU, "the shape probe")
     except ModelFileError:  # ops onnxruntime lacks (tf2onnx's Erfc before the converter rewrites it)
         return {}
-    dtype = helper.tensor_dtype_to_np_dtype(data.type.tensor_type.elem_type)
     rng = np.random.default_rng(0)
+
+    def feeds(n: int) -> dict[str, np.ndarray]:  # random floats; zeros for integer inputs (ids, indices)
+        dtypes = [helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type) for v in inputs]
+        return {v.name: rng.standard_normal((n, *s[1:])).astype(t) if np.issubdtype(t, np.floating)
+                else np.zeros((n, *s[1:]), t) for v, s, t in zip(inputs, shapes, dtypes)}
+
     try:
-        runs = [session.run(names, {data.name: rng.standard_normal((n, *shape[1:])).astype(dtype)}) for n in batches]
+        runs = [session.run(names, feeds(n)) for n in batches]
     except Exception:  # noqa: BLE001 - onnxruntime raises several types; a model it cannot run keeps its unknown dims
         return {}
     found = {}

@@ -14,12 +14,12 @@ import numpy as np
 
 from onnxsight.engine import targets
 from onnxsight.engine.graph import ancestors, bottlenecks
-from onnxsight.engine.model import Model
+from onnxsight.engine.model import Inputs, Model
 from onnxsight.errors import InvalidArgument
 from onnxsight.kernels import cam as k
 from onnxsight.kernels import tokens
 from onnxsight.kernels.colors import normalize_each
-from onnxsight.methods.common import require_image, spatial_size
+from onnxsight.methods.common import require_image, spatial_size, split_inputs, with_context
 from onnxsight.methods.occlusion import copy_scores
 from onnxsight.methods.rollout import attention_tensors
 
@@ -48,7 +48,7 @@ VARIANTS: dict[str, Variant] = {
 
 def gradcam(
     model: Model,
-    x: np.ndarray,
+    x: Inputs,
     target: targets.Target = "predicted",
     *,
     layer: str | None = None,
@@ -59,6 +59,7 @@ def gradcam(
     upsample: str = "bilinear",
     normalize: bool = True,
     of: str = "logits",
+    output: str | None = None,
     tokens_grid: Sequence[int] | None = None,
     batch_size: int = 64,
 ) -> np.ndarray:
@@ -84,11 +85,16 @@ def gradcam(
     upsample: "bilinear" (default) or "nearest" resizing to the input's H×W with OpenCV.
     normalize: min-max scale each map to [0, 1] (default True; constant maps become 0).
     of: the scored tensor, default "logits" (softmax swapped for linear); any layer name.
+    output: the head "logits" refers to in a model with several outputs (default: the first
+        classification head). A model with several inputs takes ``x`` as a dict by input name;
+        maps have the primary image input's size, and Score-CAM masks only that input.
     tokens_grid: (rows, columns) of patches for a token layer; default found from T and the input
         size (:func:`onnxsight.kernels.tokens.patch_grid`).
     batch_size: rows per onnxruntime run (default 64).
     """
-    x = model.check_input(x)
+    model = model.with_output(output)
+    x, context = split_inputs(model, x)
+    inputs = with_context(model, x, context)
     if variant not in VARIANTS:
         raise InvalidArgument(f"unknown CAM variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     k.check_upsample(upsample)
@@ -98,8 +104,8 @@ def gradcam(
     input_axis = require_image(model, "gradcam")
     size = spatial_size(x, input_axis)
     layer = default_cam_layer(model) if layer is None else check_cam_layer(model, layer)
-    indices = model.resolve_target(x, target, of, batch_size)
-    a, g = _layer_values(model, x, layer, of, indices, rule.gradients, modifier, size, tokens_grid, batch_size)
+    indices = model.resolve_target(inputs, target, of, batch_size)
+    a, g = _layer_values(model, inputs, layer, of, indices, rule.gradients, modifier, size, tokens_grid, batch_size)
 
     def masked_scores(acts: np.ndarray) -> np.ndarray:
         channels = acts.shape[-1]
@@ -109,14 +115,14 @@ def gradcam(
             masks = normalize_each(k.upsample(acts[image, :, :, channel], size, upsample))
             return (x[image] * np.expand_dims(masks, input_axis)).astype(x.dtype)
 
-        return copy_scores(model, x, channels, masked, indices, of, batch_size).reshape(len(x), channels)
+        return copy_scores(model, x, channels, masked, indices, of, batch_size, context).reshape(len(x), channels)
 
     cam = k.weighted_sum(a, rule.weights(a, g, masked_scores), relu)
     cam = k.upsample(cam, size, upsample)
     if normalize:
         cam = normalize_each(cam)
     if guided:
-        saliency = model.gradient(x, of=of, target=indices, modifier="guided", batch_size=batch_size)["input"]
+        saliency = model.gradient(inputs, of=of, target=indices, modifier="guided", batch_size=batch_size)["input"]
         cam = k.guided(cam, saliency, input_axis)
         if normalize:
             cam = normalize_each(cam)
@@ -192,7 +198,7 @@ def _spatial(model: Model, name: str) -> bool:
 
 
 def _layer_values(
-    model: Model, x: np.ndarray, layer: str, of: str, indices: np.ndarray | None, gradients: bool,
+    model: Model, x: Inputs, layer: str, of: str, indices: np.ndarray | None, gradients: bool,
     modifier: str | None, size: tuple[int, int], tokens_grid: Sequence[int] | None, batch_size: int,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The layer's activations and (if asked) the target score's gradient there, from one batched run.

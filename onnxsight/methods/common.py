@@ -5,13 +5,54 @@ from __future__ import annotations
 import numpy as np
 
 from onnxsight.engine import targets
-from onnxsight.engine.model import DEFAULT_BATCH_SIZE, Model
+from onnxsight.engine.model import DEFAULT_BATCH_SIZE, Inputs, Model, rows
 from onnxsight.errors import InvalidArgument
 
 
 def image_channel_axis(model: Model) -> int | None:
-    """The input's channel axis for image layouts (NHWC: 3, NCHW: 1), else None."""
-    return {"NHWC": 3, "NCHW": 1}.get(model.input_layout)
+    """The (primary) input's channel axis for image layouts (NHWC: 3, NCHW: 1), else None."""
+    return input_channel_axis(model, model.input_name)
+
+
+def input_channel_axis(model: Model, name: str) -> int | None:
+    """Input ``name``'s channel axis for image layouts (NHWC: 3, NCHW: 1), else None."""
+    return {"NHWC": 3, "NCHW": 1}.get(model.input_layouts[name])
+
+
+def attributed_inputs(model: Model) -> list[str]:
+    """The inputs attributions are given for: the input of a one-input model, else every float input."""
+    if len(model.input_names) == 1:
+        return [model.input_name]
+    names = model.differentiable_inputs()
+    if not names:
+        raise InvalidArgument(f"{model.source} has no float input to attribute to (inputs: {', '.join(model.input_names)})")
+    return names
+
+
+def per_input(model: Model, maps: dict[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
+    """One map per attributed input: the array itself for a one-input model, else the dict."""
+    return maps[model.input_name] if len(model.input_names) == 1 else maps
+
+
+def repeat_rows(value: np.ndarray, copies: int) -> np.ndarray:
+    """``copies`` copies of a batch, copy-major: row ``c·N + i`` is row i."""
+    return np.broadcast_to(value[None], (copies, *value.shape)).reshape(-1, *value.shape[1:])
+
+
+def split_inputs(model: Model, x: Inputs) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A checked batch as the primary (image) input and the other inputs, which image methods
+    that perturb or resize the image hold fixed per image."""
+    feeds = model.input_feeds(model.check_input(x))
+    image = feeds.pop(model.input_name)
+    return image, feeds
+
+
+def with_context(model: Model, image: np.ndarray, context: dict[str, np.ndarray], images: np.ndarray | None = None) -> Inputs:
+    """The batch of ``image`` rows and, for each row, the other inputs of image ``images[row]``
+    (default: row i is image i) — a dict for a model with several inputs, else ``image``."""
+    if not context:
+        return image
+    return {model.input_name: image, **{n: v if images is None else v[images] for n, v in context.items()}}
 
 
 def require_image(model: Model, method: str) -> int:
@@ -31,7 +72,7 @@ def spatial_size(x: np.ndarray, channel_axis: int) -> tuple[int, int]:
 
 
 def target_scores(
-    model: Model, x: np.ndarray, target: targets.Target, of: str = "logits", batch_size: int = DEFAULT_BATCH_SIZE
+    model: Model, x: Inputs, target: targets.Target, of: str = "logits", batch_size: int = DEFAULT_BATCH_SIZE
 ) -> np.ndarray:
     """Per image the target's score — a class's logit, a channel's mean (N-D ``of``) or, for
     None, the sum of ``of`` — the quantity whose gradient the methods take. float64 (N,)."""
@@ -40,4 +81,4 @@ def target_scores(
     axis = model.channel_axis(of)
     indices = targets.resolve(target, values.shape, axis, values)
     weights = targets.cotangent(values.shape, indices, axis, np.float64)
-    return (weights * values).reshape(len(x), -1).sum(axis=1)
+    return (weights * values).reshape(rows(x), -1).sum(axis=1)

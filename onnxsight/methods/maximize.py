@@ -125,6 +125,7 @@ def maximize(
     unit: int | Sequence[int] | None = None,
     objective: str | None = None,
     *,
+    output: str | None = None,
     steps: int = 200,
     lr: float = 0.05,
     init: str | float | np.ndarray = "grey",
@@ -150,6 +151,8 @@ def maximize(
         keras-vis does) or "cross_entropy" (seed 004's targeted descent: maximises
         −CE = log softmax(logits)[class], i.e. minimises CE). Default None: "logit" when
         ``layer`` is the model output or the logits, else "unit" with a unit and "norm" without.
+    output: the head "logits" and "output" refer to in a model with several outputs (default:
+        the first classification head). Models with several inputs are not optimised.
     steps (200), lr (0.05, seed 004): x ← x + lr·∇J ("plain", seed 004's step, default) or
         x ← x + lr·∇J/‖∇J‖₂ per image ("normalized", keras-vis' normalised gradients).
     init: "grey" (middle of ``value_range``, default), "noise" (grey ± 10 % uniform), a number,
@@ -174,6 +177,7 @@ def maximize(
     regs = _options(Regularizers, regularizers, "regularizers")
     mods = _options(Modifiers, modifiers, "modifiers")
     _check_options(steps, lr, step, regs, mods, check_every, tolerance)
+    model = model.with_output(output)
     objective, units, head = _target(model, layer, unit, objective)
     count = 1 if units is None else len(units)
     axis = _image_axis(model, count, regs, mods)
@@ -369,6 +373,9 @@ def _target(model: Model, layer: str, unit, objective: str | None) -> tuple[str,
 
 def _image_axis(model: Model, count: int, regs: Regularizers, mods: Modifiers) -> int | None:
     """The input's channel axis (None for non-images), after checking the model suits the options."""
+    if len(model.input_names) > 1:
+        raise InvalidArgument(f"maximize optimises a model's only input; {model.source} has the inputs "
+                              f"{', '.join(model.input_names)}")
     if isinstance(model.input_shape[0], int) and model.input_shape[0] != count:
         raise InvalidArgument(f"{model.source} has a fixed batch size {model.input_shape[0]}; "
                               f"maximize optimises {count} image(s) at once")
@@ -383,7 +390,7 @@ def _image_axis(model: Model, count: int, regs: Regularizers, mods: Modifiers) -
 
 def _default_objective(model: Model, layer: str, unit) -> str:
     tensor = model.tensor(layer)
-    if tensor in (model.logits, model.output_names[0]) or pre_softmax(model, tensor) != tensor:
+    if tensor in (model.logits, model.head) or pre_softmax(model, tensor) != tensor:
         return "logit"
     return "norm" if unit is None else "unit"
 

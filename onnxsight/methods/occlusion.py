@@ -7,23 +7,24 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from onnxsight.engine import targets
-from onnxsight.engine.model import Model
+from onnxsight.engine.model import Inputs, Model
 from onnxsight.errors import InvalidArgument
 from onnxsight.kernels import occlusion as k
-from onnxsight.methods.common import require_image, spatial_size, target_scores
+from onnxsight.methods.common import require_image, spatial_size, split_inputs, target_scores, with_context
 
 CHUNK_BYTES = 256 * 2**20  # perturbed copies (and their outputs) built and held at once
 
 
 def occlusion(
     model: Model,
-    x: np.ndarray,
+    x: Inputs,
     target: targets.Target = "predicted",
     *,
     window: int | Sequence[int] = 4,
     stride: int | Sequence[int] = 2,
     fill: float | str = 0.0,
     of: str = "logits",
+    output: str | None = None,
     batch_size: int = 256,
 ) -> np.ndarray:
     """Score drop per pixel when a sliding window hides it, averaged over the windows covering it.
@@ -32,6 +33,9 @@ def occlusion(
         image, a channel of an intermediate layer ``of`` (scored by its spatial mean, seed 003's
         per-unit occlusion), or None (the sum of ``of``).
     of: the scored tensor, default "logits" (softmax swapped for linear); any layer name.
+    output: the head "logits" refers to in a model with several outputs (default: the first
+        classification head). A model with several inputs takes ``x`` as a dict by input name; the
+        primary image input (``Model.input_name``) is occluded, the others are held at their values.
     window, stride: int or (height, width); default 4 and 2 (seed 003 uses window 11, stride 4).
         Windows start at 0, stride, 2·stride, ... while they fit, plus one flush with the
         bottom/right border when the strided ones stop short of it, so every pixel is covered.
@@ -43,7 +47,8 @@ def occlusion(
 
     Returns float32 (N, H, W) at the input's size: score(x) − score(occluded x), averaged per pixel.
     """
-    x = model.check_input(x)
+    model = model.with_output(output)
+    x, context = split_inputs(model, x)
     axis = require_image(model, "occlusion")
     height, width = spatial_size(x, axis)
     window = _pair(window, "window", 1)
@@ -52,15 +57,15 @@ def occlusion(
         raise InvalidArgument(f"window {window} is larger than the image ({height}, {width})")
     fills = k.fill_values(x, fill, axis, sigma=(window[0] / 2, window[1] / 2))
     rows, cols = k.grid(height, width, window, stride)
-    indices = model.resolve_target(x, target, of, batch_size)
-    clean = copy_scores(model, x, 1, lambda r: x[r], indices, of, batch_size)
+    indices = model.resolve_target(with_context(model, x, context), target, of, batch_size)
+    clean = copy_scores(model, x, 1, lambda r: x[r], indices, of, batch_size, context)
     positions = len(rows)
 
     def occluded(r: np.ndarray) -> np.ndarray:
         image, where = r // positions, r % positions
         return k.occlude(x[image], fills[image], rows[where], cols[where], axis)
 
-    scores = copy_scores(model, x, positions, occluded, indices, of, batch_size)
+    scores = copy_scores(model, x, positions, occluded, indices, of, batch_size, context)
     drops = clean[:, None] - scores.reshape(len(x), positions)
     return k.average_drops(drops, rows, cols).astype(np.float32)
 
@@ -73,13 +78,15 @@ def copy_scores(
     indices: np.ndarray | None,
     of: str = "logits",
     batch_size: int = 256,
+    context: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Target scores of ``copies`` perturbed versions of each image, image-major, float64 (N·copies,).
 
     ``build(rows)`` returns the copies with flat ids ``rows`` (copy ``r`` is of image
     ``r // copies``); they are built and run in chunks of at most ``CHUNK_BYTES``. The score
     is the engine's: a class of 2-D ``of``, a channel's mean of N-D ``of`` (``indices`` per
-    image), or the sum of ``of`` when ``indices`` is None.
+    image), or the sum of ``of`` when ``indices`` is None. ``context``: the model's other inputs
+    per image, fed unchanged with each copy.
     """
     static = model.shapes.get(model.tensor(of)) or ()
     out_bytes = 4 * int(np.prod([d for d in static[1:] if d is not None] or [1]))
@@ -89,7 +96,8 @@ def copy_scores(
     for start in range(0, total, step):
         rows = np.arange(start, min(total, start + step))
         chosen = None if indices is None else indices[rows // copies]
-        scores[rows] = target_scores(model, build(rows), chosen, of, batch_size)
+        batch = with_context(model, build(rows), context or {}, rows // copies)
+        scores[rows] = target_scores(model, batch, chosen, of, batch_size)
     return scores
 
 

@@ -9,17 +9,17 @@ from collections.abc import Sequence
 import numpy as np
 
 from onnxsight.engine import graph as g
-from onnxsight.engine.model import DEFAULT_BATCH_SIZE, Model
+from onnxsight.engine.model import DEFAULT_BATCH_SIZE, Inputs, Model
 from onnxsight.errors import InvalidArgument
 from onnxsight.kernels import cam as cam_kernels
 from onnxsight.kernels import tokens as k
 from onnxsight.kernels.colors import normalize_each
-from onnxsight.methods.common import require_image, spatial_size
+from onnxsight.methods.common import require_image, spatial_size, split_inputs, with_context
 
 
 def attention_rollout(
     model: Model,
-    x: np.ndarray,
+    x: Inputs,
     target: None = None,
     *,
     layers: Sequence[str] | None = None,
@@ -51,10 +51,10 @@ def attention_rollout(
                               "(for a class, run gradcam at a token layer)")
     input_axis = require_image(model, "attention_rollout")
     cam_kernels.check_upsample(upsample)
-    x = model.check_input(x)
-    size = spatial_size(x, input_axis)
+    image, context = split_inputs(model, x)
+    size = spatial_size(image, input_axis)
     names = attention_tensors(model) if layers is None else [model.tensor(name) for name in layers]
-    attentions = model.run(x, names, batch_size=batch_size)
+    attentions = model.run(with_context(model, image, context), names, batch_size=batch_size)
     for name, attention in zip(names, attentions):
         if attention.ndim != 4 or attention.shape[-1] != attention.shape[-2]:
             raise InvalidArgument(f"{name!r} is not an attention (N, heads, T, T); its shape is {attention.shape}")
@@ -65,7 +65,7 @@ def attention_rollout(
     if extra < 0:
         raise InvalidArgument(f"a {rows}x{columns} grid needs {rows * columns} tokens; the attention has {tokens}")
     flow = joint[:, 0, extra:] if extra else joint.mean(axis=1)
-    maps = cam_kernels.upsample(flow.reshape(len(x), rows, columns), size, upsample)
+    maps = cam_kernels.upsample(flow.reshape(len(image), rows, columns), size, upsample)
     return (normalize_each(maps) if normalize else maps).astype(np.float32)
 
 
@@ -73,7 +73,7 @@ def attention_tensors(model: Model) -> list[str]:
     """The outputs of the Softmax nodes on the input's path that give (N, heads, T, T) attention
     probabilities over the last axis, in graph order; InvalidArgument when there are none."""
     graph = model.proto.graph
-    dependent = g.dependent_tensors(graph, [model.input_name])
+    dependent = g.dependent_tensors(graph, model.input_names)
     found = []
     for node in graph.node:
         shape = model.shapes.get(node.output[0])

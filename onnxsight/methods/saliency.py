@@ -6,21 +6,22 @@ import numpy as np
 
 from onnxsight.engine import targets
 from onnxsight.engine.augment import MODIFIERS
-from onnxsight.engine.model import DEFAULT_BATCH_SIZE, Model
+from onnxsight.engine.model import DEFAULT_BATCH_SIZE, Inputs, Model
 from onnxsight.errors import InvalidArgument
 from onnxsight.kernels import attribution as k
 from onnxsight.kernels.colors import normalize_each
-from onnxsight.methods.common import image_channel_axis
+from onnxsight.methods.common import attributed_inputs, input_channel_axis, per_input
 
 MAX_CHUNK_BYTES = 256 * 2**20  # noisy copies (and their gradients) held at once, per m.gradient call
 
 
 def saliency(
     model: Model,
-    x: np.ndarray,
+    x: Inputs,
     target: targets.Target = "predicted",
     *,
     of: str = "logits",
+    output: str | None = None,
     modifier: str | None = None,
     absolute: bool = True,
     negate: bool = False,
@@ -33,7 +34,7 @@ def saliency(
     smooth_aggregate: str = "mean",
     seed: int = 0,
     batch_size: int = DEFAULT_BATCH_SIZE,
-) -> np.ndarray:
+) -> np.ndarray | dict[str, np.ndarray]:
     """Gradient of the target score with respect to the input, post-processed, for a batch ``x``.
 
     target: a class of ``of`` (a channel for an N-D layer, scored by its mean), one per image,
@@ -41,6 +42,8 @@ def saliency(
         (the sum of ``of``).
     of: the differentiated tensor, default "logits" (the softmax is swapped for linear, as
         keras-vis does); any layer name, "output" or a tensor name.
+    output: the head that "logits" and "output" refer to in a model with several outputs
+        (default: its first classification head, see ``Model.head``).
     modifier: None (vanilla, default), "guided" (guided backprop) or "deconv" (keras-vis' "relu").
     Per-sample post-processing, in this order: ``negate`` (default False) multiplies the gradient
         by -1 (keras-vis' ``grad_modifier='negate'`` is ``negate=True, absolute=False``);
@@ -59,36 +62,50 @@ def saliency(
     batch_size: rows per onnxruntime run (default 64); all images and noisy copies go through
         one batched gradient call (several when the copies would exceed ``MAX_CHUNK_BYTES``).
 
-    Returns float32 (N, H, W) for reduced image inputs, else ``x``'s shape.
+    Returns float32 (N, H, W) for reduced image inputs, else ``x``'s shape. A model with several
+    inputs takes ``x`` as a dict by input name and returns one map per float input, each
+    post-processed (and reduced over its own channel axis) as above; noise is drawn per input.
     """
     k.choice("modifier", modifier, MODIFIERS)
     k.choice("reduce", reduce, k.REDUCTIONS)
     k.choice("noise", noise, k.NOISE_MODES)
     k.choice("smooth_aggregate", smooth_aggregate, k.AGGREGATES)
     samples = _count(smooth_samples, "smooth_samples", minimum=0)
-    x = model.check_input(x)
-    indices = model.resolve_target(x, target, of, batch_size)
+    model = model.with_output(output)
+    inputs = model.input_feeds(model.check_input(x))
+    wrt = attributed_inputs(model)
+    indices = model.resolve_target(inputs, target, of, batch_size)
 
-    def grad(batch: np.ndarray, copies: int) -> np.ndarray:
+    def grad(batch: dict[str, np.ndarray], copies: int) -> dict[str, np.ndarray]:
         tiled = targets.tile(indices, copies)
-        return model.gradient(batch, of=of, target=tiled, modifier=modifier, batch_size=batch_size)["input"]
+        return model.gradient(batch, of=of, target=tiled, wrt=wrt, modifier=modifier, batch_size=batch_size)
 
     post = dict(negate=negate, times_input=times_input, absolute=absolute)
     if samples == 0:
-        maps = k.postprocess(grad(x, 1), x, **post)
+        gradients = grad(inputs, 1)
+        maps = {name: k.postprocess(gradients[name], inputs[name], **post) for name in wrt}
     else:
-        chunk = k.sample_chunk(samples, 2 * x.nbytes, MAX_CHUNK_BYTES)
-        total = squares = 0.0
-        for noise_block in k.smoothgrad_noise_chunks(x, samples, smooth_noise, noise, seed, chunk):
-            noisy = (x[None] + noise_block).reshape(-1, *x.shape[1:])
-            g = k.postprocess(grad(noisy, len(noise_block)), noisy, **post).reshape(noise_block.shape)
-            block_total, block_squares = k.sample_moments(g)
-            total, squares = total + block_total, squares + block_squares
-        maps = k.finish_aggregate(total, squares, samples, smooth_aggregate)
-    maps = k.reduce_channels(maps, image_channel_axis(model), reduce)
-    if normalize:
-        maps = normalize_each(maps)
-    return maps.astype(np.float32)
+        chunk = k.sample_chunk(samples, 2 * sum(a.nbytes for a in inputs.values()), MAX_CHUNK_BYTES)
+        noises = [k.smoothgrad_noise_chunks(inputs[name], samples, smooth_noise, noise, seed + i, chunk)
+                  for i, name in enumerate(wrt)]
+        total = dict.fromkeys(wrt, 0.0)
+        squares = dict.fromkeys(wrt, 0.0)
+        for blocks in zip(*noises):
+            copies = len(blocks[0])
+            noisy = {name: (inputs[name][None] + block).reshape(-1, *block.shape[2:]) for name, block in zip(wrt, blocks)}
+            noisy.update({name: np.repeat(a[None], copies, axis=0).reshape(-1, *a.shape[1:])
+                          for name, a in inputs.items() if name not in noisy})
+            gradients = grad(noisy, copies)
+            for name, block in zip(wrt, blocks):
+                g = k.postprocess(gradients[name], noisy[name], **post).reshape(block.shape)
+                block_total, block_squares = k.sample_moments(g)
+                total[name], squares[name] = total[name] + block_total, squares[name] + block_squares
+        maps = {name: k.finish_aggregate(total[name], squares[name], samples, smooth_aggregate) for name in wrt}
+    for name in wrt:
+        maps[name] = k.reduce_channels(maps[name], input_channel_axis(model, name), reduce)
+        if normalize:
+            maps[name] = normalize_each(maps[name])
+    return per_input(model, {name: m.astype(np.float32) for name, m in maps.items()})
 
 
 def _count(value, name: str, minimum: int) -> int:
