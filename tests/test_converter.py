@@ -271,11 +271,24 @@ def test_missing_and_unreadable_files_are_model_file_errors(tmp_path):
     assert garbage.read_bytes() == b"not a model"
 
 
-def test_multi_input_models_are_refused(tmp_path):
-    a, b = keras.Input((3,)), keras.Input((3,))
-    model = keras.Model([a, b], keras.layers.Dense(2)(keras.layers.Concatenate()([a, b])))
-    with pytest.raises(ConversionError, match="2 inputs"):
-        convert_keras(model, tmp_path / "two.onnx")
+def test_integer_inputs_convert_and_keep_their_dtype(tmp_path):
+    tokens, values = keras.Input((5,), dtype="int32", name="tokens"), keras.Input((3,), name="values")
+    embedded = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(7, 3)(tokens))
+    model = keras.Model([tokens, values], keras.layers.Dense(2, activation="softmax")(keras.layers.Add()([embedded, values])))
+    result = convert_keras_model(model, tmp_path / "tokens.onnx")
+    assert result.max_abs_diff < 1e-6
+    inputs = {v.name: v.type.tensor_type.elem_type for v in onnx.load(tmp_path / "tokens.onnx").graph.input}
+    assert inputs == {"tokens": onnx.TensorProto.INT32, "values": onnx.TensorProto.FLOAT}
+
+
+def test_an_output_returned_twice_is_refused(tmp_path):
+    inp = keras.Input((3,), name="values")
+    dense = keras.layers.Dense(2, name="dense")(inp)
+    with pytest.raises(ConversionError, match=r"output names \['dense', 'dense'\] must be distinct"):
+        convert_keras(keras.Model(inp, [dense, dense]), tmp_path / "twice.onnx")
+    with pytest.raises(ConversionError, match=r"output 'values' is the input 'input' returned as it is"):
+        convert_keras(keras.Model(inp, [inp, dense]), tmp_path / "twice.onnx")
+    assert not (tmp_path / "twice.onnx").exists()
 
 
 def test_opset_below_17_is_refused(tmp_path):

@@ -627,10 +627,13 @@ def _name_tensors(
     sources = [rewrites.identity_source(graph, name) for name in tf_outputs]
     del graph.output[:]
     rewrites.drop_unused_identities(graph)
-    named = {v.name: v.name for v in data_inputs(graph)}
+    inputs = [v.name for v in data_inputs(graph)]
+    named = {name: name for name in inputs}
     for source, head in zip(sources, heads):
         if source in named:  # one tensor returned twice, or an input returned as it is
-            raise ConversionError(f"output {head!r} is the same tensor as {named[source]!r}; outputs must differ")
+            what = "input" if named[source] in inputs else "output"
+            raise ConversionError(f"output {head!r} is the {what} {named[source]!r} returned as it is; "
+                                  f"each output must be a different computed tensor")
         named[source] = head
         _rename(graph, source, head)
     records = []
