@@ -153,6 +153,14 @@ def test_occlusion_holds_the_other_inputs_per_image(multi, batch):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_gradcheck_checks_every_input_of_each_head(multi, batch):
+    _, m, _, _ = multi
+    for head in ("kind", "age"):
+        report = onnxsight.gradcheck(m, batch, wrt=["image", "meta", "conv"], output=head)
+        assert report.passed and [row.status for row in report.rows] == ["ok"] * 3, report.rows
+        assert max(row.relative_error for row in report.rows) < 1e-6
+
+
 def test_bad_inputs_and_heads_are_one_line_errors(multi, batch):
     _, m, _, _ = multi
     with pytest.raises(InvalidArgument, match=r"has 2 inputs \(image, meta\): pass x as a dict"):
@@ -183,6 +191,10 @@ def test_cli_feeds_named_inputs_and_picks_the_head(multi, batch, tmp_path):
     x = {"image": batch["image"], "meta": np.repeat(batch["meta"][:1], 3, axis=0)}
     want = onnxsight.integrated_gradients(m, x, target=0, output="age")
     np.testing.assert_allclose(meta, want["meta"], rtol=1e-5, atol=1e-7)
+    checked = runner.invoke(app, ["gradcheck", str(path), "--head", "age", "--all-layers", "--json"])
+    assert checked.exit_code == 0, checked.output
+    rows = {row["wrt"]: row["status"] for row in json.loads(checked.output)["rows"]}
+    assert {"image", "meta", "conv", "meta_dense"} <= set(rows) and set(rows.values()) == {"ok"}
     missing = runner.invoke(app, ["saliency", str(path), str(tmp_path / "images.npy"), "-o", str(tmp_path / "s")])
     assert missing.exit_code != 0 and "also needs the inputs meta" in missing.output
     assert not (tmp_path / "s").exists()

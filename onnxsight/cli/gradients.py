@@ -10,8 +10,8 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from onnxsight.cli.inputs import load_batch
-from onnxsight.cli.options import Device, Force, Json, ModelArg, err, out
+from onnxsight.cli.inputs import load_inputs
+from onnxsight.cli.options import Device, Force, HeadOpt, Json, ModelArg, NamedInputs, err, out
 from onnxsight.data.files import atomic_open, refuse_overwrite
 from onnxsight.engine.augment import MODIFIERS, augment_model
 from onnxsight.engine.gradcheck import gradcheck as check
@@ -67,13 +67,19 @@ def gradcheck(
     seed: Annotated[int, typer.Option(help="Seed for inputs, cotangent and directions.")] = 0,
     device: Device = "cpu",
     as_json: Json = False,
+    head: HeadOpt = None,
+    named: NamedInputs = None,
 ) -> None:
-    """Check the gradient graph against central finite differences; exit code 1 when an error exceeds the tolerance."""
-    m = load(model, device=device)
-    x = load_batch(m, images)[0] if images else _random_input(m, input_shape, batch, seed)
-    names = wrt or ["input"]
+    """Check the gradient graph against central finite differences; exit code 1 when an error exceeds the tolerance.
+
+    A model with several inputs is checked at random values of each (integer inputs: zeros),
+    with respect to every float input by default."""
+    m = load(model, device=device).with_output(head)
+    x = load_inputs(m, images, named=named).x if images or named else _random_input(m, input_shape, batch, seed)
+    inputs = ["input"] if len(m.input_names) == 1 else m.differentiable_inputs()
+    names = wrt or inputs
     if all_layers:
-        names = ["input", *(layer.name for layer in m.layers if _upstream_of(m, layer.tensor, m.tensor(of)))]
+        names = [*inputs, *(layer.name for layer in m.layers if _upstream_of(m, layer.tensor, m.tensor(of)))]
     report = check(m, x, of=of, wrt=names, directions=directions, tolerance=tolerance, precision=precision, seed=seed)
     if as_json:
         out.print_json(json.dumps({
@@ -95,20 +101,27 @@ def gradcheck(
         raise typer.Exit(1)
 
 
-def _random_input(m, input_shape: str | None, batch: int, seed: int) -> np.ndarray:
-    dims = list(m.input_shape[1:])
-    if input_shape:
-        try:
-            dims = [int(d) for d in input_shape.split(",")]
-        except ValueError as error:
-            raise InvalidArgument(f"--input-shape must be comma-separated integers, got {input_shape!r}") from error
-    if any(d is None for d in dims):
-        raise InvalidArgument(f"the model input shape {m.input_shape} is dynamic; give --input-shape")
-    return np.random.default_rng(seed).uniform(0, 1, (batch, *dims)).astype(np.float32)
+def _random_input(m, input_shape: str | None, batch: int, seed: int):
+    """Uniform [0, 1) values for each float input, zeros for integer ones; ``input_shape`` sizes
+    the primary input when its shape is dynamic."""
+    rng, x = np.random.default_rng(seed), {}
+    for name in m.input_names:
+        dims = list(m.shapes[name][1:])
+        if input_shape and name == m.input_name:
+            try:
+                dims = [int(d) for d in input_shape.split(",")]
+            except ValueError as error:
+                raise InvalidArgument(f"--input-shape must be comma-separated integers, got {input_shape!r}") from error
+        if any(d is None for d in dims):
+            raise InvalidArgument(f"the model input {name!r} has the dynamic shape {m.shapes[name]}; give --input-shape")
+        dtype = m.dtype_of(name)
+        x[name] = rng.uniform(0, 1, (batch, *dims)).astype(dtype) if np.issubdtype(dtype, np.floating) \
+            else np.zeros((batch, *dims), dtype)
+    return x if len(x) > 1 else x[m.input_name]
 
 
 def _upstream_of(m, tensor: str, of: str) -> bool:
     """True when ``of`` depends on ``tensor`` (and ``tensor`` is not ``of``'s own shape path)."""
     from onnxsight.engine.graph import dependent_tensors
 
-    return tensor != m.input_name and of in dependent_tensors(m.proto.graph, [tensor])
+    return tensor not in m.input_names and of in dependent_tensors(m.proto.graph, [tensor])

@@ -64,13 +64,14 @@ class GradcheckReport:
 
 def gradcheck(
     model: "Model",
-    x: np.ndarray,
+    x,
     of: str = "logits",
     wrt: Sequence[str] = ("input",),
     directions: int = 3,
     tolerance: float | None = None,
     precision: str = "float64",
     seed: int = 0,
+    output: str | None = None,
 ) -> GradcheckReport:
     """Compare the VJP of ``of`` with central differences for each ``wrt`` (input or layers).
 
@@ -79,24 +80,26 @@ def gradcheck(
     ``onnx.reference`` — with tolerance 1e-5; "float32" runs onnxruntime as deployed, with
     tolerance 5e-2. Directions whose step crosses a kink (one-sided differences disagree)
     are skipped and counted; a row fails when a smooth direction disagrees beyond the
-    tolerance, and says "kink" when no direction was smooth.
+    tolerance, and says "kink" when no direction was smooth. ``x`` and ``output`` as for the
+    methods: a dict by input name for a model with several inputs, the head "logits" refers to.
     """
     if precision not in TOLERANCE:
         raise InvalidArgument(f"precision must be float64 or float32, got {precision!r}")
     wrt = [wrt] if isinstance(wrt, str) else list(wrt)
-    x = model.check_input(x)
+    model = model.with_output(output)
+    x = model.input_feeds(model.check_input(x))
     augmented = model.augmented(of, wrt)
     tensors = {name: model.tensor(name) for name in wrt}
     dtype = np.float64 if precision == "float64" else np.float32
     limit = TOLERANCE[precision] if tolerance is None else tolerance
     rng = np.random.default_rng(seed)
-    data = x.astype(dtype)
+    data = {name: value.astype(dtype) if np.issubdtype(value.dtype, np.floating) else value for name, value in x.items()}
 
     backward_outputs = [augmented.of, *augmented.gradients.values(), *tensors.values()]
     backward, runtime = runner(augmented.model, backward_outputs, precision, model)
     of_value = _forward(model, augmented.of, data, precision)
     cotangent = rng.standard_normal(of_value.shape).astype(dtype)
-    results = dict(zip(backward_outputs, backward({model.input_name: data, augmented.cotangent: cotangent})))
+    results = dict(zip(backward_outputs, backward({**data, augmented.cotangent: cotangent})))
 
     rows = []
     for name, tensor in tensors.items():
@@ -121,18 +124,18 @@ def gradcheck(
     return GradcheckReport(of, precision, runtime, limit, directions, tuple(rows))
 
 
-def _score(model: "Model", tensor: str, of: str, cotangent: np.ndarray, data: np.ndarray, precision: str):
+def _score(model: "Model", tensor: str, of: str, cotangent: np.ndarray, data: dict, precision: str):
     """value of ``tensor`` -> sum(of * cotangent), with everything upstream of ``tensor`` fixed."""
     if tensor == of:
         return lambda value: float(np.sum(value.astype(np.float64) * cotangent))
     probe, _ = runner(_fed_at(model, tensor), [of], precision, model)
-    name = model.input_name if tensor == model.input_name else _FEED + tensor
-    return lambda value: float(np.sum(probe({model.input_name: data, name: value})[0].astype(np.float64) * cotangent))
+    name = tensor if tensor in model.input_names else _FEED + tensor
+    return lambda value: float(np.sum(probe({**data, name: value})[0].astype(np.float64) * cotangent))
 
 
-def _forward(model: "Model", of: str, data: np.ndarray, precision: str) -> np.ndarray:
+def _forward(model: "Model", of: str, data: dict, precision: str) -> np.ndarray:
     run, _ = runner(model.proto, [of], precision, model)
-    return run({model.input_name: data})[0]
+    return run(data)[0]
 
 
 def kinked(right, centre, left, step: float, precision: str = "float64", limit: float | None = None):
@@ -168,7 +171,7 @@ def _used(session, feeds: dict) -> dict:
 
 def _fed_at(model: "Model", tensor: str) -> onnx.ModelProto:
     """The model with ``tensor``'s consumers reading a new graph input (upstream held fixed)."""
-    if tensor == model.input_name:
+    if tensor in model.input_names:
         return model.proto
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
