@@ -161,6 +161,27 @@ def test_gradcheck_checks_every_input_of_each_head(multi, batch):
         assert max(row.relative_error for row in report.rows) < 1e-6
 
 
+@pytest.mark.parametrize("method", ["saliency", "gradcam", "smoothgrad"])
+def test_explainer_takes_the_other_inputs_and_explains_the_chosen_head(multi, batch, method):
+    import onnxruntime as ort
+
+    from onnxsight.serving.explainer import export_explainer
+
+    _, m, _, _ = multi
+    proto = export_explainer(m.with_output("kind"), method, samples=5)
+    assert [v.name for v in proto.graph.input] == ["image", "target", "meta"]
+    probabilities, explained, heatmap = ort.InferenceSession(proto.SerializeToString()).run(None, batch)
+    np.testing.assert_allclose(probabilities, m.predict(batch), atol=1e-6)
+    for i in range(3):  # the explainer's noise is the one the library draws for one image
+        one = {name: value[i:i + 1] for name, value in batch.items()}
+        if method == "gradcam":
+            want = onnxsight.gradcam(m, one, target=int(explained[i]))
+        else:
+            smooth = {"smooth_samples": 5} if method == "smoothgrad" else {}
+            want = onnxsight.saliency(m, one, target=int(explained[i]), normalize=True, **smooth)["image"]
+        np.testing.assert_allclose(heatmap[i], want[0], atol=1e-5)
+
+
 def test_bad_inputs_and_heads_are_one_line_errors(multi, batch):
     _, m, _, _ = multi
     with pytest.raises(InvalidArgument, match=r"has 2 inputs \(image, meta\): pass x as a dict"):

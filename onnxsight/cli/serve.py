@@ -10,7 +10,7 @@ import onnx
 import typer
 from rich.table import Table
 
-from onnxsight.cli.options import Device, Force, ModelArg, err, out
+from onnxsight.cli.options import Device, Force, HeadOpt, ModelArg, err, out
 from onnxsight.data.files import atomic_open, refuse_overwrite
 from onnxsight.engine.model import load
 from onnxsight.serving.explainer import METHODS, TARGET, export_explainer
@@ -31,16 +31,18 @@ def export(
     seed: Seed = 0,
     triton: Annotated[Optional[Path], typer.Option(help="Also write a Triton model repository entry into this folder.")] = None,
     force: Force = False,
+    head: HeadOpt = None,
 ) -> None:
     """Write an explainer: one ONNX model returning probabilities, the explained class and a heat map.
 
     Inputs: image (any batch) and optional target (int64 per image, or one for all; default: the
-    predicted class). Outputs: probabilities, target_class, heatmap (input size, normalised to [0, 1]).
+    predicted class); a model's other inputs keep their names. Outputs: probabilities (of --head),
+    target_class, heatmap (input size, normalised to [0, 1]).
     """
     from onnxsight.serving.triton import write_triton_entry
 
     refuse_overwrite(output, force)
-    proto = export_explainer(load(model, device="cpu"), method, layer=layer, samples=samples, noise=noise, seed=seed)
+    proto = export_explainer(load(model, device="cpu").with_output(head), method, layer=layer, samples=samples, noise=noise, seed=seed)
     folder = None if triton is None else write_triton_entry(proto, triton, output.stem, optional=[TARGET], force=force)
     output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(output) as handle:

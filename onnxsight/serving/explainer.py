@@ -1,8 +1,9 @@
 """Explainer models: a classifier and one attribution method as a single plain ONNX graph.
 
-The graph takes ``image`` (dynamic batch, the model's own input layout) and an optional
-``target`` (int64, one class per image or one for all; default ``[-1]``: the predicted class)
-and returns ``probabilities`` (the model's first output), ``target_class`` (the class each map
+The graph takes ``image`` (dynamic batch, the model's own input layout; a model with several
+inputs: its primary input, the others keep their names) and an optional ``target`` (int64, one
+class per image or one for all; default ``[-1]``: the predicted class) and returns
+``probabilities`` (the model's output, its ``head`` for a model with several), ``target_class`` (the class each map
 explains; an ONNX graph cannot reuse the input's name for an output) and ``heatmap`` (N, H, W),
 min-max normalised per image. Everything runs inside the graph: the one-hot cotangent, the
 gradient (onnxsight's VJP subgraphs), the CAM weighting, ReLU, bilinear ``Resize`` and the
@@ -31,7 +32,7 @@ from onnxsight.engine.model import Model
 from onnxsight.errors import InvalidArgument
 from onnxsight.kernels.attribution import noise_scale, smoothgrad_noise
 from onnxsight.methods.cam import check_cam_layer, default_cam_layer
-from onnxsight.methods.common import require_image
+from onnxsight.methods.common import attributed_inputs, require_image
 
 METHODS = ("saliency", "guided", "gradcam", "guided-gradcam", "smoothgrad")
 IMAGE, TARGET = "image", "target"  # inputs
@@ -71,16 +72,24 @@ def export_explainer(
     layer: the CAM layer, default :func:`onnxsight.methods.cam.default_cam_layer`.
     samples, noise, seed: SmoothGrad's noise, drawn once at export with
         :func:`onnxsight.kernels.attribution.smoothgrad_noise` for a single image and baked into
-        the graph: every image of a batch gets the noise ``onnxsight.saliency`` gives one image.
+        the graph: every image of a batch gets the noise ``onnxsight.saliency`` gives one image
+        (with several inputs, every float input gets its own, as there).
     Equal to, per image: ``onnxsight.saliency(m, x, t, modifier=None|"guided", normalize=True,
     [smooth_samples=samples, smooth_noise=noise, seed=seed])`` and ``onnxsight.gradcam(m, x, t,
     layer=layer, guided=False|True)``.
     """
     input_axis, cam_layer = _check(model, method, layer, samples)
-    tracked = [model.input_name, model.output_names[0], model.tensor("logits")]
+    others = [name for name in model.input_names if name != model.input_name]
+    tracked = [model.input_name, model.head, model.tensor("logits"), *others]
     proto, names = _free_public_names(model.proto, tracked + ([model.tensor(cam_layer)] if cam_layer else []))
     x, output, logits = names[:3]
-    cam_tensor = names[3] if cam_layer else None
+    others = dict(zip(others, names[3:3 + len(others)]))  # public name -> name in the graph
+    cam_tensor = names[-1] if cam_layer else None
+    copies = samples if method == "smoothgrad" else 0
+    if copies:  # the other inputs are read through their rows tiled to the noisy copies'
+        for public, inner in list(others.items()):
+            others[public] = free_name(tensor_names(proto.graph), f"{inner}/rows")
+            rename_tensor(proto.graph, inner, others[public])
     gradients = {
         "saliency": [_Gradient(None, x)],
         "guided": [_Gradient("guided", x)],
@@ -102,6 +111,8 @@ def export_explainer(
     inputs = [
         helper.make_tensor_value_info(IMAGE, elem, [_BATCH, *model.input_shape[1:]]),
         helper.make_tensor_value_info(TARGET, TensorProto.INT64, [_TARGETS]),
+        *(helper.make_tensor_value_info(name, infos[inner].type.tensor_type.elem_type, [_BATCH, *model.shapes[name][1:]])
+          for name, inner in others.items() if copies),
     ]
     outputs = [
         helper.make_tensor_value_info(PROBABILITIES, infos[output].type.tensor_type.elem_type, [_BATCH, classes]),
@@ -109,13 +120,18 @@ def export_explainer(
         helper.make_tensor_value_info(HEATMAP, elem, [_BATCH, *size]),
     ]
     g = GraphBuilder(infos | {v.name: v for v in inputs}, opset_version(proto), free_name([*tensor_names(proto.graph), *(n.name for n in proto.graph.node)], "onnxsight/explain"))
-    copies = samples if method == "smoothgrad" else 0
 
     g.scope("input")
     batch = g.dim(IMAGE, 0)
     if copies:  # rows: the N images, then copy s of image n at row N + s·N + n
-        noisy = _noisy_copies(g, IMAGE, model.input_shape, samples, noise, seed, elem)
+        noised = attributed_inputs(model)  # as onnxsight.saliency: input k of these draws with seed + k
+        noisy = _noisy_copies(g, IMAGE, model.input_shape, samples, noise, seed + noised.index(model.input_name), elem)
         _alias(g, g.op("Concat", IMAGE, noisy, axis=0), x)
+        for name, inner in others.items():
+            shape, kind = model.shapes[name], infos[inner].type.tensor_type.elem_type
+            rows = g.op("Concat", name, _noisy_copies(g, name, shape, samples, noise, seed + noised.index(name), kind),
+                        axis=0) if name in noised else g.op("Tile", name, g.ints([samples + 1] + [1] * (len(shape) - 1)))
+            _alias(g, rows, inner)
     else:
         _alias(g, IMAGE, x)
     clean = (lambda t: g.op("Slice", t, g.ints([0]), batch)) if copies else (lambda t: t)
@@ -144,12 +160,13 @@ def export_explainer(
     _alias(g, resolved, TARGET_CLASS)
     _alias(g, heatmap, HEATMAP)
     description = {
-        "method": method, "layer": cam_layer, "of": "logits", "classes": classes,
+        "method": method, "layer": cam_layer, "of": "logits", "head": model.head, "classes": classes,
         "samples": samples if copies else None, "noise": noise if copies else None, "seed": seed if copies else None,
         "source": Path(model.source).name, "input_layout": model.input_layout, "optional_inputs": [TARGET],
         "meaning": "heatmap: (N, H, W) min-max normalised per image; target < 0 (default) explains the predicted class",
     }
-    return _assemble(proto, g.nodes, inputs, outputs, [x, *cotangents], description)
+    replaced = [x, *cotangents, *(others.values() if copies else ())]
+    return _assemble(proto, g.nodes, inputs, outputs, replaced, description)
 
 
 def _check(model: Model, method: str, layer: str | None, samples: int) -> tuple[int, str | None]:
