@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from onnxsight.engine import targets
 from onnxsight.engine.model import DEFAULT_BATCH_SIZE, Model
 from onnxsight.errors import InvalidArgument
 from onnxsight.kernels import attribution as k
-from onnxsight.methods.common import image_channel_axis, target_scores
+from onnxsight.methods.common import (
+    Tally, gradient_batch_size, image_channel_axis, rows_of, rows_per_run, target_scores,
+)
 from onnxsight.methods.saliency import MAX_CHUNK_BYTES
 
 
@@ -22,7 +26,8 @@ def integrated_gradients(
     baseline="black",
     method: str = "riemann_trapezoid",
     reduce: str | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """``(x − b) × ∫₀¹ ∂f(b + α(x − b))/∂x dα`` per image, the integral by ``steps``-point quadrature.
 
@@ -37,23 +42,29 @@ def integrated_gradients(
     reduce: None (default: attributions in x's shape, so they sum to the score difference),
         "sum", "mean" or "max" over the input's channel axis (image inputs only).
     Path points are ``b + α(x − b)``, from the far end ``x − (1 − α)(x − b)`` for α ≥ ½ (so the
-    ends are exactly b and x). All path points of all images go through one batched gradient call (several when they
-    would exceed ``MAX_CHUNK_BYTES``), ``batch_size`` rows per onnxruntime run.
+    ends are exactly b and x). All path points of all images go through batched gradient calls, built
+    in chunks of at most ``MAX_CHUNK_BYTES``, ``batch_size`` rows per onnxruntime run (default None:
+    :func:`~onnxsight.methods.common.gradient_batch_size`, 64 unless memory is short).
+    progress: called with (path points done, path points in all) after each onnxruntime run.
     """
     k.choice("reduce", reduce, k.REDUCTIONS)
     alphas, weights = k.path_nodes(steps, method)
     x = model.check_input(x)
+    batch_size = batch_size or gradient_batch_size(model)
     axis = image_channel_axis(model)
     start = k.baseline(x, baseline, axis)
     indices = model.resolve_target(x, target, of, batch_size)
     delta = x - start
     chunk = k.sample_chunk(len(alphas), 4 * x.nbytes, MAX_CHUNK_BYTES)  # path, two ends, gradient
     integral = np.zeros(x.shape, np.float64)
+    tally = Tally(len(alphas) * len(x), progress)
     for first in range(0, len(alphas), chunk):
         a, w = alphas[first:first + chunk], weights[first:first + chunk]
         path = k.path_points(start, x, a).reshape(-1, *x.shape[1:])
         tiled = targets.tile(indices, len(a))
-        grads = model.gradient(path, of=of, target=tiled, batch_size=batch_size)["input"]
+        grads = np.concatenate([
+            model.gradient(path[run], of=of, target=rows_of(tiled, run), batch_size=batch_size)["input"]
+            for run in tally.runs(len(path), rows_per_run(model, batch_size))])
         integral += np.tensordot(w, grads.reshape(len(a), *x.shape).astype(np.float64), axes=1)
     attributions = k.reduce_channels(delta * integral, axis, reduce)
     return attributions.astype(np.float32)

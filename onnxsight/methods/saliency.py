@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from onnxsight.engine import targets
 from onnxsight.engine.augment import MODIFIERS
-from onnxsight.engine.model import DEFAULT_BATCH_SIZE, Model
+from onnxsight.engine.model import Model
 from onnxsight.errors import InvalidArgument
 from onnxsight.kernels import attribution as k
 from onnxsight.kernels.colors import normalize_each
-from onnxsight.methods.common import image_channel_axis
+from onnxsight.methods.common import Tally, gradient_batch_size, image_channel_axis, rows_of, rows_per_run
 
 MAX_CHUNK_BYTES = 256 * 2**20  # noisy copies (and their gradients) held at once, per m.gradient call
 
@@ -32,7 +34,8 @@ def saliency(
     noise: str = "relative",
     smooth_aggregate: str = "mean",
     seed: int = 0,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Gradient of the target score with respect to the input, post-processed, for a batch ``x``.
 
@@ -56,8 +59,12 @@ def saliency(
         "max" (default, keras-vis), "mean", "sum" or None (keep channels); ignored for inputs that
         are not NHWC/NCHW images (e.g. 2-D "NC"). ``normalize`` (default False: raw values)
         min-max scales each map to [0, 1] (keras-vis normalises).
-    batch_size: rows per onnxruntime run (default 64); all images and noisy copies go through
-        one batched gradient call (several when the copies would exceed ``MAX_CHUNK_BYTES``).
+    batch_size: rows per onnxruntime run (default None:
+        :func:`~onnxsight.methods.common.gradient_batch_size`, 64 unless memory is short); all
+        images and noisy copies go through batched gradient calls, the copies built in chunks of at
+        most ``MAX_CHUNK_BYTES``.
+    progress: called with (gradients done, gradients in all: images × max(1, smooth_samples)) after
+        each onnxruntime run.
 
     Returns float32 (N, H, W) for reduced image inputs, else ``x``'s shape.
     """
@@ -67,11 +74,15 @@ def saliency(
     k.choice("smooth_aggregate", smooth_aggregate, k.AGGREGATES)
     samples = _count(smooth_samples, "smooth_samples", minimum=0)
     x = model.check_input(x)
+    batch_size = batch_size or gradient_batch_size(model)
     indices = model.resolve_target(x, target, of, batch_size)
+    tally = Tally(len(x) * max(1, samples), progress)
 
     def grad(batch: np.ndarray, copies: int) -> np.ndarray:
         tiled = targets.tile(indices, copies)
-        return model.gradient(batch, of=of, target=tiled, modifier=modifier, batch_size=batch_size)["input"]
+        return np.concatenate([
+            model.gradient(batch[run], of=of, target=rows_of(tiled, run), modifier=modifier, batch_size=batch_size)["input"]
+            for run in tally.runs(len(batch), rows_per_run(model, batch_size))])
 
     post = dict(negate=negate, times_input=times_input, absolute=absolute)
     if samples == 0:
