@@ -1,21 +1,31 @@
-"""Defaults that scale from 28×28 digits to 224×224 photos, progress callbacks and memory-sized batches."""
+"""Defaults that scale from 28×28 digits to 224×224 photos, progress callbacks, memory-sized batches,
+and the CLI's estimate line, --dry-run and progress kept off stdout."""
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 import onnxsight
+from onnxsight.cli.app import app
+from onnxsight.cli.progress import duration
 from onnxsight.methods import common
 from onnxsight.methods.integrated_gradients import integrated_gradients
+from onnxsight.methods.maximize import maximize
 from onnxsight.methods.occlusion import default_window, occlusion
 from onnxsight.methods.saliency import saliency
 from tests.foreign_models import photo_cnn
 
+DIGITS = list(range(10))
+
 
 @pytest.fixture(scope="module")
 def photo():
-    """A 224×224 random-weight CNN (5 classes)."""
+    """A 224×224 random-weight CNN (5 classes) on which every class can be reached from grey."""
     return onnxsight.load(photo_cnn(seed=1), device="cpu")
 
 
@@ -27,6 +37,10 @@ def photo_x():
 @pytest.fixture(scope="module")
 def x(digits_data):
     return digits_data.x_test[:3]
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 # ---- occlusion window -------------------------------------------------------------------------
@@ -98,3 +112,53 @@ def test_default_gradient_batches_give_the_results_of_64_rows(model, x, monkeypa
 def test_available_memory_is_read():
     available = common.available_memory()
     assert available is None or available > 2**20
+
+
+# ---- maximization defaults --------------------------------------------------------------------
+def test_maximizing_with_defaults_reaches_every_digit(model):
+    result = maximize(model, "preds", DIGITS, check_every=0)
+    assert (model.predict(result.images).argmax(axis=1) == DIGITS).sum() >= 9
+    assert np.allclose(result.options["lr"], 0.05, rtol=0.5), result.options["lr"]  # seed 004's step size, about
+
+
+def test_maximizing_with_defaults_reaches_every_class_of_a_224_photo_model(photo):
+    """Default steps and lr; no float64 checks (onnx.reference takes ~15 s per check at 224×224)."""
+    grey = photo.predict(np.full((1, 3, 224, 224), 0.5, np.float32)).argmax()
+    result = maximize(photo, "logits", list(range(5)), check_every=0)
+    assert photo.predict(result.images).argmax(axis=1).tolist() == [0, 1, 2, 3, 4], f"grey is class {grey}"
+    assert min(result.options["lr"]) > 10  # its input gradients are ~1000× smaller than the digits CNN's
+
+
+def test_the_first_step_moves_half_a_percent_of_the_range(photo):
+    result = maximize(photo, "logits", [0, 3], steps=1, value_range=(0, 4), check_every=0)
+    rms = np.sqrt(np.square(result.images - 2.0).reshape(2, -1).mean(axis=1))
+    np.testing.assert_allclose(rms, 0.005 * 4, rtol=1e-4)
+
+
+# ---- CLI: estimates, dry runs, progress off stdout ----------------------------------------------
+def test_dry_run_prints_the_passes_and_writes_nothing(mnist_onnx, tmp_path):
+    occ = invoke("occlusion", mnist_onnx, "--data", "digits", "--count", "3", "--dry-run", "-o", tmp_path / "occ")
+    assert occ.exit_code == 0, occ.output
+    assert re.fullmatch(r"occlusion: 510 forward passes; about .* per pass, timed on 8\)\n", occ.stdout), occ.stdout
+    ig = invoke("ig", mnist_onnx, "--data", "digits", "--count", "3", "--steps", "20", "--dry-run", "-o", tmp_path / "ig")
+    assert ig.exit_code == 0 and ig.stdout.startswith("ig: 60 gradient passes; about "), ig.output
+    smooth = invoke("smoothgrad", mnist_onnx, "--data", "digits", "--count", "2", "--dry-run", "-o", tmp_path / "sg")
+    assert smooth.exit_code == 0 and smooth.stdout.startswith("smoothgrad: 40 gradient passes; about "), smooth.output
+    most = invoke("maximize", mnist_onnx, "--layer", "preds", "--unit", "3", "--unit", "4", "--dry-run", "-o", tmp_path)
+    assert most.exit_code == 0 and most.stdout.startswith(
+        "maximize: 400 gradient passes, plus 4 float64 finite-difference checks (not timed); about "), most.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_estimate_goes_to_stderr_and_the_options_record_the_window(mnist_onnx, tmp_path):
+    result = invoke("occlusion", mnist_onnx, "--data", "digits", "--count", "2", "-o", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "occlusion: 340 forward passes" in result.stderr and "passes" not in result.stdout
+    options = json.loads((tmp_path / "occlusion.json").read_text())["options"]
+    assert (options["window"], options["stride"]) == (4, 2)
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(0.04, "0.0 s"), (3.25, "3.2 s"), (42, "42 s"), (185, "3 min 5 s"),
+                                               (7800, "2 h 10 min")])
+def test_durations_read_naturally(seconds, text):
+    assert duration(seconds) == text
