@@ -14,6 +14,7 @@ import onnxsight
 from onnxsight.cli.app import app
 from onnxsight.cli.progress import duration
 from onnxsight.methods import common
+from onnxsight.methods.cam import gradcam
 from onnxsight.methods.integrated_gradients import integrated_gradients
 from onnxsight.methods.maximize import maximize
 from onnxsight.methods.occlusion import default_window, occlusion
@@ -88,6 +89,14 @@ def test_smoothgrad_and_saliency_report_every_gradient(model, x):
     assert calls == [(3, 3)]
 
 
+@pytest.mark.parametrize(("variant", "total"), [("gradcam", 3), ("scorecam", 3 * 64)])
+def test_gradcam_reports_its_images_or_score_cams_masked_copies(model, x, variant, total):
+    calls = []
+    got = gradcam(model, x, variant=variant, batch_size=2, progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (total, total) and len(calls) == -(-total // 2)
+    np.testing.assert_array_equal(got, gradcam(model, x, variant=variant, batch_size=2))
+
+
 # ---- memory-sized gradient batches ------------------------------------------------------------
 def test_gradient_batch_size_is_64_unless_memory_is_short(model, monkeypatch):
     assert common.gradient_batch_size(model) == 64
@@ -144,6 +153,9 @@ def test_dry_run_prints_the_passes_and_writes_nothing(mnist_onnx, tmp_path):
     assert ig.exit_code == 0 and ig.stdout.startswith("ig: 60 gradient passes; about "), ig.output
     smooth = invoke("smoothgrad", mnist_onnx, "--data", "digits", "--count", "2", "--dry-run", "-o", tmp_path / "sg")
     assert smooth.exit_code == 0 and smooth.stdout.startswith("smoothgrad: 40 gradient passes; about "), smooth.output
+    cams = invoke("gradcam", mnist_onnx, "--data", "digits", "--count", "2", "--variant", "scorecam", "--dry-run",
+                  "-o", tmp_path / "gc")
+    assert cams.exit_code == 0 and cams.stdout.startswith("gradcam: 128 forward passes; about "), cams.output
     most = invoke("maximize", mnist_onnx, "--layer", "preds", "--unit", "3", "--unit", "4", "--dry-run", "-o", tmp_path)
     assert most.exit_code == 0 and most.stdout.startswith(
         "maximize: 400 gradient passes, plus 4 float64 finite-difference checks (not timed); about "), most.output

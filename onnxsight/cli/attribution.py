@@ -220,16 +220,31 @@ def gradcam(
     upsample: Annotated[str, typer.Option(help="bilinear (default) or nearest.")] = "bilinear",
     tokens_grid: TokensGrid = None,
     output: OutputDir = Path("gradcam"), cmap: Cmap = "jet", batch_size: BatchSize = 64, device: Device = "auto",
-    scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False,
+    scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False, dry_run: DryRun = False,
 ) -> None:
     """Grad-CAM and its family, upsampled to the input, normalised, overlaid (a transformer's token
     layer is laid on its patch grid)."""
+    from onnxsight.methods.cam import cam_variant, check_cam_layer, default_cam_layer
     from onnxsight.methods.cam import gradcam as method
 
     options = {"layer": layer, "variant": variant, "guided": guided, "modifier": modifier, "relu": relu,
                "upsample": upsample, "tokens_grid": _grid(tokens_grid)}
+    by_gradient = cam_variant(variant).gradients
+
+    def plan(m: Model, x: np.ndarray, indices) -> Plan:
+        """Checks the layer first; Score-CAM's forward passes are its layer's channels (a token layer's
+        features) per image."""
+        name = default_cam_layer(m) if layer is None else check_cam_layer(m, layer)
+        if by_gradient:
+            return gradient_plan(1, of, batch_size, modifier)(m, x, indices)
+        shape = m.activations(x[:1], [name])[name].shape
+        channels = shape[m.channel_axis(name)] if len(shape) == 4 else shape[-1]
+        return forward_plan(lambda m, x: channels, of, batch_size)(m, x, indices)
+
     run_method("gradcam", model, images, data, count, target, of, output, force, cmap, device, scale, mean, std,
-               lambda m, x, t, progress: method(m, x, target=t, of=of, batch_size=batch_size, **options), options)
+               lambda m, x, t, progress: method(m, x, target=t, of=of, batch_size=batch_size, progress=progress,
+                                                **options),
+               options, plan, dry_run)
 
 
 def rollout(
