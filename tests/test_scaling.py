@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from rich.progress import TimeRemainingColumn
 from typer.testing import CliRunner
 
 import onnxsight
 from onnxsight.cli.app import app
-from onnxsight.cli.progress import duration
+from onnxsight.cli.progress import Rate, bar, duration
 from onnxsight.methods import common
 from onnxsight.methods.cam import gradcam
 from onnxsight.methods.integrated_gradients import integrated_gradients
@@ -174,3 +176,10 @@ def test_the_estimate_goes_to_stderr_and_the_options_record_the_window(mnist_onn
                                                (7800, "2 h 10 min")])
 def test_durations_read_naturally(seconds, text):
     assert duration(seconds) == text
+
+
+def test_bars_show_the_rate_and_the_time_left():
+    columns = bar("images").columns
+    assert any(isinstance(c, TimeRemainingColumn) for c in columns)
+    rate = next(c for c in columns if isinstance(c, Rate))
+    assert rate.render(SimpleNamespace(speed=2.54)).plain == "2.5 images/s"

@@ -29,10 +29,11 @@ class Rate(ProgressColumn):
         return Text(f"{task.speed or 0:,.1f} {self.unit}/s", style="cyan")
 
 
-def bar(unit: str) -> Progress:
-    """A transient progress bar on stderr: description, bar, done/total, rate in ``unit``/s, time left."""
+def bar(unit: str, transient: bool = True) -> Progress:
+    """A progress bar on stderr: description, bar, done/total, rate in ``unit``/s, time left; ``transient``
+    (default) removes it when done."""
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(unit),
-                    TimeRemainingColumn(), console=err, transient=True)
+                    TimeRemainingColumn(), console=err, transient=transient)
 
 
 @contextmanager
