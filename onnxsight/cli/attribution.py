@@ -20,6 +20,7 @@ from onnxsight.engine.model import Model, load
 from onnxsight.engine import targets
 from onnxsight.engine.targets import Region
 from onnxsight.errors import InvalidArgument
+from onnxsight.kernels.attribution import choice
 from onnxsight.kernels.colors import COLORMAPS, normalize
 from onnxsight.kernels.grids import attribution_figure
 from onnxsight.kernels.images import spatial_size
@@ -136,8 +137,10 @@ def saliency(
     dry_run: DryRun = False,
 ) -> None:
     """Gradient saliency (Simonyan et al.): vanilla, guided or deconv; |gradient| max over channels by default."""
+    from onnxsight.methods.saliency import check_options
     from onnxsight.methods.saliency import saliency as method
 
+    check_options(modifier, reduce)
     options = {"modifier": modifier, "reduce": reduce, "absolute": not signed, "negate": negate, "times_input": times_input}
     run_method("saliency", model, images, data, count, target, of, output, force, cmap, device, scale, mean, std,
                lambda m, x, t, progress: method(m, x, target=t, of=of, batch_size=batch_size, progress=progress,
@@ -159,8 +162,10 @@ def smoothgrad(
     dry_run: DryRun = False,
 ) -> None:
     """SmoothGrad (Smilkov et al.): saliency averaged over noisy copies; SmoothGrad² and VarGrad too."""
+    from onnxsight.methods.saliency import check_options
     from onnxsight.methods.saliency import saliency as method
 
+    check_options(modifier, reduce, noise_mode, aggregate)
     options = {"modifier": modifier, "reduce": reduce, "absolute": not signed, "negate": negate,
                "times_input": times_input, "smooth_samples": samples, "smooth_noise": noise, "noise": noise_mode,
                "smooth_aggregate": aggregate, "seed": seed}
@@ -184,6 +189,7 @@ def ig(
     from onnxsight.kernels.attribution import path_nodes
     from onnxsight.methods.integrated_gradients import completeness_gap, integrated_gradients
 
+    choice("--reduce", reduce, ("sum", "mean", "max"))
     chosen = _baseline(baseline)
     options = {"steps": steps, "baseline": baseline, "method": method_name, "reduce": reduce}
 

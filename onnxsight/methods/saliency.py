@@ -68,10 +68,7 @@ def saliency(
 
     Returns float32 (N, H, W) for reduced image inputs, else ``x``'s shape.
     """
-    k.choice("modifier", modifier, MODIFIERS)
-    k.choice("reduce", reduce, k.REDUCTIONS)
-    k.choice("noise", noise, k.NOISE_MODES)
-    k.choice("smooth_aggregate", smooth_aggregate, k.AGGREGATES)
+    check_options(modifier, reduce, noise, smooth_aggregate)
     samples = _count(smooth_samples, "smooth_samples", minimum=0)
     x = model.check_input(x)
     batch_size = batch_size or gradient_batch_size(model)
@@ -100,6 +97,14 @@ def saliency(
     if normalize:
         maps = normalize_each(maps)
     return maps.astype(np.float32)
+
+
+def check_options(modifier: str | None, reduce: str | None, noise: str = "relative", smooth_aggregate: str = "mean") -> None:
+    """InvalidArgument for a modifier, reduction, noise mode or aggregate :func:`saliency` does not know."""
+    k.choice("modifier", modifier, MODIFIERS)
+    k.choice("reduce", reduce, k.REDUCTIONS)
+    k.choice("noise", noise, k.NOISE_MODES)
+    k.choice("smooth_aggregate", smooth_aggregate, k.AGGREGATES)
 
 
 def _count(value, name: str, minimum: int) -> int:
