@@ -16,8 +16,8 @@ from onnxsight.cli.options import (
 from onnxsight.cli.progress import DryRun, Plan, announce, tracked
 from onnxsight.data.files import OutputDir as Folder
 from onnxsight.data.images import read_npy
-from onnxsight.engine.model import Model, load
 from onnxsight.engine import targets
+from onnxsight.engine.model import Model, load
 from onnxsight.engine.targets import Region
 from onnxsight.errors import InvalidArgument
 from onnxsight.kernels.attribution import choice
@@ -296,7 +296,8 @@ def occlusion(
 ) -> None:
     """Occlusion sensitivity (Zeiler & Fergus): the score drop when a window hides each pixel."""
     from onnxsight.kernels.occlusion import grid
-    from onnxsight.methods.common import spatial_size as size_of
+    from onnxsight.methods.common import require_image
+    from onnxsight.methods.common import spatial_size as image_size
     from onnxsight.methods.occlusion import default_window
     from onnxsight.methods.occlusion import occlusion as method
 
@@ -305,7 +306,7 @@ def occlusion(
 
     def windows(m: Model, x: np.ndarray) -> int:
         """Window positions per image, plus the clean image; records the window and stride in the options."""
-        height, width = size_of(x, 3 if m.input_layout == "NHWC" else 1)
+        height, width = image_size(x, require_image(m, "occlusion"))
         chosen, step = default_window(height, width, window, stride)
         options.update(window=chosen[0], stride=step[0])
         return len(grid(height, width, chosen, step)[0]) + 1

@@ -47,7 +47,8 @@ def tracked(description: str, unit: str = "passes") -> Iterator[Callable[[int, i
 @dataclass(frozen=True)
 class Plan:
     """A job's size: ``passes`` model passes of one ``kind`` ("forward" or "gradient"), ``run(rows)``
-    doing ``rows`` of them, and what else it does that is not timed (``extra``, e.g. checks)."""
+    doing ``rows`` of them at once (``rows``: as many as the job runs at once, timed on at most
+    ``TIMED_ROWS``), and what else it does that is not timed (``extra``, e.g. checks)."""
 
     passes: int
     kind: str
