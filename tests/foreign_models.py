@@ -111,3 +111,34 @@ def torch_style_resnet(exporter: str, seed: int = 0) -> onnx.ModelProto:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="pytorch")
     return runtime_compatible(model)
+
+
+def photo_cnn(size: int = 224, classes: int = 5, seed: int = 0) -> onnx.ModelProto:
+    """A small photo-sized classifier with He-initialised random weights, input (N, 3, size, size):
+    Conv(3->8, 7x7, stride 4) -> Relu -> Conv(8->32, 3x3, stride 2) -> Relu -> GlobalAveragePool
+    -> Flatten -> Gemm(32->classes) -> Softmax."""
+    rng = np.random.default_rng(seed)
+    weights = {
+        "conv1_w": rng.normal(0, np.sqrt(2 / 147), (8, 3, 7, 7)).astype(np.float32),
+        "conv1_b": np.zeros(8, np.float32),
+        "conv2_w": rng.normal(0, np.sqrt(2 / 72), (32, 8, 3, 3)).astype(np.float32),
+        "conv2_b": np.zeros(32, np.float32),
+        "fc_w": rng.normal(0, np.sqrt(1 / 32), (classes, 32)).astype(np.float32),
+        "fc_b": np.zeros(classes, np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["data", "conv1_w", "conv1_b"], ["conv1"], name="conv1", strides=[4, 4], pads=[3, 3, 3, 3]),
+        helper.make_node("Relu", ["conv1"], ["relu1"], name="relu1"),
+        helper.make_node("Conv", ["relu1", "conv2_w", "conv2_b"], ["conv2"], name="conv2", strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv2"], ["relu2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["relu2"], ["pool"], name="pool"),
+        helper.make_node("Flatten", ["pool"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["fc"], name="fc", transB=1),
+        helper.make_node("Softmax", ["fc"], ["prob"], name="softmax", axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "photo_cnn", [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", classes])],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    return runtime_compatible(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))

@@ -92,6 +92,9 @@ def test_class_saliency_top_k_and_embed_write_their_views(runner, tmp_path, mnis
         (["saliency", "{model}", "--data", "digits", "--target", "three"], "--target must be"),
         (["saliency", "{model}", "--data", "digits", "--target", "12"], "out of range"),
         (["ig", "{model}", "--data", "digits", "--baseline", "purple"], "--baseline must be"),
+        (["ig", "{model}", "--data", "digits", "--reduce", "median"], "--reduce must be one of"),
+        (["saliency", "{model}", "--data", "digits", "--reduce", "median"], "reduce must be one of"),  # before the estimate
+        (["smoothgrad", "{model}", "--data", "digits", "--aggregate", "median"], "smooth_aggregate must be one of"),
         (["saliency", "{model}"], "give images as arguments or a dataset with --data"),
         (["embed", "{model}", "-l", "dense_1", "--method", "umap"], "unknown embedding method"),
         (["class-saliency", "{model}", "--class", "42"], "class 42 has 0 images"),

@@ -251,6 +251,15 @@ def test_default_objective_follows_the_layer(mnist):
     assert maximize(mnist, "conv2d_2", None, steps=1, check_every=0).objective == "norm"
 
 
+def test_an_old_opset_model_is_maximised_and_checked():
+    """Opset 9 (old model-zoo files): the objective head is built on the model upgraded to the VJP's opset."""
+    proto = nchw_cnn()
+    proto.opset_import[0].version = 9
+    result = maximize(onnxsight.load(proto, device="cpu"), "logits", [1, 2], steps=3, check_every=1)
+    assert (result.final_activation > result.start_activation).all()
+    _assert_checked(result, at_least=2)
+
+
 # ---- kernels ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("channel_axis", [1, 3])
 def test_regulariser_gradients_equal_central_differences(channel_axis):

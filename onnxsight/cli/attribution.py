@@ -10,17 +10,22 @@ import typer
 
 from onnxsight.cli.inputs import Inputs, load_inputs
 from onnxsight.cli.options import (
-    BatchSize, DataOpt, Device, Force, HeadOpt, Mean, ModelArg, NamedInputs, OptionalImagesArg, OutputDir, Scale, Std,
-    err, out,
+    BatchSize, DataOpt, Device, Force, GradientBatchSize, HeadOpt, Mean, ModelArg, NamedInputs, OptionalImagesArg,
+    OutputDir, Scale, Std, err, out,
 )
+from onnxsight.cli.progress import DryRun, Plan, announce, tracked
 from onnxsight.data.files import OutputDir as Folder
 from onnxsight.data.images import read_npy
-from onnxsight.engine.model import Model, load
+from onnxsight.engine import targets
+from onnxsight.engine import model as engine
+from onnxsight.engine.model import Model, load, rows, take
 from onnxsight.engine.targets import Region
 from onnxsight.errors import InvalidArgument
+from onnxsight.kernels.attribution import choice
 from onnxsight.kernels.colors import COLORMAPS, normalize
 from onnxsight.kernels.grids import attribution_figure
 from onnxsight.kernels.images import spatial_size
+from onnxsight.methods.common import gradient_batch_size, rows_of, rows_per_run, target_scores
 
 Count = Annotated[Optional[int], typer.Option(min=1, help="With --data: how many test images (default 16).")]
 Target = Annotated[str, typer.Option(help="'predicted' (argmax), 'none' (the sum: a regression output), a class/channel "
@@ -64,13 +69,55 @@ def parse_target(text: str):
 
 
 def run_method(method: str, model: Path, images, data, count, target, of, output, force, cmap, device,
-               scale, mean, std, compute, options: dict, head: str | None = None, named=None) -> None:
-    """Shared steps: load inputs, resolve the target once, compute maps, write PNG/.npy/JSON."""
+               scale, mean, std, compute, options: dict, plan=None, dry_run: bool = False, head: str | None = None,
+               named=None) -> None:
+    """Shared steps: load inputs (``named``: ``--input`` options) and the ``head``, resolve the target
+    once, print the estimate of ``plan(m, x, indices)`` (a :class:`Plan`; with ``dry_run`` only that),
+    compute maps with a progress bar, write PNG/.npy/JSON."""
     m = load(model, device=device).with_output(head)
     inputs = load_inputs(m, images, data, count or (DEFAULT_DATA_COUNT if data else None), scale, mean, std, named)
     indices = m.resolve_target(inputs.x, parse_target(target), of)
-    maps = compute(m, inputs.x, indices)
+    if plan is not None:
+        announce(method, plan(m, inputs.x, indices), dry_run)
+    with tracked(method) as progress:
+        maps = compute(m, inputs.x, indices, progress)
     write_results(method, m, inputs, maps, indices, target, of, Folder(output, force), cmap, options)
+
+
+def gradient_plan(per_image: int, of: str, batch_size: int | None, modifier: str | None = None):
+    """``plan(m, x, indices)`` for ``per_image`` gradient passes per image, timed on the first image."""
+    def plan(m: Model, x: engine.Inputs, indices) -> Plan:
+        size = batch_size or gradient_batch_size(m)
+
+        def run(count: int) -> None:
+            m.gradient(_first_repeated(x, count), of=of, target=targets.tile(rows_of(indices, slice(0, 1)), count),
+                       modifier=modifier, batch_size=size)
+
+        return Plan(rows(x) * per_image, "gradient", run, rows=rows_per_run(m, size))
+    return plan
+
+
+def forward_plan(per_image, of: str, batch_size: int):
+    """``plan(m, x, indices)`` for ``per_image(m, x)`` forward passes per image, timed on the first image."""
+    def plan(m: Model, x: engine.Inputs, indices) -> Plan:
+        def run(count: int) -> None:
+            target_scores(m, _first_repeated(x, count), targets.tile(rows_of(indices, slice(0, 1)), count), of,
+                          batch_size)
+
+        return Plan(rows(x) * per_image(m, x), "forward", run, rows=rows_per_run(m, batch_size))
+    return plan
+
+
+def _first_repeated(x: engine.Inputs, count: int) -> engine.Inputs:
+    """``count`` copies of the first image of a batch (with its other inputs)."""
+    first = take(x, slice(0, 1))
+    return {k: np.repeat(v, count, axis=0) for k, v in first.items()} if isinstance(first, dict) \
+        else np.repeat(first, count, axis=0)
+
+
+def _primary(m: Model, x: engine.Inputs) -> np.ndarray:
+    """The primary (image) input of a batch."""
+    return m.input_feeds(x)[m.input_name]
 
 
 def write_results(method: str, m: Model, inputs: Inputs, maps, indices, target: str, of: str,
@@ -107,16 +154,21 @@ def saliency(
     model: ModelArg, images: OptionalImagesArg = None, data: DataOpt = None, count: Count = None,
     target: Target = "predicted", of: Of = "logits", modifier: Modifier = None, reduce: Reduce = "max",
     signed: Signed = False, negate: Negate = False, times_input: TimesInput = False,
-    output: OutputDir = Path("saliency"), cmap: Cmap = "jet", batch_size: BatchSize = 64, device: Device = "auto",
-    scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False,
+    output: OutputDir = Path("saliency"), cmap: Cmap = "jet", batch_size: GradientBatchSize = None,
+    device: Device = "auto", scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False,
+    dry_run: DryRun = False,
     head: HeadOpt = None, named: NamedInputs = None,
 ) -> None:
     """Gradient saliency (Simonyan et al.): vanilla, guided or deconv; |gradient| max over channels by default."""
+    from onnxsight.methods.saliency import check_options
     from onnxsight.methods.saliency import saliency as method
 
+    check_options(modifier, reduce)
     options = {"modifier": modifier, "reduce": reduce, "absolute": not signed, "negate": negate, "times_input": times_input}
     run_method("saliency", model, images, data, count, target, of, output, force, cmap, device, scale, mean, std,
-               lambda m, x, t: method(m, x, target=t, of=of, batch_size=batch_size, **options), options, head, named)
+               lambda m, x, t, progress: method(m, x, target=t, of=of, batch_size=batch_size, progress=progress,
+                                                **options),
+               options, gradient_plan(1, of, batch_size, modifier), dry_run, head=head, named=named)
 
 
 def smoothgrad(
@@ -128,18 +180,23 @@ def smoothgrad(
     aggregate: Annotated[str, typer.Option(help="mean (SmoothGrad), square (SmoothGrad²) or variance (VarGrad).")] = "mean",
     signed: Signed = False, negate: Negate = False, times_input: TimesInput = False,
     seed: Annotated[int, typer.Option(help="Seed of the noise.")] = 0,
-    output: OutputDir = Path("smoothgrad"), cmap: Cmap = "jet", batch_size: BatchSize = 64, device: Device = "auto",
-    scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False,
+    output: OutputDir = Path("smoothgrad"), cmap: Cmap = "jet", batch_size: GradientBatchSize = None,
+    device: Device = "auto", scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False,
+    dry_run: DryRun = False,
     head: HeadOpt = None, named: NamedInputs = None,
 ) -> None:
     """SmoothGrad (Smilkov et al.): saliency averaged over noisy copies; SmoothGrad² and VarGrad too."""
+    from onnxsight.methods.saliency import check_options
     from onnxsight.methods.saliency import saliency as method
 
+    check_options(modifier, reduce, noise_mode, aggregate)
     options = {"modifier": modifier, "reduce": reduce, "absolute": not signed, "negate": negate,
                "times_input": times_input, "smooth_samples": samples, "smooth_noise": noise, "noise": noise_mode,
                "smooth_aggregate": aggregate, "seed": seed}
     run_method("smoothgrad", model, images, data, count, target, of, output, force, cmap, device, scale, mean, std,
-               lambda m, x, t: method(m, x, target=t, of=of, batch_size=batch_size, **options), options, head, named)
+               lambda m, x, t, progress: method(m, x, target=t, of=of, batch_size=batch_size, progress=progress,
+                                                **options),
+               options, gradient_plan(samples, of, batch_size, modifier), dry_run, head=head, named=named)
 
 
 def ig(
@@ -149,26 +206,29 @@ def ig(
     baseline: Annotated[str, typer.Option(help="black, grey, blur, a number, or an .npy file shaped like one input.")] = "black",
     method_name: Annotated[str, typer.Option("--method", help="Quadrature: riemann_trapezoid, riemann_left/right/middle, gausslegendre.")] = "riemann_trapezoid",
     reduce: Annotated[str, typer.Option(help="Channel reduction for the picture: sum (default), mean or max.")] = "sum",
-    output: OutputDir = Path("ig"), cmap: Cmap = "jet", batch_size: BatchSize = 64, device: Device = "auto",
-    scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False,
+    output: OutputDir = Path("ig"), cmap: Cmap = "jet", batch_size: GradientBatchSize = None, device: Device = "auto",
+    scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False, dry_run: DryRun = False,
     head: HeadOpt = None, named: NamedInputs = None,
 ) -> None:
     """Integrated Gradients (Sundararajan et al.); the JSON reports each image's completeness gap."""
+    from onnxsight.kernels.attribution import path_nodes
     from onnxsight.methods.integrated_gradients import completeness_gap, integrated_gradients
 
+    choice("--reduce", reduce, ("sum", "mean", "max"))
     chosen = _baseline(baseline)
     options = {"steps": steps, "baseline": baseline, "method": method_name, "reduce": reduce}
 
-    def compute(m, x, t):
+    def compute(m, x, t, progress):
         attributions = integrated_gradients(m, x, target=t, of=of, steps=steps, baseline=chosen, method=method_name,
-                                            batch_size=batch_size)
+                                            batch_size=batch_size, progress=progress)
         options["completeness_gap"] = completeness_gap(m, x, attributions, t, of=of, baseline=chosen).tolist()
         if isinstance(attributions, dict):
             return {name: _reduced(a, m.input_layouts[name], reduce) for name, a in attributions.items()}
         return _reduced(attributions, m.input_layout, reduce)
 
     run_method("ig", model, images, data, count, target, of, output, force, cmap, device, scale, mean, std,
-               compute, options, head, named)
+               compute, options, gradient_plan(len(path_nodes(steps, method_name)[0]), of, batch_size), dry_run,
+               head=head, named=named)
 
 
 def _reduced(attributions: np.ndarray, layout: str, reduce: str) -> np.ndarray:
@@ -199,17 +259,32 @@ def gradcam(
     upsample: Annotated[str, typer.Option(help="bilinear (default) or nearest.")] = "bilinear",
     tokens_grid: TokensGrid = None,
     output: OutputDir = Path("gradcam"), cmap: Cmap = "jet", batch_size: BatchSize = 64, device: Device = "auto",
-    scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False,
+    scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False, dry_run: DryRun = False,
     head: HeadOpt = None, named: NamedInputs = None,
 ) -> None:
     """Grad-CAM and its family, upsampled to the input, normalised, overlaid (a transformer's token
     layer is laid on its patch grid)."""
+    from onnxsight.methods.cam import cam_variant, check_cam_layer, default_cam_layer
     from onnxsight.methods.cam import gradcam as method
 
     options = {"layer": layer, "variant": variant, "guided": guided, "modifier": modifier, "relu": relu,
                "upsample": upsample, "tokens_grid": _grid(tokens_grid)}
+    by_gradient = cam_variant(variant).gradients
+
+    def plan(m: Model, x: np.ndarray, indices) -> Plan:
+        """Checks the layer first; Score-CAM's forward passes are its layer's channels (a token layer's
+        features) per image."""
+        name = default_cam_layer(m) if layer is None else check_cam_layer(m, layer)
+        if by_gradient:
+            return gradient_plan(1, of, batch_size, modifier)(m, x, indices)
+        shape = m.activations(take(x, slice(0, 1)), [name])[name].shape
+        channels = shape[m.channel_axis(name)] if len(shape) == 4 else shape[-1]
+        return forward_plan(lambda m, x: channels, of, batch_size)(m, x, indices)
+
     run_method("gradcam", model, images, data, count, target, of, output, force, cmap, device, scale, mean, std,
-               lambda m, x, t: method(m, x, target=t, of=of, batch_size=batch_size, **options), options, head, named)
+               lambda m, x, t, progress: method(m, x, target=t, of=of, batch_size=batch_size, progress=progress,
+                                                **options),
+               options, plan, dry_run, head=head, named=named)
 
 
 def rollout(
@@ -231,7 +306,7 @@ def rollout(
     options = {"layers": layer, "head_fusion": head_fusion, "discard_ratio": discard_ratio, "residual": residual,
                "tokens_grid": _grid(tokens_grid), "upsample": upsample}
     run_method("rollout", model, images, data, count, "none", "logits", output, force, cmap, device, scale, mean, std,
-               lambda m, x, t: method(m, x, batch_size=batch_size, **options), options, head, named)
+               lambda m, x, t, progress: method(m, x, batch_size=batch_size, **options), options, head=head, named=named)
 
 
 def _grid(text: str | None) -> tuple[int, int] | None:
@@ -246,21 +321,36 @@ def _grid(text: str | None) -> tuple[int, int] | None:
 def occlusion(
     model: ModelArg, images: OptionalImagesArg = None, data: DataOpt = None, count: Count = None,
     target: Target = "predicted", of: Of = "logits",
-    window: Annotated[int, typer.Option(min=1, help="Occluding square's side in pixels (seed 003: 11).")] = 4,
-    stride: Annotated[int, typer.Option(min=1, help="Step between windows (seed 003: 4).")] = 2,
+    window: Annotated[Optional[int], typer.Option(min=1, help="Occluding square's side in pixels (default: 1/14 of the "
+                                                             "shorter image side, at least 4; seed 003: 11).")] = None,
+    stride: Annotated[Optional[int], typer.Option(min=1, help="Step between windows (default: half the window; "
+                                                             "seed 003: 4).")] = None,
     fill: Annotated[str, typer.Option(help="A number, mean (the image's mean) or blur.")] = "0",
     output: OutputDir = Path("occlusion"), cmap: Cmap = "jet", batch_size: BatchSize = 256, device: Device = "auto",
-    scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False,
+    scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False, dry_run: DryRun = False,
     head: HeadOpt = None, named: NamedInputs = None,
 ) -> None:
     """Occlusion sensitivity (Zeiler & Fergus): the score drop when a window hides each pixel."""
+    from onnxsight.kernels.occlusion import grid
+    from onnxsight.methods.common import require_image
+    from onnxsight.methods.common import spatial_size as image_size
+    from onnxsight.methods.occlusion import default_window
     from onnxsight.methods.occlusion import occlusion as method
 
     filler = fill if fill in ("mean", "blur") else _number(fill, "--fill")
     options = {"window": window, "stride": stride, "fill": fill}
+
+    def windows(m: Model, x: np.ndarray) -> int:
+        """Window positions per image, plus the clean image; records the window and stride in the options."""
+        height, width = image_size(_primary(m, x), require_image(m, "occlusion"))
+        chosen, step = default_window(height, width, window, stride)
+        options.update(window=chosen[0], stride=step[0])
+        return len(grid(height, width, chosen, step)[0]) + 1
+
     run_method("occlusion", model, images, data, count, target, of, output, force, cmap, device, scale, mean, std,
-               lambda m, x, t: method(m, x, target=t, of=of, window=window, stride=stride, fill=filler,
-                                      batch_size=batch_size), options, head, named)
+               lambda m, x, t, progress: method(m, x, target=t, of=of, window=window, stride=stride, fill=filler,
+                                                batch_size=batch_size, progress=progress),
+               options, forward_plan(windows, of, batch_size), dry_run, head=head, named=named)
 
 
 def _number(text: str, option: str) -> float:

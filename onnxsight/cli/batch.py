@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
-from rich.text import Text
 
 from onnxsight.cli.attribution import parse_target
-from onnxsight.cli.options import Device, Force, Mean, ModelArg, OutputDir, Scale, Std, err, out
+from onnxsight.cli.options import Device, Force, Mean, ModelArg, OutputDir, Scale, Std, out
+from onnxsight.cli.progress import bar
 from onnxsight.errors import InvalidArgument
 
 Method = Annotated[str, typer.Option(help="saliency, gradcam, occlusion, ig or activations (top-K and statistics per unit).")]
@@ -48,8 +47,8 @@ def batch(
     samples: Annotated[Optional[int], typer.Option(min=1, help="saliency: SmoothGrad noisy copies per image.")] = None,
     noise: Annotated[Optional[float], typer.Option(min=0, help="saliency: SmoothGrad noise (fraction of the value range).")] = None,
     variant: Annotated[Optional[str], typer.Option(help="gradcam: gradcam, gradcam++, xgradcam, hirescam, layercam, scorecam.")] = None,
-    window: Annotated[Optional[int], typer.Option(min=1, help="occlusion: window side (default 4).")] = None,
-    stride: Annotated[Optional[int], typer.Option(min=1, help="occlusion: stride (default 2).")] = None,
+    window: Annotated[Optional[int], typer.Option(min=1, help="occlusion: window side (default 1/14 of the shorter image side, at least 4).")] = None,
+    stride: Annotated[Optional[int], typer.Option(min=1, help="occlusion: stride (default half the window).")] = None,
     fill: Annotated[Optional[str], typer.Option(help="occlusion: a number, mean (the image's mean) or blur (default 0).")] = None,
     steps: Annotated[Optional[int], typer.Option(min=1, help="ig: path points (default 50).")] = None,
     baseline: Annotated[Optional[str], typer.Option(help="ig: black, grey, blur or a number (default black).")] = None,
@@ -88,8 +87,7 @@ def batch(
     chosen_target = target if target == "label" else parse_target(target)
     if isinstance(chosen_target, list):
         raise InvalidArgument("--target takes one index for a whole dataset, not one per image")
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
-                        TimeRemainingColumn(), console=err)
+    progress = bar("images", transient=False)
     task = progress.add_task(f"{method} {data}", start=False)
 
     def start(done: int, total: int) -> None:
@@ -123,10 +121,3 @@ def _named_or_number(text: str | None, names: tuple[str, ...], option: str):
         return float(text)
     except ValueError as error:
         raise InvalidArgument(f"{option} must be a number or one of {', '.join(names)}, got {text!r}") from error
-
-
-class _Rate(ProgressColumn):
-    """Images per second over the run so far."""
-
-    def render(self, task) -> Text:
-        return Text(f"{task.speed or 0:,.0f} images/s", style="cyan")

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Optional
 
+import numpy as np
 import typer
-from rich.progress import Progress
 
 from onnxsight.cli.inputs import load_batch
 from onnxsight.cli.options import Device, Force, ModelArg, OutputDir, err, out
+from onnxsight.cli.progress import DryRun, Plan, announce, tracked
 from onnxsight.data.files import OutputDir as Folder
 from onnxsight.engine.model import Model, load
 from onnxsight.errors import InvalidArgument
@@ -29,7 +30,8 @@ def maximize(
     all_units: Annotated[bool, typer.Option("--all-units", help="Every unit of the layer, drawn as a grid too.")] = False,
     objective: Annotated[Optional[str], typer.Option(help="unit (mean), norm, logit or cross-entropy; default: logit for the output/logits, else unit (norm without --unit).")] = None,
     steps: Annotated[int, typer.Option(min=1, help="Gradient-ascent steps.")] = 200,
-    lr: Annotated[float, typer.Option(min=0, help="Step size (seed 004: 0.05).")] = 0.05,
+    lr: Annotated[Optional[float], typer.Option(min=0, help="Step size (default: chosen per image so the first step moves "
+                                                         "pixels by 0.5 % of --low..--high; seed 004: 0.05).")] = None,
     step: Annotated[str, typer.Option(help="plain (x + lr·grad, seed 004) or normalized (x + lr·grad/‖grad‖, keras-vis).")] = "plain",
     init: Annotated[str, typer.Option(help="grey, noise, a number, or an image file / .npy to start from (seed 004: a test image).")] = "grey",
     l2: Annotated[float, typer.Option(min=0, help="Weight of the L2 norm of the image (seed 004: 1e-3).")] = 0.0,
@@ -45,7 +47,7 @@ def maximize(
     check_every: Annotated[int, typer.Option(min=0, help="Finite-difference check at step 0 and every N steps (0: never).")] = 50,
     tolerance: Annotated[float, typer.Option(help="Largest relative error the check accepts.")] = 1e-3,
     seed: Annotated[int, typer.Option(help="Seed of the noise start, jitter and check directions.")] = 0,
-    output: OutputDir = Path("maximize"), device: Device = "auto", force: Force = False,
+    output: OutputDir = Path("maximize"), device: Device = "auto", force: Force = False, dry_run: DryRun = False,
 ) -> None:
     """Activation maximization: inputs that maximise a unit, a layer's norm or a class, gradients checked by finite differences."""
     from onnxsight.methods.maximize import maximize as method
@@ -57,15 +59,19 @@ def maximize(
     m = load(model, device=device)
     units = _all_units(m, layer, objective) if all_units else (unit or None)
     start = _init(m, init)
+    count = len(units) if units else 1
+    checks = len(range(0, steps, check_every)) if check_every else 0
+    announce("maximize", Plan(steps * count, "gradient", lambda rows: m.gradient(
+        np.full((rows, *m.input_shape[1:]), (low + high) / 2, m.input_dtype), of=layer, target=None), rows=count,
+        extra=f"{checks} float64 finite-difference checks (not timed)" if checks else ""), dry_run)
     folder = Folder(output, force)
-    with Progress(console=err, transient=True) as bar:
-        task = bar.add_task(f"maximize {layer}", total=steps)
+    with tracked(f"maximize {layer}", "steps") as progress:
         result = method(
             m, layer, units, OBJECTIVE_NAMES.get(objective), steps=steps, lr=lr, step=step, init=start,
             regularizers={"l2": l2, "tv": tv, "blur_every": blur_every, "blur_sigma": blur_sigma},
             modifiers={"jitter": jitter, "rotate": rotate, "scale": scale}, clip=clip, value_range=(low, high),
             check_every=check_every, tolerance=tolerance, seed=seed,
-            progress=lambda done: bar.update(task, completed=done),
+            progress=lambda done: progress(done, steps),
         )
     pictures = [as_rgb8(image) for image in to_hwc(result.images, m.input_layout)] if result.images.ndim == 4 else []
     names = [f"unit{u}" for u in result.units] if result.units is not None else ["norm"]

@@ -20,6 +20,8 @@ OutputDir = Annotated[Path, typer.Option("--output", "-o", help="Folder for the 
 Force = Annotated[bool, typer.Option("--force", help="Replace files that already exist in the output.")]
 Device = Annotated[str, typer.Option(help="auto (CUDA when it really works, else CPU), cpu or cuda.")]
 BatchSize = Annotated[int, typer.Option(min=1, help="Images per onnxruntime call.")]
+GradientBatchSize = Annotated[Optional[int], typer.Option(
+    min=1, help="Images per onnxruntime call (default 64, fewer when that many would fill a quarter of the free memory).")]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")]
 Scale = Annotated[
     Optional[float],

@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import Progress
-
 from onnxsight.cli.inputs import load_batch
 from onnxsight.cli.options import BatchSize, Device, Force, ModelArg, OptionalImagesArg, err, out
+from onnxsight.cli.progress import tracked
 from onnxsight.engine.model import load
 from onnxsight.errors import InvalidArgument
 
@@ -47,10 +46,9 @@ def report(
         inputs = ReportData(x[:count], name=f"{len(images)} image file(s)")
     options = ReportOptions(images=samples, sections=section, feature_layers=layer, maximize_steps=steps,
                             embed_count=embed_count, saliency_count=saliency_count, seed=seed, batch_size=batch_size)
-    with Progress(console=err, transient=True) as bar:
-        task = bar.add_task("report", total=None)
+    with tracked("report", "sections") as progress:
         result = write_report(m, inputs, output, options, title=title, force=force,
-                              progress=lambda stage, done, total: bar.update(task, completed=done, total=total))
+                              progress=lambda stage, done, total: progress(done, total))
     for name, seconds in result.timings.items():
         err.print(f"{name:>15}: {seconds:6.1f} s")
     out.print(f"report: {result.path}")

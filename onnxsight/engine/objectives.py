@@ -26,7 +26,9 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxsight.engine import graph as g
+from onnxsight.engine.autodiff.backward import MIN_OPSET
 from onnxsight.engine.autodiff.builder import GraphBuilder
+from onnxsight.engine.opset import upgrade
 from onnxsight.errors import InvalidArgument
 
 if TYPE_CHECKING:
@@ -87,8 +89,7 @@ def objective_head(model: "Model", layer: str, objective: str, with_unit: bool =
         raise InvalidArgument(f"layer {layer!r} has a dynamic number of units {_shape_text(shape)}; "
                               "a unit cannot be selected")
 
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
+    proto = upgrade(model.proto, MIN_OPSET)  # the head's ops (ReduceSum with axes as an input) need opset 13+
     infos = g.value_infos(proto)
     b = GraphBuilder(infos, g.opset_version(proto), PREFIX)
     b.scope(objective)

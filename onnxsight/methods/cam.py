@@ -14,12 +14,12 @@ import numpy as np
 
 from onnxsight.engine import targets
 from onnxsight.engine.graph import ancestors, bottlenecks
-from onnxsight.engine.model import Inputs, Model
+from onnxsight.engine.model import Inputs, Model, rows, take
 from onnxsight.errors import InvalidArgument
 from onnxsight.kernels import cam as k
 from onnxsight.kernels import tokens
 from onnxsight.kernels.colors import normalize_each
-from onnxsight.methods.common import require_image, spatial_size, split_inputs, with_context
+from onnxsight.methods.common import Tally, require_image, rows_of, rows_per_run, spatial_size, split_inputs, with_context
 from onnxsight.methods.occlusion import copy_scores
 from onnxsight.methods.rollout import attention_tensors
 
@@ -62,6 +62,7 @@ def gradcam(
     output: str | None = None,
     tokens_grid: Sequence[int] | None = None,
     batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Class activation maps of a batch ``x`` at the input's size, (N, H, W) float32.
 
@@ -91,21 +92,22 @@ def gradcam(
     tokens_grid: (rows, columns) of patches for a token layer; default found from T and the input
         size (:func:`onnxsight.kernels.tokens.patch_grid`).
     batch_size: rows per onnxruntime run (default 64).
+    progress: called after each onnxruntime run with (images done, images) for the layer's gradients,
+        or for Score-CAM with (masked copies scored, copies in all).
     """
     model = model.with_output(output)
     x, context = split_inputs(model, x)
     inputs = with_context(model, x, context)
-    if variant not in VARIANTS:
-        raise InvalidArgument(f"unknown CAM variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    rule = cam_variant(variant)
     k.check_upsample(upsample)
-    rule = VARIANTS[variant]
     if modifier is not None and not rule.gradients:
         raise InvalidArgument(f"modifier {modifier!r} changes gradients; the {variant} variant uses none")
     input_axis = require_image(model, "gradcam")
     size = spatial_size(x, input_axis)
     layer = default_cam_layer(model) if layer is None else check_cam_layer(model, layer)
     indices = model.resolve_target(inputs, target, of, batch_size)
-    a, g = _layer_values(model, inputs, layer, of, indices, rule.gradients, modifier, size, tokens_grid, batch_size)
+    tally = Tally(len(x), progress if rule.gradients else None)
+    a, g = _layer_values(model, inputs, layer, of, indices, rule.gradients, modifier, size, tokens_grid, batch_size, tally)
 
     def masked_scores(acts: np.ndarray) -> np.ndarray:
         channels = acts.shape[-1]
@@ -115,7 +117,7 @@ def gradcam(
             masks = normalize_each(k.upsample(acts[image, :, :, channel], size, upsample))
             return (x[image] * np.expand_dims(masks, input_axis)).astype(x.dtype)
 
-        return copy_scores(model, x, channels, masked, indices, of, batch_size, context).reshape(len(x), channels)
+        return copy_scores(model, x, channels, masked, indices, of, batch_size, progress, context).reshape(len(x), channels)
 
     cam = k.weighted_sum(a, rule.weights(a, g, masked_scores), relu)
     cam = k.upsample(cam, size, upsample)
@@ -127,6 +129,13 @@ def gradcam(
         if normalize:
             cam = normalize_each(cam)
     return cam.astype(np.float32)
+
+
+def cam_variant(name: str) -> Variant:
+    """The variant called ``name``, or InvalidArgument listing them."""
+    if name not in VARIANTS:
+        raise InvalidArgument(f"unknown CAM variant {name!r}; choose one of {', '.join(VARIANTS)}")
+    return VARIANTS[name]
 
 
 def default_cam_layer(model: Model) -> str:
@@ -199,15 +208,18 @@ def _spatial(model: Model, name: str) -> bool:
 
 def _layer_values(
     model: Model, x: Inputs, layer: str, of: str, indices: np.ndarray | None, gradients: bool,
-    modifier: str | None, size: tuple[int, int], tokens_grid: Sequence[int] | None, batch_size: int,
+    modifier: str | None, size: tuple[int, int], tokens_grid: Sequence[int] | None, batch_size: int, tally: Tally,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """The layer's activations and (if asked) the target score's gradient there, from one batched run.
+    """The layer's activations and (if asked) the target score's gradient there, ``batch_size`` rows per
+    run, each counted in ``tally``.
 
     Channel-last float64 (N, h, w, K); tokens (N, T, D) on their patch grid (see ``gradcam``).
     """
     if gradients:
-        result = model.backward(x, of, indices, [layer], modifier=modifier, outputs=[layer], batch_size=batch_size)
-        a, g = result.activations[layer], result.gradients[layer]
+        results = [model.backward(take(x, run), of, rows_of(indices, run), [layer], modifier=modifier, outputs=[layer],
+                                  batch_size=batch_size) for run in tally.runs(rows(x), rows_per_run(model, batch_size))]
+        a = np.concatenate([r.activations[layer] for r in results])
+        g = np.concatenate([r.gradients[layer] for r in results])
     else:
         a, g = model.activations(x, [layer], batch_size=batch_size)[layer], None
     if a.ndim == 4:

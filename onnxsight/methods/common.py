@@ -1,11 +1,15 @@
-"""What the attribution methods share: image axes and the score of a target."""
+"""What the attribution methods share: image axes, the score of a target, rows per run and progress."""
 
 from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
 from onnxsight.engine import targets
-from onnxsight.engine.model import DEFAULT_BATCH_SIZE, Inputs, Model, rows
+from onnxsight.engine.model import DEFAULT_BATCH_SIZE, Inputs, Model, rows, take
 from onnxsight.errors import InvalidArgument
 
 
@@ -82,3 +86,71 @@ def target_scores(
     indices = targets.resolve(target, values.shape, axis, values)
     weights = targets.cotangent(values.shape, indices, axis, np.float64)
     return (weights * values).reshape(rows(x), -1).sum(axis=1)
+
+
+def rows_of(resolved: targets.Resolved, run: slice) -> targets.Resolved:
+    """The resolved target of the rows ``run`` (None stays None: the sum of the tensor)."""
+    return None if resolved is None else resolved[run]
+
+
+def rows_per_run(model: Model, batch_size: int) -> int:
+    """Rows onnxruntime gets at once: the model's fixed batch size, else ``batch_size``."""
+    fixed = model.input_shape[0]
+    return fixed if isinstance(fixed, int) else batch_size
+
+
+def gradients_in_runs(
+    model: Model, batch: dict[str, np.ndarray], of: str, target: targets.Resolved, wrt: list[str],
+    modifier: str | None, batch_size: int, tally: "Tally",
+) -> dict[str, np.ndarray]:
+    """``model.gradient`` of a batch (inputs by name) with respect to ``wrt``, one onnxruntime run
+    of ``rows_per_run`` rows at a time, each counted in ``tally``."""
+    runs = [model.gradient(take(batch, run), of=of, target=rows_of(target, run), wrt=wrt, modifier=modifier,
+                           batch_size=batch_size)
+            for run in tally.runs(rows(batch), rows_per_run(model, batch_size))]
+    return {name: np.concatenate([r[name] for r in runs]) for name in wrt}
+
+
+def gradient_batch_size(model: Model) -> int:
+    """Rows per gradient run when none is given: DEFAULT_BATCH_SIZE, fewer when that many rows'
+    activations (every batched tensor of the model, kept for the backward pass, and as many
+    gradients) would take more than a quarter of the available memory."""
+    per_row = 2 * sum(4 * int(np.prod(shape[1:])) for shape in model.shapes.values()
+                      if len(shape) > 1 and shape[0] is None and None not in shape[1:])
+    available = available_memory()
+    if available is None or per_row == 0:
+        return DEFAULT_BATCH_SIZE
+    return int(np.clip(available // 4 // per_row, 1, DEFAULT_BATCH_SIZE))
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new process (MemAvailable on Linux, else free pages), or None."""
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+@dataclass
+class Tally:
+    """Rows sent through the model so far, reported as ``progress(done, total)`` after each run."""
+
+    total: int
+    progress: Callable[[int, int], None] | None
+    done: int = 0
+
+    def runs(self, rows: int, size: int) -> Iterator[slice]:
+        """Consecutive slices of at most ``size`` of ``rows`` rows; each is counted once it has been used."""
+        for start in range(0, rows, size):
+            stop = min(rows, start + size)
+            yield slice(start, stop)
+            self.done += stop - start
+            if self.progress is not None:
+                self.progress(self.done, self.total)

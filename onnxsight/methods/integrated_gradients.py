@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -10,7 +10,10 @@ from onnxsight.engine import targets
 from onnxsight.engine.model import DEFAULT_BATCH_SIZE, Inputs, Model
 from onnxsight.errors import InvalidArgument
 from onnxsight.kernels import attribution as k
-from onnxsight.methods.common import attributed_inputs, input_channel_axis, per_input, repeat_rows, target_scores
+from onnxsight.methods.common import (
+    Tally, attributed_inputs, gradient_batch_size, gradients_in_runs, input_channel_axis, per_input, repeat_rows,
+    target_scores,
+)
 from onnxsight.methods.saliency import MAX_CHUNK_BYTES
 
 
@@ -25,7 +28,8 @@ def integrated_gradients(
     baseline="black",
     method: str = "riemann_trapezoid",
     reduce: str | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray | dict[str, np.ndarray]:
     """``(x − b) × ∫₀¹ ∂f(b + α(x − b))/∂x dα`` per image, the integral by ``steps``-point quadrature.
 
@@ -44,23 +48,27 @@ def integrated_gradients(
     reduce: None (default: attributions in x's shape, so they sum to the score difference),
         "sum", "mean" or "max" over the input's channel axis (image inputs only).
     Path points are ``b + α(x − b)``, from the far end ``x − (1 − α)(x − b)`` for α ≥ ½ (so the
-    ends are exactly b and x). All path points of all images go through one batched gradient call (several when they
-    would exceed ``MAX_CHUNK_BYTES``), ``batch_size`` rows per onnxruntime run.
+    ends are exactly b and x). All path points of all images go through batched gradient calls, built
+    in chunks of at most ``MAX_CHUNK_BYTES``, ``batch_size`` rows per onnxruntime run (default None:
+    :func:`~onnxsight.methods.common.gradient_batch_size`, 64 unless memory is short).
+    progress: called with (path points done, path points in all) after each onnxruntime run.
     """
     k.choice("reduce", reduce, k.REDUCTIONS)
     alphas, weights = k.path_nodes(steps, method)
     model = model.with_output(output)
     inputs = model.input_feeds(model.check_input(x))
     wrt = attributed_inputs(model)
+    batch_size = batch_size or gradient_batch_size(model)
     starts = baselines(model, inputs, baseline, wrt)
     indices = model.resolve_target(inputs, target, of, batch_size)
     chunk = k.sample_chunk(len(alphas), 4 * sum(a.nbytes for a in inputs.values()), MAX_CHUNK_BYTES)
     integral = {name: np.zeros(inputs[name].shape, np.float64) for name in wrt}
+    tally = Tally(len(alphas) * len(inputs[model.input_name]), progress)
     for first in range(0, len(alphas), chunk):
         a, w = alphas[first:first + chunk], weights[first:first + chunk]
         path = {name: k.path_points(starts[name], inputs[name], a).reshape(-1, *inputs[name].shape[1:]) for name in wrt}
         path.update({name: repeat_rows(value, len(a)) for name, value in inputs.items() if name not in path})
-        grads = model.gradient(path, of=of, target=targets.tile(indices, len(a)), wrt=wrt, batch_size=batch_size)
+        grads = gradients_in_runs(model, path, of, targets.tile(indices, len(a)), wrt, None, batch_size, tally)
         for name in wrt:
             shape = (len(a), *inputs[name].shape)
             integral[name] += np.tensordot(w, grads[name].reshape(shape).astype(np.float64), axes=1)

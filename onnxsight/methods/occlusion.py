@@ -7,10 +7,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from onnxsight.engine import targets
-from onnxsight.engine.model import Inputs, Model
+from onnxsight.engine.model import Inputs, Model, take
 from onnxsight.errors import InvalidArgument
 from onnxsight.kernels import occlusion as k
-from onnxsight.methods.common import require_image, spatial_size, split_inputs, target_scores, with_context
+from onnxsight.methods.common import (
+    Tally, require_image, rows_of, rows_per_run, spatial_size, split_inputs, target_scores, with_context,
+)
 
 CHUNK_BYTES = 256 * 2**20  # perturbed copies (and their outputs) built and held at once
 
@@ -20,12 +22,13 @@ def occlusion(
     x: Inputs,
     target: targets.Target = "predicted",
     *,
-    window: int | Sequence[int] = 4,
-    stride: int | Sequence[int] = 2,
+    window: int | Sequence[int] | None = None,
+    stride: int | Sequence[int] | None = None,
     fill: float | str = 0.0,
     of: str = "logits",
     output: str | None = None,
     batch_size: int = 256,
+    progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Score drop per pixel when a sliding window hides it, averaged over the windows covering it.
 
@@ -36,14 +39,16 @@ def occlusion(
     output: the head "logits" refers to in a model with several outputs (default: the first
         classification head). A model with several inputs takes ``x`` as a dict by input name; the
         primary image input (``Model.input_name``) is occluded, the others are held at their values.
-    window, stride: int or (height, width); default 4 and 2 (seed 003 uses window 11, stride 4).
-        Windows start at 0, stride, 2·stride, ... while they fit, plus one flush with the
+    window, stride: int or (height, width); default :func:`default_window` of the image: 1/14 of its
+        shorter side, at least 4 (4 up to 63 px, 16 at 224), and a stride of half the window (2 at
+        28 px, 8 at 224; Captum's tutorials use 15 and 8 at 224, seed 003 uses 11 and 4). Windows start at 0, stride, 2·stride, ... while they fit, plus one flush with the
         bottom/right border when the strided ones stop short of it, so every pixel is covered.
     fill: what a window shows: a float (default 0.0, Zeiler & Fergus' grey/black square),
         "mean" (each image's per-channel mean) or "blur" (the image blurred by a Gaussian with
         sigma = window / 2 per axis, cv2.GaussianBlur).
     batch_size: rows per onnxruntime run (default 256). All occluded copies of all images go
         through the model in large batches, built in chunks of at most ``CHUNK_BYTES``.
+    progress: called with (occluded copies scored, copies in all) after each onnxruntime run.
 
     Returns float32 (N, H, W) at the input's size: score(x) − score(occluded x), averaged per pixel.
     """
@@ -51,23 +56,34 @@ def occlusion(
     x, context = split_inputs(model, x)
     axis = require_image(model, "occlusion")
     height, width = spatial_size(x, axis)
-    window = _pair(window, "window", 1)
-    stride = _pair(stride, "stride", 1)
-    if window[0] > height or window[1] > width:
-        raise InvalidArgument(f"window {window} is larger than the image ({height}, {width})")
+    window, stride = default_window(height, width, window, stride)
     fills = k.fill_values(x, fill, axis, sigma=(window[0] / 2, window[1] / 2))
     rows, cols = k.grid(height, width, window, stride)
     indices = model.resolve_target(with_context(model, x, context), target, of, batch_size)
-    clean = copy_scores(model, x, 1, lambda r: x[r], indices, of, batch_size, context)
+    clean = copy_scores(model, x, 1, lambda r: x[r], indices, of, batch_size, context=context)
     positions = len(rows)
 
     def occluded(r: np.ndarray) -> np.ndarray:
         image, where = r // positions, r % positions
         return k.occlude(x[image], fills[image], rows[where], cols[where], axis)
 
-    scores = copy_scores(model, x, positions, occluded, indices, of, batch_size, context)
+    scores = copy_scores(model, x, positions, occluded, indices, of, batch_size, progress, context)
     drops = clean[:, None] - scores.reshape(len(x), positions)
     return k.average_drops(drops, rows, cols).astype(np.float32)
+
+
+def default_window(
+    height: int, width: int, window: int | Sequence[int] | None = None, stride: int | Sequence[int] | None = None
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(window, stride) as (height, width) pairs, checked against the image; a window not given is 1/14
+    of the image's shorter side rounded, at least 4 (at most the image), and a stride not given is half
+    the window, at least 1."""
+    side = min(max(4, round(min(height, width) / 14)), height, width)
+    window = _pair(side if window is None else window, "window", 1)
+    if window[0] > height or window[1] > width:
+        raise InvalidArgument(f"window {window} is larger than the image ({height}, {width})")
+    stride = _pair(tuple(max(1, w // 2) for w in window) if stride is None else stride, "stride", 1)
+    return window, stride
 
 
 def copy_scores(
@@ -78,12 +94,14 @@ def copy_scores(
     indices: np.ndarray | None,
     of: str = "logits",
     batch_size: int = 256,
+    progress: Callable[[int, int], None] | None = None,
     context: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Target scores of ``copies`` perturbed versions of each image, image-major, float64 (N·copies,).
 
     ``build(rows)`` returns the copies with flat ids ``rows`` (copy ``r`` is of image
-    ``r // copies``); they are built and run in chunks of at most ``CHUNK_BYTES``. The score
+    ``r // copies``); they are built in chunks of at most ``CHUNK_BYTES`` and run ``batch_size``
+    rows at a time, each run reported as ``progress(copies scored, copies in all)``. The score
     is the engine's: a class of 2-D ``of``, a channel's mean of N-D ``of`` (``indices`` per
     image), or the sum of ``of`` when ``indices`` is None. ``context``: the model's other inputs
     per image, fed unchanged with each copy.
@@ -93,11 +111,13 @@ def copy_scores(
     step = max(1, CHUNK_BYTES // (4 * x[0].nbytes + out_bytes))
     total = len(x) * copies
     scores = np.empty(total)
+    tally = Tally(total, progress)
     for start in range(0, total, step):
         rows = np.arange(start, min(total, start + step))
         chosen = None if indices is None else indices[rows // copies]
-        batch = with_context(model, build(rows), context or {}, rows // copies)
-        scores[rows] = target_scores(model, batch, chosen, of, batch_size)
+        built = with_context(model, build(rows), context or {}, rows // copies)
+        for run in tally.runs(len(rows), rows_per_run(model, batch_size)):
+            scores[rows[run]] = target_scores(model, take(built, run), rows_of(chosen, run), of, batch_size)
     return scores
 
 

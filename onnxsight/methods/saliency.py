@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from onnxsight.engine import targets
 from onnxsight.engine.augment import MODIFIERS
-from onnxsight.engine.model import DEFAULT_BATCH_SIZE, Inputs, Model
+from onnxsight.engine.model import Inputs, Model
 from onnxsight.errors import InvalidArgument
 from onnxsight.kernels import attribution as k
 from onnxsight.kernels.colors import normalize_each
-from onnxsight.methods.common import attributed_inputs, input_channel_axis, per_input
+from onnxsight.methods.common import (
+    Tally, attributed_inputs, gradient_batch_size, gradients_in_runs, input_channel_axis, per_input,
+)
 
 MAX_CHUNK_BYTES = 256 * 2**20  # noisy copies (and their gradients) held at once, per m.gradient call
 
@@ -33,7 +37,8 @@ def saliency(
     noise: str = "relative",
     smooth_aggregate: str = "mean",
     seed: int = 0,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray | dict[str, np.ndarray]:
     """Gradient of the target score with respect to the input, post-processed, for a batch ``x``.
 
@@ -59,26 +64,29 @@ def saliency(
         "max" (default, keras-vis), "mean", "sum" or None (keep channels); ignored for inputs that
         are not NHWC/NCHW images (e.g. 2-D "NC"). ``normalize`` (default False: raw values)
         min-max scales each map to [0, 1] (keras-vis normalises).
-    batch_size: rows per onnxruntime run (default 64); all images and noisy copies go through
-        one batched gradient call (several when the copies would exceed ``MAX_CHUNK_BYTES``).
+    batch_size: rows per onnxruntime run (default None:
+        :func:`~onnxsight.methods.common.gradient_batch_size`, 64 unless memory is short); all
+        images and noisy copies go through batched gradient calls, the copies built in chunks of at
+        most ``MAX_CHUNK_BYTES``.
+    progress: called with (gradients done, gradients in all: images × max(1, smooth_samples)) after
+        each onnxruntime run.
 
     Returns float32 (N, H, W) for reduced image inputs, else ``x``'s shape. A model with several
     inputs takes ``x`` as a dict by input name and returns one map per float input, each
     post-processed (and reduced over its own channel axis) as above; noise is drawn per input.
     """
-    k.choice("modifier", modifier, MODIFIERS)
-    k.choice("reduce", reduce, k.REDUCTIONS)
-    k.choice("noise", noise, k.NOISE_MODES)
-    k.choice("smooth_aggregate", smooth_aggregate, k.AGGREGATES)
+    check_options(modifier, reduce, noise, smooth_aggregate)
     samples = _count(smooth_samples, "smooth_samples", minimum=0)
     model = model.with_output(output)
     inputs = model.input_feeds(model.check_input(x))
     wrt = attributed_inputs(model)
+    batch_size = batch_size or gradient_batch_size(model)
     indices = model.resolve_target(inputs, target, of, batch_size)
+    tally = Tally(len(inputs[model.input_name]) * max(1, samples), progress)
 
     def grad(batch: dict[str, np.ndarray], copies: int) -> dict[str, np.ndarray]:
         tiled = targets.tile(indices, copies)
-        return model.gradient(batch, of=of, target=tiled, wrt=wrt, modifier=modifier, batch_size=batch_size)
+        return gradients_in_runs(model, batch, of, tiled, wrt, modifier, batch_size, tally)
 
     post = dict(negate=negate, times_input=times_input, absolute=absolute)
     if samples == 0:
@@ -106,6 +114,14 @@ def saliency(
         if normalize:
             maps[name] = normalize_each(maps[name])
     return per_input(model, {name: m.astype(np.float32) for name, m in maps.items()})
+
+
+def check_options(modifier: str | None, reduce: str | None, noise: str = "relative", smooth_aggregate: str = "mean") -> None:
+    """InvalidArgument for a modifier, reduction, noise mode or aggregate :func:`saliency` does not know."""
+    k.choice("modifier", modifier, MODIFIERS)
+    k.choice("reduce", reduce, k.REDUCTIONS)
+    k.choice("noise", noise, k.NOISE_MODES)
+    k.choice("smooth_aggregate", smooth_aggregate, k.AGGREGATES)
 
 
 def _count(value, name: str, minimum: int) -> int:
