@@ -12,6 +12,7 @@ from rich.table import Table
 from onnxsight.cli.inputs import load_batch
 from onnxsight.cli.options import BatchSize, Device, ImagesArg, Json, Mean, ModelArg, Scale, Std, out
 from onnxsight.engine.model import load
+from onnxsight.engine.targets import class_scores
 
 
 def _shape(shape) -> str:
@@ -60,7 +61,7 @@ def predict(
     """Classify images: the top classes and their scores for each image."""
     m = load(model, device=device)
     x, names, _ = load_batch(m, images, scale, mean, std)
-    scores = m.predict(x, batch_size=batch_size).reshape(len(x), -1)
+    scores = class_scores(m.predict(x, batch_size=batch_size))
     order = np.argsort(-scores, axis=1)[:, :top]
     results = [
         {"image": name, "top": [{"class": int(c), "score": float(row[c])} for c in best]}

@@ -142,6 +142,20 @@ def runtime_compatible(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+# Ops that only change the layout of class scores: walked through between a Softmax and the output.
+_RESHAPING = {"Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze"}
+
+
+def softmax_input(graph: onnx.GraphProto, tensor: str) -> str:
+    """The input of the Softmax that produces ``tensor`` through reshaping ops only (a classifier's
+    logits, whatever their layout: (N, C) or (N, C, 1, 1)), else ``tensor``."""
+    producer = producers(graph)
+    node = producer.get(tensor)
+    while node is not None and node.op_type in _RESHAPING:
+        node = producer.get(node.input[0])
+    return node.input[0] if node is not None and node.op_type == "Softmax" else tensor
+
+
 def constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
     """The value of an initializer or ``Constant`` node output, else None."""
     for init in graph.initializer:

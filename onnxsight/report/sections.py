@@ -15,6 +15,7 @@ import numpy as np
 from onnxsight.engine.gradcheck import gradcheck as check_gradients
 from onnxsight.engine.graph import dependent_tensors
 from onnxsight.engine.model import Model
+from onnxsight.engine.targets import class_scores
 from onnxsight.errors import GradientCheckFailed, InvalidArgument
 from onnxsight.kernels.colors import as_rgb8, normalize, normalize_each, overlay
 from onnxsight.kernels.grids import activation_figure, filter_grid, tile
@@ -94,7 +95,7 @@ class Context:
         if data.labels is not None and len(data.labels) != len(self.x):
             raise InvalidArgument(f"{len(data.labels)} labels for {len(self.x)} images")
         self.labels = None if data.labels is None else np.asarray(data.labels).astype(np.int64).ravel()
-        logits = model.run(self.x, [model.tensor("logits")], batch_size=options.batch_size)[0]
+        logits = class_scores(model.run(self.x, [model.tensor("logits")], batch_size=options.batch_size)[0])
         self.probabilities = softmax(logits)
         self.predicted = self.probabilities.argmax(axis=1)
         self.class_names = list(data.class_names or [str(c) for c in range(logits.shape[1])])
