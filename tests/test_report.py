@@ -227,15 +227,17 @@ def test_a_report_on_a_tight_budget_says_what_each_section_left_out(tmp_path):
     model = onnxsight.load(fully_convolutional(), device="cpu")
     x = np.random.default_rng(0).uniform(0, 1, (3, 3, 8, 8)).astype(np.float32)
     options = ReportOptions(section_seconds=1e-9, embed_method="pca")
-    report = write_report(model, ReportData(x), tmp_path / "report.html", options)
+    report = write_report(model, ReportData(x, labels=np.array([0, 0, 1])), tmp_path / "report.html", options)
     page = _Page()
     page.feed(report.path.read_text(encoding="utf-8"))
-    expected = {"smoothgrad-ig": "Sized down to 2 copies and 2 steps", "occlusion": "Sized down to window 8, stride 8",
+    expected = {"smoothgrad-ig": "Sized down to 2 copies and 2 steps", "class-saliency": "Sized down to 2 images per class",
+                "embedding": "has no flat layer before its logits (choose one with embed_layer)", "occlusion": "Sized down to window 8, stride 8",
                 "maximization": "Sized down to 10 steps (asked: 200)", "gradcheck": "Sized down to 1 of 2 layers",
                 "top-k": "Sized down to window 8, stride 8 (asked: 11, 4)"}
     for section, words in expected.items():
         assert words in page.captions[section], (section, page.captions[section])
     assert "finite-difference check is left out" in page.captions["maximization"]
+    assert "Left out, with fewer than 2 images: class 1." in page.captions["class-saliency"]
 
 
 def test_report_command_on_two_image_files_with_a_section_budget(tmp_path):

@@ -347,17 +347,20 @@ def occlusion(ctx: Context) -> Section:
 
 def class_saliency(ctx: Context) -> Section:
     o = ctx.options
-    classes = ctx.targets[:o.saliency_classes]
+    asked = [int(c) for c in ctx.targets[:o.saliency_classes]]
+    classes = [c for c in asked if np.sum(ctx.labels == c) >= 2]  # a mean and its SEM need two maps
     count = max(2, int(o.saliency_count * ctx.fits(3 * len(classes) * o.saliency_count)))
     shown = []
     for cls in classes:
-        result = class_saliency_map(ctx.model, ctx.x, ctx.labels, int(cls), count=count, batch_size=o.batch_size)
-        title = f"class {ctx.name(int(cls))}: mean of {len(result.indices)} guided saliency maps"
+        result = class_saliency_map(ctx.model, ctx.x, ctx.labels, cls, count=count, batch_size=o.batch_size)
+        title = f"class {ctx.name(cls)}: mean of {len(result.indices)} guided saliency maps"
         shown.append(Figure(figures.class_saliency(result.mean, result.sem, title, "mean |guided gradient|")))
+    few = [ctx.name(c) for c in asked if c not in classes]
     return Section("class-saliency", "Class saliency with uncertainty",
                    f"Per class, the mean guided saliency map over up to {count} of its images, with the "
                    "column and row sums beside it and their standard error of the mean shaded (seed 000)."
-                   + (ctx.sized_down(f"{count} images per class") if count < o.saliency_count else ""),
+                   + (f" Left out, with fewer than 2 images: class {', '.join(few)}." if few else "")
+                   + (ctx.sized_down(f"{count} images per class") if count < o.saliency_count and classes else ""),
                    figures=shown)
 
 
