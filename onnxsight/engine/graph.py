@@ -157,13 +157,18 @@ def softmax_input(graph: onnx.GraphProto, tensor: str) -> str:
 
 
 def constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
-    """The value of an initializer or ``Constant`` node output, else None."""
+    """The value of an initializer, a ``Constant`` node output, or a ``ConstantOfShape`` of a constant
+    shape (the weights of the onnx package's "light" model-zoo files), else None."""
     for init in graph.initializer:
         if init.name == name:
             return numpy_helper.to_array(init)
     node = producers(graph).get(name)
     if node is not None and node.op_type == "Constant":
         return numpy_helper.to_array(onnx.helper.get_attribute_value(node.attribute[0]))
+    if node is not None and node.op_type == "ConstantOfShape":
+        shape = constant_value(graph, node.input[0])
+        fill = numpy_helper.to_array(node.attribute[0].t) if node.attribute else np.zeros(1, np.float32)
+        return None if shape is None else np.full(shape.astype(np.int64), fill.reshape(-1)[0], fill.dtype)
     return None
 
 
