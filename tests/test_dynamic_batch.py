@@ -77,3 +77,17 @@ def test_a_dynamic_model_is_kept_and_a_fixed_one_reloaded():
 def test_maximize_several_classes_of_a_fixed_batch_model():
     result = onnxsight.maximize(onnxsight.load(nchw_cnn(1), device="cpu"), "logits", [0, 3, 4], "logit", steps=2)
     assert result.images.shape == (3, 3, 8, 8)
+
+
+def test_gradcheck_of_two_images_on_a_fixed_batch_model():
+    x = np.random.default_rng(0).uniform(0, 1, (2, 3, 8, 8)).astype(np.float32)
+    report = onnxsight.gradcheck(onnxsight.load(nchw_cnn(1), device="cpu"), x, wrt=["input", "relu1"])
+    assert report.passed and [row.wrt for row in report.rows] == ["input", "relu1"]
+
+
+def test_the_report_runs_a_fixed_batch_model_in_batches():
+    from onnxsight.report import ReportData, ReportOptions
+    from onnxsight.report.sections import Context
+
+    x = np.random.default_rng(0).uniform(0, 1, (3, 3, 8, 8)).astype(np.float32)
+    assert Context(onnxsight.load(nchw_cnn(1), device="cpu"), ReportData(x), ReportOptions()).model.input_shape[0] is None

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnxsight.engine.dynamic_batch import with_dynamic_batch
 from onnxsight.engine.gradcheck import gradcheck as check_gradients
 from onnxsight.engine.gradcheck import runner
 from onnxsight.engine.graph import dependent_tensors
@@ -64,8 +65,8 @@ class ReportOptions:
     gradcheck_layers: layers checked besides the input (default: every layer the logits depend
     on). sections: ids to include (default all). section_seconds: about how long a section may
     take; occlusion strides, SmoothGrad/IG samples, class-saliency images, maximization steps and
-    checked layers are sized down to fit it, estimated from one timed forward pass (a backward
-    pass counts as three), and each section says when it was.
+    checked layers are sized down to fit it, estimated from a timed forward pass of 8 images (a
+    backward pass counts as three), and each section says when it was.
     """
 
     images: int = 10
@@ -99,6 +100,7 @@ class Context:
     """What every section shares: the model, the data, the options, and predictions made once."""
 
     def __init__(self, model: Model, data: ReportData, options: ReportOptions):
+        model = with_dynamic_batch(model)  # sections run batches: the gradient check two images, maximization one per class
         self.model, self.data, self.options = model, data, options
         self.channel_axis = require_image(model, "a report")
         self.x = model.check_input(data.x)
@@ -303,7 +305,8 @@ def smoothgrad_ig(ctx: Context) -> Section:
                    f"SmoothGrad averages |gradient| over {samples} noisy copies (noise 15 % of the image's "
                    f"range); Integrated Gradients sums gradients along {steps} steps from a black image, "
                    "shown as |attribution| (max over channels)."
-                   + (ctx.sized_down(f"{samples} copies and {steps} steps") if share < 1 else ""),
+                   + (ctx.sized_down(f"{samples} copies and {steps} steps")
+                      if (samples, steps) != (o.smooth_samples, o.ig_steps) else ""),
                    figures=(Figure(image),))
 
 
