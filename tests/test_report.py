@@ -232,7 +232,7 @@ def test_a_report_on_a_tight_budget_says_what_each_section_left_out(tmp_path):
     page.feed(report.path.read_text(encoding="utf-8"))
     expected = {"smoothgrad-ig": "Sized down to 2 copies and 2 steps", "class-saliency": "Sized down to 2 images per class",
                 "embedding": "has no flat layer before its logits (choose one with embed_layer)", "occlusion": "Sized down to window 8, stride 8",
-                "maximization": "Sized down to 10 steps (asked: 200)", "gradcheck": "Sized down to 1 of 2 layers",
+                "maximization": "Sized down to 10 steps (asked: 200)", "gradcheck": "The gradient check is left out",
                 "top-k": "Sized down to window 8, stride 8 (asked: 11, 4)"}
     for section, words in expected.items():
         assert words in page.captions[section], (section, page.captions[section])
@@ -254,3 +254,19 @@ def test_report_command_on_two_image_files_with_a_section_budget(tmp_path):
     assert result.exit_code == 0, result.output
     page = target.read_text()
     assert "Sized down to window 8, stride 8" in page and "this report has 2." in page
+
+
+def test_the_gradient_check_keeps_evenly_spaced_layers_that_fit(tmp_path, monkeypatch):
+    """Timings fixed at 1 ms per forward pass: the input and one of the two layers fit 30 ms."""
+    from onnxsight.report import sections
+    from tests.test_class_scores import fully_convolutional
+
+    monkeypatch.setattr(sections, "_seconds_per_image", lambda model, x: 1e-3)
+    monkeypatch.setattr(sections.Context, "float64_pass", (1e-3, "onnxruntime"))
+    model = onnxsight.load(fully_convolutional(), device="cpu")
+    x = np.random.default_rng(0).uniform(0, 1, (2, 3, 8, 8)).astype(np.float32)
+    options = ReportOptions(sections=("gradcheck",), section_seconds=0.03)
+    page = _Page()
+    page.feed(write_report(model, ReportData(x), tmp_path / "report.html", options).path.read_text(encoding="utf-8"))
+    assert "Sized down to 1 of 2 layers, evenly spaced" in page.captions["gradcheck"]
+    assert page.cells["gradcheck"][0] == "input" and "conv" in page.cells["gradcheck"]

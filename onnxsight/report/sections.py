@@ -65,7 +65,8 @@ class ReportOptions:
     gradcheck_layers: layers checked besides the input (default: every layer the logits depend
     on). sections: ids to include (default all). section_seconds: about how long a section may
     take; occlusion strides, SmoothGrad/IG samples, class-saliency images, maximization steps and
-    checked layers are sized down to fit it, estimated from a timed forward pass of 8 images (a
+    checked layers are sized down (maximization's finite-difference check and the gradient check
+    left out when even their least is too slow in float64) to fit it, estimated from a timed forward pass of 8 images (a
     backward pass counts as three), and each section says when it was.
     """
 
@@ -458,23 +459,26 @@ def maximization(ctx: Context) -> Section:
                    figures=(Figure(grid, "one image per class"), Figure(curves, "objective and image norm per step")))
 
 
-# Runs of the two random images per checked layer, about: 7 forward ones and a share of the backward.
+# float64 runs of the two random images per checked layer, about: 7 forward ones and a share of the backward.
 GRADCHECK_RUNS = 8
 
 
 def gradcheck(ctx: Context) -> Section:
     o = ctx.options
     layers = list(o.gradcheck_layers) if o.gradcheck_layers is not None else differentiable_layers(ctx.model)
-    seconds, _ = ctx.float64_pass
-    # float64 (onnx.reference where onnxruntime lacks it) when it fits, else float32 in onnxruntime, as deployed
-    precision = "float64" if ctx.fits(2 * GRADCHECK_RUNS * seconds / ctx.seconds_per_pass) >= 1 else "float32"
-    per_layer = 2 * GRADCHECK_RUNS * (seconds / ctx.seconds_per_pass if precision == "float64" else 1)
+    seconds, runtime = ctx.float64_pass
+    per_layer = 2 * GRADCHECK_RUNS * seconds / ctx.seconds_per_pass  # in forward passes of the model
+    if ctx.fits(per_layer) < 1:  # float32 differences of a deep network would report noise as failures
+        return Section("gradcheck", "Gradient check",
+                       f"The gradient check is left out: its float64 runs take {seconds:.2g} s per image in {runtime} "
+                       f"here, more than the section's {ctx.options.section_seconds:g} s allow even for the input "
+                       "alone; `onnxsight gradcheck` runs it.")
     asked = len(layers)
     kept = max(1, int(asked * ctx.fits(per_layer * (asked + 1)))) if layers else 0
     layers = [layers[i] for i in np.linspace(0, asked - 1, kept).round().astype(int)] if kept < asked else layers
     low, high = float(ctx.x.min()), float(ctx.x.max())
     x = np.random.default_rng(o.seed).uniform(low, high, (2, *ctx.x.shape[1:])).astype(ctx.x.dtype)
-    report = check_gradients(ctx.model, x, wrt=["input", *layers], seed=o.seed, precision=precision)
+    report = check_gradients(ctx.model, x, wrt=["input", *layers], seed=o.seed)
     rows = [(row.wrt, row.relative_error, row.analytic, row.numeric, f"{row.kinks}/{report.directions}", row.status)
             for row in report.rows]
     return Section("gradcheck", "Gradient check",
