@@ -142,3 +142,46 @@ def photo_cnn(size: int = 224, classes: int = 5, seed: int = 0) -> onnx.ModelPro
         [numpy_helper.from_array(v, k) for k, v in weights.items()],
     )
     return runtime_compatible(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+
+
+def resnet_like_224(classes: int = 1000, width: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """An ImageNet-shaped ResNet with random weights, narrow to run fast: input (N, 3, 224, 224);
+    conv 7×7/2, max-pool 3×3/2, a residual block, conv 3×3/2 to 2·width channels, a second block,
+    global average pool, Flatten, Gemm to ``classes`` logits, Softmax."""
+    rng = np.random.default_rng(seed)
+    weights, nodes = {}, []
+
+    def conv(name: str, source: str, cin: int, cout: int, kernel: int, stride: int = 1) -> str:
+        weights[f"{name}.weight"] = rng.normal(0, np.sqrt(2 / (cin * kernel * kernel)), (cout, cin, kernel, kernel))
+        weights[f"{name}.bias"] = np.zeros(cout)
+        nodes.append(helper.make_node("Conv", [source, f"{name}.weight", f"{name}.bias"], [name], name=name,
+                                      pads=[kernel // 2] * 4, strides=[stride, stride]))
+        return name
+
+    def relu(name: str, source: str) -> str:
+        nodes.append(helper.make_node("Relu", [source], [name], name=name))
+        return name
+
+    def block(name: str, source: str, channels: int) -> str:
+        inner = conv(f"{name}.conv2", relu(f"{name}.relu1", conv(f"{name}.conv1", source, channels, channels, 3)),
+                     channels, channels, 3)
+        nodes.append(helper.make_node("Add", [inner, source], [f"{name}.add"], name=f"{name}.add"))
+        return relu(f"{name}.relu2", f"{name}.add")
+
+    stem = relu("relu", conv("conv1", "x", 3, width, 7, 2))
+    nodes.append(helper.make_node("MaxPool", [stem], ["maxpool"], name="maxpool", kernel_shape=[3, 3], strides=[2, 2],
+                                  pads=[1, 1, 1, 1]))
+    trunk = block("layer1", "maxpool", width)
+    trunk = block("layer2", relu("down.relu", conv("down", trunk, width, 2 * width, 3, 2)), 2 * width)
+    weights["fc.weight"] = rng.normal(0, np.sqrt(1 / (2 * width)), (classes, 2 * width))
+    weights["fc.bias"] = np.zeros(classes)
+    nodes += [helper.make_node("GlobalAveragePool", [trunk], ["avgpool"], name="avgpool"),
+              helper.make_node("Flatten", ["avgpool"], ["flatten"], name="flatten"),
+              helper.make_node("Gemm", ["flatten", "fc.weight", "fc.bias"], ["fc"], name="fc", transB=1),
+              helper.make_node("Softmax", ["fc"], ["prob"], name="softmax", axis=1)]
+    graph = helper.make_graph(
+        nodes, "resnet_like_224", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 224, 224])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", classes])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
+    )
+    return runtime_compatible(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))

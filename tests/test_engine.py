@@ -86,6 +86,17 @@ def test_kernel_returns_the_conv_weights_behind_a_layer(foreign):
         m.kernel("pool1")
 
 
+def test_kernel_of_weights_made_by_constant_of_shape():
+    """The onnx package's "light" zoo files fill their weights with ConstantOfShape nodes."""
+    proto = nchw_cnn()
+    weights = next(t for t in proto.graph.initializer if t.name == "conv_w")
+    proto.graph.initializer.remove(weights)
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.array(weights.dims, np.int64), "conv_w_shape"))
+    fill = onnx.numpy_helper.from_array(np.array([0.25], np.float32))
+    proto.graph.node.insert(0, onnx.helper.make_node("ConstantOfShape", ["conv_w_shape"], ["conv_w"], value=fill))
+    np.testing.assert_array_equal(load(proto, device="cpu").kernel("relu1"), np.full((4, 3, 3, 3), 0.25, np.float32))
+
+
 @pytest.mark.parametrize(
     ("make_input", "message"),
     [

@@ -172,12 +172,26 @@ def test_bad_export_options_are_named(model, method, options, message):
         export_explainer(model, method, **options)
 
 
-def test_a_fixed_batch_model_is_refused(model):
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
-    with pytest.raises(InvalidArgument, match="dynamic batch"):
-        export_explainer(onnxsight.load(proto, device="cpu"), "saliency")
+@pytest.mark.parametrize("method", ["saliency", "gradcam"])
+def test_a_fixed_batch_model_explains_any_batch(method):
+    """Old zoo files: input batch 1 and a Reshape to the constant [1, 64]; the explainer's batch is dynamic."""
+    images = np.random.default_rng(2).uniform(0, 1, (3, 3, 8, 8)).astype(np.float32)
+    fixed, dynamic = (export_explainer(onnxsight.load(nchw_cnn(batch), device="cpu"), method) for batch in (1, "N"))
+    for got, want in zip(session(fixed).run(None, {"image": images}), session(dynamic).run(None, {"image": images})):
+        np.testing.assert_allclose(got, want, atol=1e-6, err_msg=method)
+
+
+def test_explainer_of_n_c_1_1_class_scores():
+    """A fully convolutional classifier: probabilities (N, C), the predicted class and its gradient."""
+    from tests.test_class_scores import fully_convolutional
+
+    m = onnxsight.load(fully_convolutional(), device="cpu")
+    images = np.random.default_rng(2).uniform(0, 1, (3, 3, 8, 8)).astype(np.float32)
+    probabilities, target, heatmap = session(export_explainer(m, "saliency")).run(None, {"image": images})
+    scores = m.predict(images).reshape(3, -1)
+    np.testing.assert_allclose(probabilities, scores, atol=1e-6)
+    np.testing.assert_array_equal(target, scores.argmax(axis=1))
+    np.testing.assert_allclose(heatmap, onnxsight.saliency(m, images, target="predicted", normalize=True), atol=TOLERANCE)
 
 
 TRITON_CONFIG = '''name: "digits.gradcam"

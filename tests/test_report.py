@@ -8,9 +8,11 @@ from html.parser import HTMLParser
 
 import cv2
 import numpy as np
+import onnx
 import pytest
 from typer.testing import CliRunner
 
+import onnxsight
 from onnxsight.cli.app import app
 from onnxsight.errors import InvalidArgument, MissingDependency
 from onnxsight.report import SECTIONS, ReportData, ReportOptions, write_report
@@ -182,3 +184,89 @@ def test_top_k_asks_for_no_more_units_than_the_layer_has():
     x = np.random.default_rng(0).uniform(0, 1, (12, 3, 8, 8)).astype(np.float32)
     sections, _ = build_sections(model, ReportData(x), ReportOptions(sections=("top-k",), topk_units=10, k=3))
     assert len(sections[0].figures) == 4
+
+
+def test_the_report_of_an_imagenet_sized_model_on_two_photos_is_sized_down(tmp_path):
+    """Defaults on a 224×224, 1000-class ResNet with random weights and two images, as a user runs it."""
+    import time
+
+    from tests.foreign_models import resnet_like_224
+
+    model = onnxsight.load(resnet_like_224(), device="cpu")
+    x = np.random.default_rng(0).uniform(0, 1, (2, 3, 224, 224)).astype(np.float32)
+    started = time.perf_counter()
+    report = write_report(model, ReportData(x, name="photos"), tmp_path / "report.html", ReportOptions(section_seconds=3))
+    assert time.perf_counter() - started < 120
+    assert report.sections == [name for name, (_, labelled) in SECTIONS.items() if not labelled]
+    page = _Page()
+    page.feed(report.path.read_text(encoding="utf-8"))
+    assert "at least 3 images and this report has 2" in page.captions["embedding"]
+    for section in ("occlusion", "top-k"):  # 4/2 and 11/4 windows on 224×224 would take minutes
+        assert "Sized down to window" in page.captions[section], section
+    assert "of 1000 classes, the samples&#x27;</h2>" in report.path.read_text()  # not all 1000
+
+
+def test_a_report_of_two_images_leaves_the_embedding_out_and_says_why(tmp_path):
+    from tests.test_class_scores import fully_convolutional
+
+    model = onnxsight.load(fully_convolutional(), device="cpu")
+    x = np.random.default_rng(0).uniform(0, 1, (2, 3, 8, 8)).astype(np.float32)
+    options = ReportOptions(smooth_samples=4, ig_steps=4, maximize_steps=10, embed_method="pca")
+    report = write_report(model, ReportData(x), tmp_path / "report.html", options)
+    page = _Page()
+    page.feed(report.path.read_text(encoding="utf-8"))
+    assert page.captions["embedding"].strip() == ("No map of the features is drawn: a 2-D map needs at least 3 images "
+                                                  "and this report has 2.")
+    assert "Sized down" not in report.path.read_text()  # a small model does all that is asked
+    assert [name for name, (_, labelled) in SECTIONS.items() if not labelled] == report.sections
+
+
+def test_a_report_on_a_tight_budget_says_what_each_section_left_out(tmp_path):
+    from tests.test_class_scores import fully_convolutional
+
+    model = onnxsight.load(fully_convolutional(), device="cpu")
+    x = np.random.default_rng(0).uniform(0, 1, (3, 3, 8, 8)).astype(np.float32)
+    options = ReportOptions(section_seconds=1e-9, embed_method="pca")
+    report = write_report(model, ReportData(x, labels=np.array([0, 0, 1])), tmp_path / "report.html", options)
+    page = _Page()
+    page.feed(report.path.read_text(encoding="utf-8"))
+    expected = {"smoothgrad-ig": "Sized down to 2 copies and 2 steps", "class-saliency": "Sized down to 2 images per class",
+                "embedding": "has no flat layer before its logits (choose one with embed_layer)", "occlusion": "Sized down to window 8, stride 8",
+                "maximization": "Sized down to 10 steps (asked: 200)", "gradcheck": "The gradient check is left out",
+                "top-k": "Sized down to window 8, stride 8 (asked: 11, 4)"}
+    for section, words in expected.items():
+        assert words in page.captions[section], (section, page.captions[section])
+    assert "finite-difference check is left out" in page.captions["maximization"]
+    assert "Left out, with fewer than 2 images: class 1." in page.captions["class-saliency"]
+
+
+def test_report_command_on_two_image_files_with_a_section_budget(tmp_path):
+    from tests.test_class_scores import fully_convolutional
+
+    model, target = tmp_path / "fc.onnx", tmp_path / "out.html"
+    onnx.save(fully_convolutional(), model)
+    images = np.random.default_rng(0).uniform(0, 1, (2, 3, 8, 8)).astype(np.float32)
+    files = [tmp_path / "a.npy", tmp_path / "b.npy"]
+    for path, image in zip(files, images):
+        np.save(path, image[None])
+    result = CliRunner().invoke(app, ["report", str(model), *map(str, files), "--section", "occlusion", "--section",
+                                      "embedding", "--section-seconds", "0", "--device", "cpu", "-o", str(target)])
+    assert result.exit_code == 0, result.output
+    page = target.read_text()
+    assert "Sized down to window 8, stride 8" in page and "this report has 2." in page
+
+
+def test_the_gradient_check_keeps_evenly_spaced_layers_that_fit(tmp_path, monkeypatch):
+    """Timings fixed at 1 ms per forward pass: the input and one of the two layers fit 30 ms."""
+    from onnxsight.report import sections
+    from tests.test_class_scores import fully_convolutional
+
+    monkeypatch.setattr(sections, "_seconds_per_image", lambda model, x: 1e-3)
+    monkeypatch.setattr(sections.Context, "float64_pass", (1e-3, "onnxruntime"))
+    model = onnxsight.load(fully_convolutional(), device="cpu")
+    x = np.random.default_rng(0).uniform(0, 1, (2, 3, 8, 8)).astype(np.float32)
+    options = ReportOptions(sections=("gradcheck",), section_seconds=0.03)
+    page = _Page()
+    page.feed(write_report(model, ReportData(x), tmp_path / "report.html", options).path.read_text(encoding="utf-8"))
+    assert "Sized down to 1 of 2 layers, evenly spaced" in page.captions["gradcheck"]
+    assert page.cells["gradcheck"][0] == "input" and "conv" in page.cells["gradcheck"]

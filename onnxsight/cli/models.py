@@ -12,6 +12,7 @@ from rich.table import Table
 from onnxsight.cli.inputs import load_inputs
 from onnxsight.cli.options import BatchSize, Device, HeadOpt, ImagesArg, Json, Mean, ModelArg, NamedInputs, Scale, Std, out
 from onnxsight.engine.model import load
+from onnxsight.engine.targets import class_scores
 
 
 def _shape(shape) -> str:
@@ -69,7 +70,7 @@ def predict(
     m = load(model, device=device).with_output(head)
     inputs = load_inputs(m, images, None, None, scale, mean, std, named)
     names = inputs.names
-    scores = m.predict(inputs.x, batch_size=batch_size).reshape(len(names), -1)
+    scores = class_scores(m.predict(inputs.x, batch_size=batch_size))
     order = np.argsort(-scores, axis=1)[:, :top]
     results = [
         {"image": name, "top": [{"class": int(c), "score": float(row[c])} for c in best]}

@@ -27,6 +27,7 @@ def report(
     saliency_count: Annotated[int, typer.Option(min=2, help="Images per class in the class saliency maps (seed 000: 100).")] = 100,
     title: Annotated[Optional[str], typer.Option(help="Page title.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of SmoothGrad noise, t-SNE, maximization and the gradient check.")] = 0,
+    section_seconds: Annotated[float, typer.Option(min=0, help="About how long one section may take: occlusion strides, samples, steps and checked layers are sized down to fit, and the section says so.")] = 30.0,
     batch_size: BatchSize = 64, device: Device = "auto", force: Force = False,
 ) -> None:
     """One self-contained HTML report (images embedded, no network): summary, accuracy, saliency, CAMs, occlusion, ..."""
@@ -45,7 +46,8 @@ def report(
         x, _, _ = load_batch(m, images)
         inputs = ReportData(x[:count], name=f"{len(images)} image file(s)")
     options = ReportOptions(images=samples, sections=section, feature_layers=layer, maximize_steps=steps,
-                            embed_count=embed_count, saliency_count=saliency_count, seed=seed, batch_size=batch_size)
+                            embed_count=embed_count, saliency_count=saliency_count, seed=seed, batch_size=batch_size,
+                            section_seconds=section_seconds)
     with tracked("report", "sections") as progress:
         result = write_report(m, inputs, output, options, title=title, force=force,
                               progress=lambda stage, done, total: progress(done, total))

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxsight.engine.dynamic_batch import with_dynamic_batch
 from onnxsight.engine.model import with_outputs
 from onnxsight.engine.precision import to_float64
 from onnxsight.engine.reference import reference_evaluator
@@ -88,6 +89,8 @@ def gradcheck(
     wrt = [wrt] if isinstance(wrt, str) else list(wrt)
     model = model.with_output(output)
     x = model.input_feeds(model.check_input(x))
+    if model.input_shape[0] not in (None, len(x[model.input_name])):  # a fixed batch of another size
+        model = with_dynamic_batch(model)
     augmented = model.augmented(of, wrt)
     tensors = {name: model.tensor(name) for name in wrt}
     dtype = np.float64 if precision == "float64" else np.float32

@@ -142,14 +142,33 @@ def runtime_compatible(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+# Ops that only change the layout of class scores: walked through between a Softmax and the output.
+_RESHAPING = {"Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze"}
+
+
+def softmax_input(graph: onnx.GraphProto, tensor: str) -> str:
+    """The input of the Softmax that produces ``tensor`` through reshaping ops only (a classifier's
+    logits, whatever their layout: (N, C) or (N, C, 1, 1)), else ``tensor``."""
+    producer = producers(graph)
+    node = producer.get(tensor)
+    while node is not None and node.op_type in _RESHAPING:
+        node = producer.get(node.input[0])
+    return node.input[0] if node is not None and node.op_type == "Softmax" else tensor
+
+
 def constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
-    """The value of an initializer or ``Constant`` node output, else None."""
+    """The value of an initializer, a ``Constant`` node output, or a ``ConstantOfShape`` of a constant
+    shape (the weights of the onnx package's "light" model-zoo files), else None."""
     for init in graph.initializer:
         if init.name == name:
             return numpy_helper.to_array(init)
     node = producers(graph).get(name)
     if node is not None and node.op_type == "Constant":
         return numpy_helper.to_array(onnx.helper.get_attribute_value(node.attribute[0]))
+    if node is not None and node.op_type == "ConstantOfShape":
+        shape = constant_value(graph, node.input[0])
+        fill = numpy_helper.to_array(node.attribute[0].t) if node.attribute else np.zeros(1, np.float32)
+        return None if shape is None else np.full(shape.astype(np.int64), fill.reshape(-1)[0], fill.dtype)
     return None
 
 

@@ -97,7 +97,7 @@ class Model:
         else the first that ends in a Softmax, else the first 2-D one, else the first."""
         if self._head is not None:
             return self._head
-        softmax = [name for name in self.output_names if self._pre_softmax(name) != name]
+        softmax = [name for name in self.output_names if g.softmax_input(self.proto.graph, name) != name]
         flat = [name for name in self.output_names if len(self.shapes.get(name) or ()) == 2]
         return [*softmax, *flat, self.output_names[0]][0]
 
@@ -113,7 +113,7 @@ class Model:
             return recorded
         if output == self.output_names[0] and self.metadata.logits:
             return self.metadata.logits
-        return self._pre_softmax(output)
+        return g.softmax_input(self.proto.graph, output)
 
     def with_output(self, output: str | None) -> "Model":
         """This model with "output", "logits" and every method's default ``of`` referring to the head
@@ -128,14 +128,6 @@ class Model:
         view = copy.copy(self)
         view._head = tensor
         return view
-
-    def _pre_softmax(self, output: str) -> str:
-        producer = g.producers(self.proto.graph)
-        name, node = output, producer.get(output)
-        while node is not None and node.op_type == "Identity":
-            name = node.input[0]
-            node = producer.get(name)
-        return node.input[0] if node is not None and node.op_type == "Softmax" else output
 
     def tensor(self, name: str) -> str:
         """Resolve a layer name, "input", "output", "logits" or a tensor name to a tensor name.

@@ -11,14 +11,16 @@ so one head (and one gradient graph of it) serves any units. The objectives:
 - ``"norm"``: the L2 norm of the layer's activation per image (seed 004's ``tf.norm``); with a
   unit, the norm of that channel only; without, of the whole layer (no unit input then). An
   all-zero activation has norm 1e-15 and gradient 0 (see ``NORM_FLOOR``).
-- ``"logit"``: a class score; when ``layer`` is produced by a Softmax (a Keras "preds" layer,
-  the model output) its input — the logits — is used instead, as keras-vis swaps softmax for linear.
+- ``"logit"``: a class score (scores shaped like (N, C, 1, 1) are read as (N, C)); when ``layer``
+  is produced by a Softmax (a Keras "preds" layer, the model output), possibly reshaped after it,
+  its input — the logits — is used instead, as keras-vis swaps softmax for linear.
 - ``"cross_entropy"``: ``log softmax(logits)[class] = −CE`` (seed 004 minimises CE; a head is
   always maximised, so CE enters with a minus sign). Logits as for ``"logit"``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -77,13 +79,14 @@ def objective_head(model: "Model", layer: str, objective: str, with_unit: bool =
     shape = model.shapes.get(tensor)
     if shape is None:
         raise InvalidArgument(f"layer {layer!r} (tensor {tensor!r}) has no inferred shape; it cannot be scored")
-    if objective in ("logit", "cross_entropy") and len(shape) != 2:
-        raise InvalidArgument(f"objective {objective!r} needs 2-D class scores (N, classes); "
-                              f"layer {layer!r} has shape {_shape_text(shape)}")
+    classes = objective in ("logit", "cross_entropy")
+    if classes and (len(shape) < 2 or sum(d != 1 for d in shape[1:]) != 1):
+        raise InvalidArgument(f"objective {objective!r} needs class scores (N, classes), or that with axes of "
+                              f"length 1 such as (N, classes, 1, 1); layer {layer!r} has shape {_shape_text(shape)}")
     if len(shape) < 2:
         raise InvalidArgument(f"layer {layer!r} has shape {_shape_text(shape)}; it needs a batch axis and units")
-    axis = (3 if model.input_layout == "NHWC" else 1) if len(shape) == 4 else 1
-    channels = shape[axis]
+    axis = (3 if model.input_layout == "NHWC" and not classes else 1) if len(shape) == 4 else 1
+    channels = (None if None in shape[1:] else math.prod(shape[1:])) if classes else shape[axis]
     with_unit = with_unit or objective != "norm"
     if with_unit and channels is None:
         raise InvalidArgument(f"layer {layer!r} has a dynamic number of units {_shape_text(shape)}; "
@@ -93,7 +96,7 @@ def objective_head(model: "Model", layer: str, objective: str, with_unit: bool =
     infos = g.value_infos(proto)
     b = GraphBuilder(infos, g.opset_version(proto), PREFIX)
     b.scope(objective)
-    others = [a for a in range(1, len(shape)) if a != axis]
+    others = [a for a in range(1, len(shape)) if a != axis and not classes]
     unit_input = UNIT_INPUT if with_unit else None
     if objective == "norm":
         selected = tensor
@@ -103,9 +106,9 @@ def objective_head(model: "Model", layer: str, objective: str, with_unit: bool =
         squares = b.reduce_sum(b.op("Mul", selected, selected), list(range(1, len(shape))), keepdims=0)
         value = b.op("Sqrt", b.op("Max", squares, b.const(NORM_FLOOR, like=tensor)))
     else:
-        scores = tensor
+        scores = b.op("Flatten", tensor, axis=1) if classes and len(shape) > 2 else tensor  # (N, C, 1, 1) -> (N, C)
         if objective == "cross_entropy":
-            scores = b.op("LogSoftmax", tensor, axis=1)
+            scores = b.op("LogSoftmax", scores, axis=1)
         elif others:  # a channel's mean over the other axes: (N, C)
             scores = b.reduce_mean(tensor, others, keepdims=0)
         value = b.reduce_sum(b.op("Mul", scores, _one_hot(b, channels, tensor)), [1], keepdims=0)
@@ -125,13 +128,8 @@ def objective_head(model: "Model", layer: str, objective: str, with_unit: bool =
 
 
 def pre_softmax(model: "Model", tensor: str) -> str:
-    """The input of the Softmax that produces ``tensor`` (through Identity nodes), else ``tensor``."""
-    producer = g.producers(model.proto.graph)
-    name, node = tensor, producer.get(tensor)
-    while node is not None and node.op_type == "Identity":
-        name = node.input[0]
-        node = producer.get(name)
-    return node.input[0] if node is not None and node.op_type == "Softmax" else tensor
+    """The input of the Softmax that produces ``tensor`` (through Identity and reshaping nodes), else ``tensor``."""
+    return g.softmax_input(model.proto.graph, tensor)
 
 
 def _one_hot(b: GraphBuilder, channels: int, like: str) -> str:

@@ -30,7 +30,8 @@ Resolved = Union[np.ndarray, None]
 
 
 def resolve(target: Target, shape: Sequence[int], channel_axis: int, values: np.ndarray | None = None) -> Resolved:
-    """Per image: an index (a class for 2-D tensors, a channel for N-D ones), weights, or None for "all".
+    """Per image: an index (a class for 2-D tensors and scores like (N, C, 1, 1), a channel for N-D
+    ones), weights, or None for "all".
 
     ``shape`` is the differentiated tensor's batch shape; "predicted" and a :class:`Region` without
     a mask need its ``values`` ("predicted" picks the largest score, for N-D tensors the largest
@@ -47,6 +48,7 @@ def resolve(target: Target, shape: Sequence[int], channel_axis: int, values: np.
             raise InvalidArgument(f"target must be an int, one int per image, 'predicted', a Region, a float "
                                   f"cotangent array or None; got {target!r}")
         return channel_means(values, channel_axis).argmax(axis=1)
+    channel_axis = class_axis(shape, channel_axis)
     indices = np.asarray(target)
     if np.issubdtype(indices.dtype, np.floating) and indices.ndim == len(shape):
         return _explicit(indices, shape)
@@ -116,6 +118,7 @@ def cotangent(shape: Sequence[int], indices: Resolved, channel_axis: int, dtype=
         return np.ones(shape, dtype)
     if indices.dtype.kind == "f":
         return np.ascontiguousarray(indices, dtype=dtype)
+    channel_axis = class_axis(shape, channel_axis)
     moved = np.zeros((shape[0], *np.delete(shape[1:], channel_axis - 1), shape[channel_axis]), dtype)
     spread = int(np.prod(moved.shape[1:-1]))
     moved[np.arange(shape[0]), ..., indices] = 1.0 / spread
@@ -126,5 +129,21 @@ def channel_means(values: np.ndarray, channel_axis: int) -> np.ndarray:
     """(N, C): each channel's mean over all non-batch, non-channel axes."""
     if values.ndim == 2:
         return values
-    moved = np.moveaxis(values, channel_axis, -1)
+    moved = np.moveaxis(values, class_axis(values.shape, channel_axis), -1)
     return moved.reshape(len(values), -1, moved.shape[-1]).mean(axis=1)
+
+
+def class_axis(shape: Sequence[int | None], channel_axis: int) -> int:
+    """The axis of the classes: in scores with axes of length 1 ((N, C, 1, 1), (N, 1, 1, C): fully
+    convolutional classifiers) the only other axis longer than 1, else ``channel_axis``."""
+    longer = [axis for axis, size in enumerate(shape) if axis and size != 1]
+    return longer[0] if len(shape) > 2 and len(longer) == 1 else channel_axis
+
+
+def class_scores(values: np.ndarray) -> np.ndarray:
+    """(N, classes) from class scores with any axes of length 1 ((N, C, 1, 1), (N, 1, 1, C));
+    InvalidArgument for a tensor with more than one axis of classes or positions."""
+    if sum(size != 1 for size in values.shape[1:]) > 1:
+        raise InvalidArgument(f"class scores must have shape (N, classes), or that with axes of length 1 "
+                              f"such as (N, classes, 1, 1); got {values.shape}")
+    return values.reshape(len(values), -1)

@@ -31,6 +31,7 @@ from onnxsight.engine import gradcheck
 from onnxsight.engine.autodiff import build_vjp
 from onnxsight.engine.graph import with_batch
 from onnxsight.engine.model import Model
+from onnxsight.engine.dynamic_batch import with_dynamic_batch
 from onnxsight.engine.objectives import OBJECTIVES, ObjectiveHead, objective_head, pre_softmax
 from onnxsight.engine.session import first_line, open_session
 from onnxsight.errors import GradientCheckFailed, InvalidArgument, OnnxsightError
@@ -183,9 +184,11 @@ def maximize(
     mods = _options(Modifiers, modifiers, "modifiers")
     _check_options(steps, lr, step, regs, mods, check_every, tolerance)
     model = model.with_output(output)
+    if model.input_shape[0] not in (None, 1 if unit is None else np.size(unit)):  # a fixed batch of another size
+        model = with_dynamic_batch(model)
     objective, units, head = _target(model, layer, unit, objective)
     count = 1 if units is None else len(units)
-    axis = _image_axis(model, count, regs, mods)
+    axis = _image_axis(model, regs, mods)
     size = None if axis is None else tuple(model.input_shape[a] for a in k.spatial_axes(4, axis))
     rng = np.random.default_rng(seed)
     x = k.start_images(init, count, model.input_shape[1:], value_range, rng, model.input_dtype)
@@ -388,14 +391,11 @@ def _target(model: Model, layer: str, unit, objective: str | None) -> tuple[str,
     return objective, units, head
 
 
-def _image_axis(model: Model, count: int, regs: Regularizers, mods: Modifiers) -> int | None:
+def _image_axis(model: Model, regs: Regularizers, mods: Modifiers) -> int | None:
     """The input's channel axis (None for non-images), after checking the model suits the options."""
     if len(model.input_names) > 1:
         raise InvalidArgument(f"maximize optimises a model's only input; {model.source} has the inputs "
                               f"{', '.join(model.input_names)}")
-    if isinstance(model.input_shape[0], int) and model.input_shape[0] != count:
-        raise InvalidArgument(f"{model.source} has a fixed batch size {model.input_shape[0]}; "
-                              f"maximize optimises {count} image(s) at once")
     if None in model.input_shape[1:]:
         raise InvalidArgument(f"{model.source} has a dynamic input shape {model.input_shape}; maximize needs fixed sizes")
     axis = image_channel_axis(model)

@@ -7,18 +7,24 @@ sentence what it shows.
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from onnxsight.engine.dynamic_batch import with_dynamic_batch
 from onnxsight.engine.gradcheck import gradcheck as check_gradients
+from onnxsight.engine.gradcheck import runner
 from onnxsight.engine.graph import dependent_tensors
 from onnxsight.engine.model import Model
+from onnxsight.engine.targets import class_scores
 from onnxsight.errors import GradientCheckFailed, InvalidArgument
 from onnxsight.kernels.colors import as_rgb8, normalize, normalize_each, overlay
 from onnxsight.kernels.grids import activation_figure, filter_grid, tile
 from onnxsight.kernels.images import to_hwc
+from onnxsight.kernels.occlusion import window_starts
 from onnxsight.kernels.stats import softmax
 from onnxsight.methods.cam import default_cam_layer, gradcam
 from onnxsight.methods.common import require_image, spatial_size
@@ -55,8 +61,13 @@ class ReportOptions:
     topk_layer (default: the Grad-CAM layer), topk_units, k, topk_window, topk_stride: seed 003's
     top-K images per unit and their occlusion masks. embed_layer (default: the last flat layer
     before the logits), embed_count, embed_method: the 2-D scatter. maximize_steps: activation
-    maximization of every class. gradcheck_layers: layers checked besides the input (default:
-    every layer the logits depend on). sections: ids to include (default all).
+    maximization of every class (of at most maximize_classes: else the samples' classes).
+    gradcheck_layers: layers checked besides the input (default: every layer the logits depend
+    on). sections: ids to include (default all). section_seconds: about how long a section may
+    take; occlusion strides, SmoothGrad/IG samples, class-saliency images, maximization steps and
+    checked layers are sized down (maximization's finite-difference check and the gradient check
+    left out when even their least is too slow in float64) to fit it, estimated from a timed forward pass of 8 images (a
+    backward pass counts as three), and each section says when it was.
     """
 
     images: int = 10
@@ -78,24 +89,28 @@ class ReportOptions:
     embed_count: int = 500
     embed_method: str = "auto"
     maximize_steps: int = 200
+    maximize_classes: int = 10
     gradcheck_layers: Sequence[str] | None = None
     sections: Sequence[str] | None = None
     seed: int = 0
     batch_size: int = 64
+    section_seconds: float = 30.0
 
 
 class Context:
     """What every section shares: the model, the data, the options, and predictions made once."""
 
     def __init__(self, model: Model, data: ReportData, options: ReportOptions):
+        model = with_dynamic_batch(model)  # sections run batches: the gradient check two images, maximization one per class
         self.model, self.data, self.options = model, data, options
         self.channel_axis = require_image(model, "a report")
         self.x = model.check_input(data.x)
         if data.labels is not None and len(data.labels) != len(self.x):
             raise InvalidArgument(f"{len(data.labels)} labels for {len(self.x)} images")
         self.labels = None if data.labels is None else np.asarray(data.labels).astype(np.int64).ravel()
-        logits = model.run(self.x, [model.tensor("logits")], batch_size=options.batch_size)[0]
+        logits = class_scores(model.run(self.x, [model.tensor("logits")], batch_size=options.batch_size)[0])
         self.probabilities = softmax(logits)
+        self.seconds_per_pass = _seconds_per_image(model, self.x)
         self.predicted = self.probabilities.argmax(axis=1)
         self.class_names = list(data.class_names or [str(c) for c in range(logits.shape[1])])
         self.samples = self._samples(options.images)
@@ -119,6 +134,25 @@ class Context:
     def row_labels(self) -> list[str]:
         return [f"{'class' if self.labels is not None else 'pred.'} {self.name(int(t))}" for t in self.targets]
 
+    @functools.cached_property
+    def float64_pass(self) -> tuple[float, str]:
+        """Seconds per image of a float64 forward pass as finite differences run it, and the runtime
+        that runs it (onnx.reference where onnxruntime lacks float64 kernels: much slower)."""
+        run, runtime = runner(self.model.proto, [self.model.tensor("logits")], "float64", self.model)
+        x = self.x[:2].astype(np.float64)
+        started = time.perf_counter()
+        run({self.model.input_name: x})
+        return (time.perf_counter() - started) / len(x), runtime
+
+    def fits(self, passes: float) -> float:
+        """The share of ``passes`` forward passes that fits ``section_seconds`` (at most 1)."""
+        return min(1.0, self.options.section_seconds / (passes * self.seconds_per_pass))
+
+    def sized_down(self, what: str) -> str:
+        """The sentence a section adds when it did less than asked."""
+        return (f" Sized down to {what} to take about {self.options.section_seconds:g} s at "
+                f"{self.seconds_per_pass * 1e3:.3g} ms per forward pass.")
+
 
 # ---- layer choices ------------------------------------------------------------------------
 def conv_layers(model: Model) -> list[str]:
@@ -127,14 +161,14 @@ def conv_layers(model: Model) -> list[str]:
             if (layer.op == "Conv" or layer.kind.startswith("Conv")) and layer.shape is not None and len(layer.shape) == 4]
 
 
-def flat_feature_layer(model: Model) -> str:
-    """The last layer with a flat (N, D) output before the logits: seed 003's feature extractor."""
+def flat_feature_layer(model: Model) -> str | None:
+    """The last layer with a flat output before the logits ((N, D), or pooled (N, D, 1, 1)): seed 003's
+    feature extractor; None when there is none."""
     ends = {model.tensor("logits"), *model.output_names}
     flat = [layer.name for layer in model.layers
-            if layer.shape is not None and len(layer.shape) == 2 and layer.tensor not in ends]
-    if not flat:
-        raise InvalidArgument(f"{model.source} has no flat layer before its logits; choose an embedding layer")
-    return flat[-1]
+            if layer.shape is not None and len(layer.shape) >= 2 and sum(d != 1 for d in layer.shape[1:]) == 1
+            and layer.tensor not in ends]
+    return flat[-1] if flat else None
 
 
 def differentiable_layers(model: Model) -> list[str]:
@@ -259,74 +293,113 @@ def cams(ctx: Context) -> Section:
 
 def smoothgrad_ig(ctx: Context) -> Section:
     x, target, o = ctx.x[ctx.samples], ctx.targets, ctx.options
-    smooth = saliency_map(ctx.model, x, target, smooth_samples=o.smooth_samples, normalize=True, seed=o.seed,
+    share = ctx.fits(3 * len(x) * (o.smooth_samples + o.ig_steps))
+    samples, steps = max(2, int(o.smooth_samples * share)), max(2, int(o.ig_steps * share))
+    smooth = saliency_map(ctx.model, x, target, smooth_samples=samples, normalize=True, seed=o.seed,
                           batch_size=o.batch_size)
-    ig = integrated_gradients(ctx.model, x, target, steps=o.ig_steps, batch_size=o.batch_size)
+    ig = integrated_gradients(ctx.model, x, target, steps=steps, batch_size=o.batch_size)
     ig = normalize_each(np.abs(ig).max(axis=ctx.channel_axis))
     cells = [[ctx.picture(i), smooth[r], ig[r]] for r, i in enumerate(ctx.samples)]
     image = figures.image_grid(cells, ["input", "SmoothGrad", "Integrated Gradients"], ctx.row_labels(),
                                colorbar_label="|attribution|, min-max per map")
     return Section("smoothgrad-ig", "SmoothGrad and Integrated Gradients",
-                   f"SmoothGrad averages |gradient| over {o.smooth_samples} noisy copies (noise 15 % of the image's "
-                   f"range); Integrated Gradients sums gradients along {o.ig_steps} steps from a black image, "
-                   "shown as |attribution| (max over channels).",
+                   f"SmoothGrad averages |gradient| over {samples} noisy copies (noise 15 % of the image's "
+                   f"range); Integrated Gradients sums gradients along {steps} steps from a black image, "
+                   "shown as |attribution| (max over channels)."
+                   + (ctx.sized_down(f"{samples} copies and {steps} steps")
+                      if (samples, steps) != (o.smooth_samples, o.ig_steps) else ""),
                    figures=(Figure(image),))
+
+
+# An occluded copy costs its forward pass and about half of one more to make it.
+OCCLUDED_PASSES = 1.5
+
+
+def occlusion_grid(ctx: Context, window: int, stride: int, passes_per_position: float) -> tuple[int, int, str]:
+    """Window and stride for occluding the report's images: as asked, or the stride grown (and the
+    window with it, in proportion) until ``passes_per_position`` passes per position fit the budget;
+    with the sentence saying so."""
+    height, width = spatial_size(ctx.x, ctx.channel_axis)
+    grown = stride
+    sized, positions = _scaled_grid(window, stride, grown, height, width)
+    while grown < max(height, width) and ctx.fits(passes_per_position * positions) < 1:
+        grown += 1
+        sized, positions = _scaled_grid(window, stride, grown, height, width)
+    note = ctx.sized_down(f"window {sized}, stride {grown} (asked: {window}, {stride})") if grown > stride else ""
+    return sized, grown, note
+
+
+def _scaled_grid(window: int, stride: int, grown: int, height: int, width: int) -> tuple[int, int]:
+    """The window grown in proportion to the stride (within the image), and how many positions it takes."""
+    sized = min(max(window, round(window * grown / stride)), height, width)
+    return sized, len(window_starts(height, sized, grown)) * len(window_starts(width, sized, grown))
 
 
 def occlusion(ctx: Context) -> Section:
     x, target, o = ctx.x[ctx.samples], ctx.targets, ctx.options
-    window = min(o.window, *spatial_size(x, ctx.channel_axis))
-    drops = occlude(ctx.model, x, target, window=window, stride=o.stride, batch_size=max(o.batch_size, 256))
+    window, stride, note = occlusion_grid(ctx, o.window, o.stride, OCCLUDED_PASSES * len(x))
+    drops = occlude(ctx.model, x, target, window=window, stride=stride, batch_size=max(o.batch_size, 256))
     peak = float(np.abs(drops).max()) or 1.0
     cells = [[ctx.picture(i), drops[r] / peak] for r, i in enumerate(ctx.samples)]
     image = figures.image_grid(cells, ["input", "score drop"], ctx.row_labels(), cmap=figures.SIGNED_CMAP,
                                value_range=(-1.0, 1.0), colorbar_label=f"score drop / {peak:.3g}")
     return Section("occlusion", "Occlusion",
-                   f"How much the class score falls when a {window}×{window} black square (stride {o.stride}) "
-                   "hides each pixel: red where hiding hurts the class, blue where it helps.",
+                   f"How much the class score falls when a {window}×{window} black square (stride {stride}) "
+                   "hides each pixel: red where hiding hurts the class, blue where it helps." + note,
                    figures=(Figure(image),))
 
 
 def class_saliency(ctx: Context) -> Section:
     o = ctx.options
+    asked = [int(c) for c in ctx.targets[:o.saliency_classes]]
+    classes = [c for c in asked if np.sum(ctx.labels == c) >= 2]  # a mean and its SEM need two maps
+    count = max(2, int(o.saliency_count * ctx.fits(3 * len(classes) * o.saliency_count)))
     shown = []
-    for cls in ctx.targets[:o.saliency_classes]:
-        result = class_saliency_map(ctx.model, ctx.x, ctx.labels, int(cls), count=o.saliency_count,
-                                    batch_size=o.batch_size)
-        title = f"class {ctx.name(int(cls))}: mean of {len(result.indices)} guided saliency maps"
+    for cls in classes:
+        result = class_saliency_map(ctx.model, ctx.x, ctx.labels, cls, count=count, batch_size=o.batch_size)
+        title = f"class {ctx.name(cls)}: mean of {len(result.indices)} guided saliency maps"
         shown.append(Figure(figures.class_saliency(result.mean, result.sem, title, "mean |guided gradient|")))
+    few = [ctx.name(c) for c in asked if c not in classes]
     return Section("class-saliency", "Class saliency with uncertainty",
-                   f"Per class, the mean guided saliency map over up to {o.saliency_count} of its images, with the "
-                   "column and row sums beside it and their standard error of the mean shaded (seed 000).",
+                   f"Per class, the mean guided saliency map over up to {count} of its images, with the "
+                   "column and row sums beside it and their standard error of the mean shaded (seed 000)."
+                   + (f" Left out, with fewer than 2 images: class {', '.join(few)}." if few else "")
+                   + (ctx.sized_down(f"{count} images per class") if count < o.saliency_count and classes else ""),
                    figures=shown)
 
 
 def top_k(ctx: Context) -> Section:
     o = ctx.options
     layer = o.topk_layer or default_cam_layer(ctx.model)
-    window = min(o.topk_window, *spatial_size(ctx.x, ctx.channel_axis))  # seed 003's 11 px, or the whole of a small image
     units = range(min(o.topk_units, ctx.model.shapes[ctx.model.tensor(layer)][ctx.model.channel_axis(layer)]))
+    # seed 003's 11 px, or the whole of a small image
+    window, stride, note = occlusion_grid(ctx, o.topk_window, o.topk_stride,
+                                          OCCLUDED_PASSES * len(units) * min(o.k, len(ctx.x)))
     result = top_k_images(ctx.model, ctx.x, layer, k=min(o.k, len(ctx.x)), units=units, batch_size=o.batch_size)
     shown = []
     for column, unit in enumerate(result.units):
         chosen = result.indices[:, column]
         pictures = [ctx.picture(i) for i in chosen]
         masks = occlude(ctx.model, ctx.x[chosen], target=int(unit), of=layer, window=window,
-                        stride=o.topk_stride, batch_size=max(o.batch_size, 256))
+                        stride=stride, batch_size=max(o.batch_size, 256))
         rows = [tile(pictures, len(pictures), cell=72, labels=[f"{s:.2f}" for s in result.scores[:, column]]),
                 tile([overlay(p, normalize(h)) for p, h in zip(pictures, masks)], len(pictures), cell=72)]
         shown.append(Figure(np.concatenate(rows, axis=0), f"{layer} unit {unit}: top {len(chosen)} images "
                                                           "(activation above each) and their occlusion masks"))
     return Section("top-k", "Top-K images per unit",
                    f"For units of {layer}, the test images that activate each most, and below them where a "
-                   f"{window}×{window} occluder (stride {o.topk_stride}) lowers that unit most, in jet "
-                   "(seed 003).", figures=shown)
+                   f"{window}×{window} occluder (stride {stride}) lowers that unit most, in jet "
+                   "(seed 003)." + note, figures=shown)
 
 
 def embedding(ctx: Context) -> Section:
     o = ctx.options
     layer = o.embed_layer or flat_feature_layer(ctx.model)
     count = min(o.embed_count, len(ctx.x))
+    if count < 3 or layer is None:
+        why = (f"a 2-D map needs at least 3 images and this report has {count}" if count < 3 else
+               f"{ctx.model.source} has no flat layer before its logits (choose one with embed_layer)")
+        return Section("embedding", "Embedding of the features", f"No map of the features is drawn: {why}.")
     result = embed(ctx.model, ctx.x[:count], layer, method=o.embed_method, seed=o.seed, batch_size=o.batch_size)
     labels = ctx.labels[:count] if ctx.labels is not None else ctx.predicted[:count]
     method = "t-SNE" if result.method == "tsne" else "PCA"
@@ -342,12 +415,29 @@ def embedding(ctx: Context) -> Section:
 MAXIMIZE_REGULARIZERS = {"l2": 1e-3, "tv": 5e-3, "blur_every": 10, "blur_sigma": 0.5}
 
 
+# Fewest maximization steps a report shows, however slow the model; float64 forward passes per
+# image of a finite-difference check (a few directions, two sides, at step 0 and every 50 steps).
+MIN_MAXIMIZE_STEPS = 10
+MAXIMIZE_CHECK_PASSES = 30
+# Forward passes per image and step, about (the objective's forward and backward graph, penalties,
+# jitter and blur: 0.23 s a step at 19 ms a pass on SqueezeNet).
+MAXIMIZE_STEP_PASSES = 12
+
+
 def maximization(ctx: Context) -> Section:
     o = ctx.options
-    classes = list(range(len(ctx.class_names)))
-    title = "Activation maximization of every class"
+    classes, chosen = list(range(len(ctx.class_names))), "every class"
+    if len(classes) > o.maximize_classes:
+        classes = list(dict.fromkeys(int(t) for t in ctx.targets))[:o.maximize_classes]
+        chosen = f"{len(classes)} of {len(ctx.class_names)} classes, the samples'"
+    share = ctx.fits(MAXIMIZE_STEP_PASSES * len(classes) * o.maximize_steps)
+    steps = min(o.maximize_steps, max(MIN_MAXIMIZE_STEPS, int(o.maximize_steps * share)))
+    title = f"Activation maximization of {chosen}"
+    seconds, runtime = ctx.float64_pass
+    checked = ctx.fits(MAXIMIZE_CHECK_PASSES * len(classes) * seconds / ctx.seconds_per_pass) >= 1
     try:
-        result = maximize(ctx.model, "logits", classes, "logit", steps=o.maximize_steps, lr=0.05, seed=o.seed,
+        result = maximize(ctx.model, "logits", classes, "logit", steps=steps, lr=0.05, seed=o.seed,
+                          check_every=50 if checked else None,
                           regularizers=MAXIMIZE_REGULARIZERS, modifiers={"jitter": 2})
     except GradientCheckFailed as error:  # the report says so instead of drawing from a wrong gradient
         return Section("maximization", title, f"The finite-difference check stopped the ascent, so no image is shown: {error}.")
@@ -356,20 +446,36 @@ def maximization(ctx: Context) -> Section:
     names = [ctx.name(c) for c in classes]
     curves = figures.curves({"class logit − penalties": result.series("total"),
                              "image L2 norm ‖x‖": result.series("image_norm")}, names,
-                            f"activation maximization, {o.maximize_steps} steps")
+                            f"activation maximization, {steps} steps")
     errors = result.fd_errors
     check = (f"{errors.size} finite-difference checks passed, largest relative error {errors.max():.1e}"
-             if errors.size else "no finite-difference check found a smooth direction")
+             if errors.size else "no finite-difference check found a smooth direction" if checked else
+             f"the finite-difference check is left out: its float64 runs take {seconds:.2g} s per image in {runtime} here")
     return Section("maximization", title,
                    f"Images grown from grey by gradient ascent on each class logit (seeds 000/004) with tf-keras-vis' "
                    f"regularisers — L2 and total-variation penalties, 2-pixel jitter, a light blur every 10 steps — "
-                   f"all classes in one batch; {check}.",
+                   f"all classes in one batch; {check}."
+                   + (ctx.sized_down(f"{steps} steps (asked: {o.maximize_steps})") if steps < o.maximize_steps else ""),
                    figures=(Figure(grid, "one image per class"), Figure(curves, "objective and image norm per step")))
+
+
+# float64 runs of the two random images per checked layer, about: 7 forward ones and a share of the backward.
+GRADCHECK_RUNS = 8
 
 
 def gradcheck(ctx: Context) -> Section:
     o = ctx.options
     layers = list(o.gradcheck_layers) if o.gradcheck_layers is not None else differentiable_layers(ctx.model)
+    seconds, runtime = ctx.float64_pass
+    per_layer = 2 * GRADCHECK_RUNS * seconds / ctx.seconds_per_pass  # in forward passes of the model
+    if ctx.fits(per_layer) < 1:  # float32 differences of a deep network would report noise as failures
+        return Section("gradcheck", "Gradient check",
+                       f"The gradient check is left out: its float64 runs take {seconds:.2g} s per image in {runtime} "
+                       f"here, more than the section's {ctx.options.section_seconds:g} s allow even for the input "
+                       "alone; `onnxsight gradcheck` runs it.")
+    asked = len(layers)
+    kept = max(1, int(asked * ctx.fits(per_layer * (asked + 1)))) if layers else 0
+    layers = [layers[i] for i in np.linspace(0, asked - 1, kept).round().astype(int)] if kept < asked else layers
     low, high = float(ctx.x.min()), float(ctx.x.max())
     x = np.random.default_rng(o.seed).uniform(low, high, (2, *ctx.x.shape[1:])).astype(ctx.x.dtype)
     report = check_gradients(ctx.model, x, wrt=["input", *layers], seed=o.seed)
@@ -379,8 +485,20 @@ def gradcheck(ctx: Context) -> Section:
                    f"Every gradient above comes from ONNX graphs that onnxsight adds; here they are compared with "
                    f"{report.precision} central differences ({report.runtime}, tolerance {report.tolerance:g}) "
                    "along random directions on two random inputs: 'kink' means every step crossed a ReLU or "
-                   "max-pool switch.",
+                   "max-pool switch."
+                   + (ctx.sized_down(f"{kept} of {asked} layers, evenly spaced") if kept < asked else ""),
                    tables=(Table(("with respect to", "relative error", "analytic", "numeric", "kinks", "status"), rows),))
+
+
+def _seconds_per_image(model: Model, x: np.ndarray, rows: int = 8) -> float:
+    """Seconds per image of a forward pass in a batch of ``rows`` (copies of ``x``), the best of two."""
+    batch, logits = np.resize(x, (rows, *x.shape[1:])), model.tensor("logits")
+    spent = []
+    for _ in range(2):
+        started = time.perf_counter()
+        model.run(batch, [logits], batch_size=rows)
+        spent.append(time.perf_counter() - started)
+    return min(spent) / rows
 
 
 def _shape(shape) -> str:

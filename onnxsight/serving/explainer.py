@@ -14,6 +14,7 @@ The numbers equal ``onnxsight.saliency`` / ``onnxsight.gradcam`` with the option
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxsight.engine.autodiff import build_vjp
 from onnxsight.engine.autodiff.builder import GraphBuilder
+from onnxsight.engine.dynamic_batch import with_dynamic_batch
 from onnxsight.engine.graph import (
     free_name, live_nodes, opset_version, rename_tensor, runtime_compatible, tensor_names, toposorted, value_infos,
 )
@@ -78,6 +80,7 @@ def export_explainer(
     [smooth_samples=samples, smooth_noise=noise, seed=seed])`` and ``onnxsight.gradcam(m, x, t,
     layer=layer, guided=False|True)``.
     """
+    model = with_dynamic_batch(model)
     input_axis, cam_layer = _check(model, method, layer, samples)
     others = [name for name in model.input_names if name != model.input_name]
     tracked = [model.input_name, model.head, model.tensor("logits"), *others]
@@ -107,7 +110,7 @@ def export_explainer(
     infos = value_infos(proto)
     elem = infos[x].type.tensor_type.elem_type
     size = tuple(d for axis, d in enumerate(model.input_shape) if axis not in (0, input_axis))
-    classes = model.shapes[model.tensor("logits")][1]
+    classes = math.prod(model.shapes[model.tensor("logits")][1:])
     inputs = [
         helper.make_tensor_value_info(IMAGE, elem, [_BATCH, *model.input_shape[1:]]),
         helper.make_tensor_value_info(TARGET, TensorProto.INT64, [_TARGETS]),
@@ -156,7 +159,7 @@ def export_explainer(
             heatmap = _normalize(g, _reduce(g, "ReduceMax", g.op("Abs", product), [input_axis], keepdims=0))
 
     g.scope("outputs")
-    _alias(g, clean(output), PROBABILITIES)
+    _alias(g, g.op("Flatten", clean(output), axis=1), PROBABILITIES)  # (N, C, 1, 1) scores too
     _alias(g, resolved, TARGET_CLASS)
     _alias(g, heatmap, HEATMAP)
     description = {
@@ -174,13 +177,11 @@ def _check(model: Model, method: str, layer: str | None, samples: int) -> tuple[
     if method not in METHODS:
         raise InvalidArgument(f"unknown explainer method {method!r}; choose one of {', '.join(METHODS)}")
     input_axis = require_image(model, "an explainer")
-    if model.input_shape[0] is not None:
-        raise InvalidArgument(f"{model.source} has a fixed batch size {model.input_shape[0]}; "
-                              "an explainer needs a dynamic batch dimension")
     logits = model.tensor("logits")
-    if len(model.shapes.get(logits, ())) != 2:
-        raise InvalidArgument(f"an explainer needs class scores of shape (N, classes); {logits!r} has "
-                              f"shape {model.shapes.get(logits)}")
+    shape = model.shapes.get(logits, ())
+    if len(shape) < 2 or sum(d != 1 for d in shape[1:]) != 1:
+        raise InvalidArgument(f"an explainer needs class scores of shape (N, classes), or that with axes of length 1 "
+                              f"such as (N, classes, 1, 1); {logits!r} has shape {model.shapes.get(logits)}")
     if method == "smoothgrad" and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
         raise InvalidArgument(f"samples must be an integer >= 1, got {samples!r}")
     if method in ("gradcam", "guided-gradcam"):
@@ -211,14 +212,14 @@ def _one_hot(g: GraphBuilder, clean_logits: str, logits: str, batch: str, copies
     and the one-hot cotangent of ``logits``; with ``copies`` noisy copies after the N clean rows,
     the clean rows get zeros and every copy its image's class."""
     requested = g.op("Expand", TARGET, batch)
-    predicted = g.op("ArgMax", clean_logits, axis=1, keepdims=0)
+    predicted = g.op("ArgMax", g.op("Flatten", clean_logits, axis=1), axis=1, keepdims=0)
     resolved = g.op("Where", g.op("Less", requested, g.ints(0)), predicted, requested)
     indices = resolved
     if copies:  # -1 matches no class: a zero row
         indices = g.op("Concat", g.op("Expand", g.ints([-1]), batch), g.op("Tile", resolved, g.ints([copies])), axis=0)
-    classes = g.op("Gather", g.shape(logits), g.ints(1))
+    classes = g.op("Gather", g.shape(g.op("Flatten", logits, axis=1)), g.ints(1))
     one_hot = g.op("Equal", g.unsqueeze(indices, [1]), g.op("Range", g.ints(0), classes, g.ints(1)))
-    return resolved, g.op("CastLike", one_hot, logits)
+    return resolved, g.op("Reshape", g.op("CastLike", one_hot, logits), g.shape(logits))  # (N, C, 1, 1) logits too
 
 
 def _gradcam(g: GraphBuilder, activation: str, gradient: str, channel_axis: int, size: tuple[int, int]) -> str:
