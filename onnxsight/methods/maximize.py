@@ -29,9 +29,9 @@ import numpy as np
 
 from onnxsight.engine import gradcheck
 from onnxsight.engine.autodiff import build_vjp
+from onnxsight.engine.dynamic_batch import with_dynamic_batch
 from onnxsight.engine.graph import with_batch
 from onnxsight.engine.model import Model
-from onnxsight.engine.dynamic_batch import with_dynamic_batch
 from onnxsight.engine.objectives import OBJECTIVES, ObjectiveHead, objective_head, pre_softmax
 from onnxsight.engine.session import first_line, open_session
 from onnxsight.errors import GradientCheckFailed, InvalidArgument, OnnxsightError
@@ -184,8 +184,8 @@ def maximize(
     mods = _options(Modifiers, modifiers, "modifiers")
     _check_options(steps, lr, step, regs, mods, check_every, tolerance)
     model = model.with_output(output)
-    if model.input_shape[0] not in (None, 1 if unit is None else np.size(unit)):  # a fixed batch of another size
-        model = with_dynamic_batch(model)
+    if model.input_shape[0] is not None and (check_every or model.input_shape[0] != np.size(unit)):
+        model = with_dynamic_batch(model)  # the check scores 3 points per image at once
     objective, units, head = _target(model, layer, unit, objective)
     count = 1 if units is None else len(units)
     axis = _image_axis(model, regs, mods)
