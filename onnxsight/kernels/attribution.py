@@ -16,7 +16,9 @@ REDUCTIONS = ("max", "mean", "sum", None)
 NOISE_MODES = ("relative", "absolute")
 AGGREGATES = ("mean", "square", "variance")
 BASELINES = ("black", "grey", "gray", "blur")
-QUADRATURES = ("riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle", "gausslegendre")
+QUADRATURES = (
+    "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle", "gausslegendre", "captum_trapezoid",
+)
 BLUR_FRACTION = 0.1  # the "blur" baseline's sigma: 10 % of the larger spatial side, in pixels
 
 
@@ -152,20 +154,21 @@ def baseline(x: np.ndarray, kind, channel_axis: int | None) -> np.ndarray:
 
 
 def path_nodes(steps: int, method: str = "riemann_trapezoid") -> tuple[np.ndarray, np.ndarray]:
-    """Quadrature of ∫₀¹ f(α) dα with ``steps`` points: (alphas, weights), as Captum's
-    approximation methods. Riemann left/right/middle: ``i/n``, ``(i+1)/n``, ``(i+½)/n`` with
-    weights ``1/n``; trapezoid: ``linspace(0, 1, n)`` with weights ``1/(n−1)``, halved at the
-    ends (needs n ≥ 2); Gauss-Legendre: ``numpy.polynomial.legendre.leggauss`` mapped to [0, 1].
+    """Quadrature of ∫₀¹ f(α) dα with ``steps`` points: (alphas, weights). Riemann left/right/middle:
+    ``i/n``, ``(i+1)/n``, ``(i+½)/n`` with weights ``1/n``; trapezoid: ``linspace(0, 1, n)`` with
+    weights ``1/(n−1)``, halved at the ends (needs n ≥ 2); "captum_trapezoid": the same nodes with
+    Captum's weights ``1/n``, halved at the ends (they sum to (n−1)/n, not 1); Gauss-Legendre:
+    ``numpy.polynomial.legendre.leggauss`` mapped to [0, 1]. All but the trapezoid equal Captum's.
     """
     choice("method", method, QUADRATURES)
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise InvalidArgument(f"steps must be an integer >= 1, got {steps!r}")
     n = int(steps)
     i = np.arange(n, dtype=np.float64)
-    if method == "riemann_trapezoid":
+    if method in ("riemann_trapezoid", "captum_trapezoid"):
         if n < 2:
-            raise InvalidArgument("steps must be at least 2 for method 'riemann_trapezoid'")
-        weights = np.full(n, 1.0 / (n - 1))
+            raise InvalidArgument(f"steps must be at least 2 for method {method!r}")
+        weights = np.full(n, 1.0 / (n if method == "captum_trapezoid" else n - 1))
         weights[[0, -1]] /= 2
         return np.linspace(0.0, 1.0, n), weights
     if method == "gausslegendre":

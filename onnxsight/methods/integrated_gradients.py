@@ -36,9 +36,11 @@ def integrated_gradients(
     target: as for saliency; "predicted" (default) is the argmax on ``x`` itself, kept for every
         path point. of: the scored tensor, default "logits"; output: the head it refers to in a
         model with several outputs (default: the first classification head).
-    steps: quadrature points (default 50). method: "riemann_trapezoid" (default; needs steps ≥ 2),
-        "riemann_left", "riemann_right", "riemann_middle" or "gausslegendre" (Captum's default),
-        see :func:`onnxsight.kernels.attribution.path_nodes`.
+    steps: quadrature points (default 50). method: "riemann_trapezoid" (default, the textbook
+        trapezoid rule: its weights sum to 1, so completeness holds for a linear model; needs
+        steps ≥ 2), "riemann_left", "riemann_right", "riemann_middle", "gausslegendre" (Captum's
+        default) or "captum_trapezoid" (Captum's "riemann_trapezoid", whose step sizes are 1/n, not
+        1/(n−1)); see :func:`onnxsight.kernels.attribution.path_nodes`.
     baseline: "black" (zeros, default), "grey"/"gray" (each image filled with the midpoint
         (min + max) / 2 of its values), "blur" (x Gaussian-blurred with σ = 10 % of the larger
         image side, opencv), a number, or an array broadcastable to x. A model with several inputs
