@@ -14,17 +14,21 @@ from onnxsight.errors import InvalidArgument
 from onnxsight.kernels.images import gaussian_blur
 
 FILLS = ("a float (constant)", "'mean'", "'blur'")
+LAST_WINDOWS = ("flush", "cropped")
 
 
-def window_starts(size: int, window: int, stride: int) -> np.ndarray:
-    """Window starts 0, stride, 2·stride, ... while start + window <= size, plus one flush with the border.
+def window_starts(size: int, window: int, stride: int, last: str = "flush") -> np.ndarray:
+    """Window starts 0, stride, 2·stride, ... while start + window <= size, plus one more when the
+    strided ones stop short of the border, so every pixel is covered by at least one window.
 
-    The extra last window (start = size - window) is added when the strided ones stop short of
-    the border, so every pixel is covered by at least one window.
+    ``last``: "flush" (that window starts at size − window) or "cropped" (it starts one stride
+    further, at ⌈(size − window) / stride⌉ · stride, and is cut at the border, as Captum's Occlusion).
     """
+    if last not in LAST_WINDOWS:
+        raise InvalidArgument(f"last_window must be one of {', '.join(map(repr, LAST_WINDOWS))}; got {last!r}")
     starts = list(range(0, size - window + 1, stride))
     if starts[-1] + window < size:
-        starts.append(size - window)
+        starts.append(size - window if last == "flush" else starts[-1] + stride)
     return np.asarray(starts)
 
 
@@ -34,10 +38,13 @@ def window_indicators(starts: np.ndarray, window: int, size: int) -> np.ndarray:
     return (pixels >= starts[:, None]) & (pixels < starts[:, None] + window)
 
 
-def grid(height: int, width: int, window: Sequence[int], stride: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column indicators of every window position, row-major: (P, H) and (P, W)."""
-    rows = window_indicators(window_starts(height, window[0], stride[0]), window[0], height)
-    cols = window_indicators(window_starts(width, window[1], stride[1]), window[1], width)
+def grid(
+    height: int, width: int, window: Sequence[int], stride: Sequence[int], last: str = "flush"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indicators of every window position, row-major: (P, H) and (P, W); ``last``
+    as for :func:`window_starts`."""
+    rows = window_indicators(window_starts(height, window[0], stride[0], last), window[0], height)
+    cols = window_indicators(window_starts(width, window[1], stride[1], last), window[1], width)
     return np.repeat(rows, len(cols), axis=0), np.tile(cols, (len(rows), 1))
 
 

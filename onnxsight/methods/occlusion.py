@@ -25,6 +25,7 @@ def occlusion(
     window: int | Sequence[int] | None = None,
     stride: int | Sequence[int] | None = None,
     fill: float | str = 0.0,
+    last_window: str = "flush",
     of: str = "logits",
     output: str | None = None,
     batch_size: int = 256,
@@ -41,8 +42,11 @@ def occlusion(
         primary image input (``Model.input_name``) is occluded, the others are held at their values.
     window, stride: int or (height, width); default :func:`default_window` of the image: 1/14 of its
         shorter side, at least 4 (4 up to 63 px, 16 at 224), and a stride of half the window (2 at
-        28 px, 8 at 224; Captum's tutorials use 15 and 8 at 224, seed 003 uses 11 and 4). Windows start at 0, stride, 2·stride, ... while they fit, plus one flush with the
-        bottom/right border when the strided ones stop short of it, so every pixel is covered.
+        28 px, 8 at 224; Captum's tutorials use 15 and 8 at 224, seed 003 uses 11 and 4). Windows
+        start at 0, stride, 2·stride, ... while they fit, plus one more when the strided ones stop
+        short of the bottom/right border, so every pixel is covered.
+    last_window: that last window "flush" with the border (default: every window hides a full
+        window's area) or "cropped": one stride further, cut at the border (Captum's Occlusion).
     fill: what a window shows: a float (default 0.0, Zeiler & Fergus' grey/black square),
         "mean" (each image's per-channel mean) or "blur" (the image blurred by a Gaussian with
         sigma = window / 2 per axis, cv2.GaussianBlur).
@@ -58,7 +62,7 @@ def occlusion(
     height, width = spatial_size(x, axis)
     window, stride = default_window(height, width, window, stride)
     fills = k.fill_values(x, fill, axis, sigma=(window[0] / 2, window[1] / 2))
-    rows, cols = k.grid(height, width, window, stride)
+    rows, cols = k.grid(height, width, window, stride, last_window)
     indices = model.resolve_target(with_context(model, x, context), target, of, batch_size)
     clean = copy_scores(model, x, 1, lambda r: x[r], indices, of, batch_size, context=context)
     positions = len(rows)
