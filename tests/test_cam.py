@@ -176,9 +176,10 @@ def test_scorecam_matches_masked_keras_forwards(model, mnist_keras, x, predicted
     assert error <= TOLERANCE, f"scorecam: relative error {error:.2e}"
 
 
-def test_guided_gradcam_is_guided_backprop_times_the_cam(model, mnist_keras, x, predicted):
+def test_guided_gradcam_is_guided_backprop_times_the_cam_normalised_once(model, mnist_keras, x, predicted):
     a, g = tf_layer(mnist_keras, x, "max_pooling2d_2", predicted)
-    cam = finish((paper_weights(a, g, "gradcam") * a).sum(axis=-1), 28)
+    raw = np.maximum((paper_weights(a, g, "gradcam") * a).sum(axis=-1), 0)
+    cam = np.stack([cv2.resize(c.astype(np.float32), (28, 28)) for c in raw]).astype(np.float64)
     guided = gradients(mnist_keras, x, predicted, modifier="guided")["input"]
     want = minmax(np.abs(guided * cam[..., None]).max(axis=-1))
     error = relative_error(gradcam(model, x, guided=True), want)
@@ -277,7 +278,7 @@ def test_bad_options_are_rejected_clearly(model, x):
     unknown = re.escape("unknown CAM variant 'gradcam+'; choose one of gradcam, gradcam++")
     with pytest.raises(InvalidArgument, match=unknown):
         gradcam(model, x[:2], variant="gradcam+")
-    with pytest.raises(InvalidArgument, match="upsample must be one of bilinear, nearest; got 'cubic'"):
+    with pytest.raises(InvalidArgument, match="upsample must be one of bilinear, nearest, align_corners; got 'cubic'"):
         gradcam(model, x[:2], upsample="cubic")
     with pytest.raises(InvalidArgument, match="out of range"):
         gradcam(model, x[:2], target=10)

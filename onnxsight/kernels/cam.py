@@ -19,8 +19,10 @@ from onnxsight.kernels.stats import softmax
 
 # Added to XGradCAM's denominator (sum of a channel's activations), as pytorch-grad-cam does.
 XGRADCAM_EPS = 1e-7
-# OpenCV 5 processes at most this many channels per call (CV_CN_MAX).
-UPSAMPLING = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
+# Added to Grad-CAM++'s alpha denominator by pytorch-grad-cam.
+GRADCAM_PLUS_PLUS_EPS = 1e-6
+# OpenCV's half-pixel interpolations, and "align_corners": bilinear with the corner pixels aligned.
+UPSAMPLING = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST, "align_corners": None}
 
 
 def channels_last(a: np.ndarray, channel_axis: int) -> np.ndarray:
@@ -34,15 +36,28 @@ def gradcam_weights(a: np.ndarray, g: np.ndarray) -> np.ndarray:
     return g.mean(axis=(1, 2), keepdims=True)
 
 
-def gradcam_plus_plus_weights(a: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """Grad-CAM++ (Chattopadhyay et al. 2018, eq. 19 with exp-free scores, as pytorch-grad-cam).
+def gradcam_plus_plus_weights(a: np.ndarray, g: np.ndarray, eps: float = 0.0) -> np.ndarray:
+    """Grad-CAM++ (Chattopadhyay et al. 2018, eq. 19 with exp-free scores).
 
-    alpha = g² / (2 g² + sum_ij(a) g³) and weights = sum_ij(alpha · relu(g)). alpha is only
-    needed where g > 0; it is 0 where the denominator vanishes (the paper's convention, no eps).
+    alpha = g² / (2 g² + sum_ij(a) g³ + eps) and weights = sum_ij(alpha · relu(g)). alpha is only
+    needed where g > 0; it is 0 where the denominator vanishes. ``eps``: 0 (the paper's) or
+    ``GRADCAM_PLUS_PLUS_EPS`` (pytorch-grad-cam's).
     """
     g2 = g * g
-    denominator = 2 * g2 + a.sum(axis=(1, 2), keepdims=True) * g2 * g
+    denominator = 2 * g2 + a.sum(axis=(1, 2), keepdims=True) * g2 * g + eps
     alpha = np.divide(g2, denominator, out=np.zeros_like(g2), where=(g > 0) & (denominator != 0))
+    return (alpha * np.maximum(g, 0)).sum(axis=(1, 2), keepdims=True)
+
+
+def gradcam_plus_plus_normalized_weights(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Grad-CAM++ as tf-keras-vis: the alphas (every pixel's, 0 where g = 0) divided by their
+    spatial sum, then weights = sum_ij(alpha · relu(g)); tf-keras-vis' extra factor exp(score) per
+    image is left out (min-max normalisation removes it)."""
+    g2 = g * g
+    denominator = 2 * g2 + a.sum(axis=(1, 2), keepdims=True) * g2 * g
+    alpha = np.divide(g2, denominator, out=np.zeros_like(g2), where=denominator != 0)
+    total = alpha.sum(axis=(1, 2), keepdims=True)
+    alpha = alpha / np.where(total == 0, 1.0, total)
     return (alpha * np.maximum(g, 0)).sum(axis=(1, 2), keepdims=True)
 
 
@@ -75,6 +90,11 @@ def scorecam_weights(scores: np.ndarray) -> np.ndarray:
     return softmax(scores)[:, None, None, :]
 
 
+def scorecam_score_weights(scores: np.ndarray) -> np.ndarray:
+    """Score-CAM as tf-keras-vis: the (N, K) masked-input scores themselves as weights, (N, 1, 1, K)."""
+    return np.asarray(scores, np.float64)[:, None, None, :]
+
+
 # ---- shared steps --------------------------------------------------------------------------
 def weighted_sum(a: np.ndarray, weights: np.ndarray, relu: bool = True) -> np.ndarray:
     """(N, h, w): sum over channels of weights · a, then ReLU when ``relu``."""
@@ -90,15 +110,32 @@ def check_upsample(mode: str) -> int:
 
 
 def upsample(maps: np.ndarray, size: Sequence[int], mode: str = "bilinear") -> np.ndarray:
-    """(N, h, w) maps resized to ``size`` = (H, W) with OpenCV ("bilinear" or "nearest"), float32."""
+    """(N, h, w) maps resized to ``size`` = (H, W), float32: with OpenCV ("bilinear" or "nearest",
+    pixel centres at half-pixel offsets), or "align_corners": bilinear with the first and last
+    pixels' centres on the output's (scipy.ndimage.zoom(order=1) as tf-keras-vis,
+    torch's UpsamplingBilinear2d as pytorch-grad-cam's Score-CAM masks)."""
     flag = check_upsample(mode)
     height, width = size
+    if flag is None:
+        rows, cols = _aligned(maps.shape[1], height), _aligned(maps.shape[2], width)
+        return np.einsum("Hh,nhw,Ww->nHW", rows, np.asarray(maps, np.float64), cols).astype(np.float32)
     stacked = np.ascontiguousarray(np.moveaxis(np.asarray(maps, np.float32), 0, -1))  # h, w, N
     parts = []
     for start in range(0, stacked.shape[-1], CV_CHANNELS):
         chunk = np.ascontiguousarray(stacked[..., start:start + CV_CHANNELS])
         parts.append(cv2.resize(chunk, (width, height), interpolation=flag).reshape(height, width, -1))
     return np.moveaxis(np.concatenate(parts, axis=-1), -1, 0)
+
+
+def _aligned(n: int, size: int) -> np.ndarray:
+    """(size, n) linear interpolation from n samples to ``size`` points, the end points aligned."""
+    position = np.linspace(0.0, n - 1, size)
+    low = np.minimum(position.astype(int), max(n - 2, 0))
+    weights = np.zeros((size, n))
+    weights[np.arange(size), low] = 1 - (position - low)
+    if n > 1:
+        weights[np.arange(size), low + 1] = position - low
+    return weights
 
 
 def guided(cam: np.ndarray, saliency: np.ndarray, channel_axis: int) -> np.ndarray:

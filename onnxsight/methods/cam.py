@@ -46,6 +46,30 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
+@dataclass(frozen=True)
+class Convention:
+    """A peer's choices where they differ from onnxsight's: its weighting rules (replacing rows of
+    ``VARIANTS``), default upsampling, Score-CAM masks' upsampling (None: the CAM's), and whether
+    Guided Grad-CAM multiplies the min-max scaled CAM (rather than the CAM) by the guided gradient."""
+
+    variants: dict[str, Variant]
+    upsample: str = "bilinear"
+    masks: str | None = None
+    scaled_guide: bool = False
+
+
+CONVENTIONS: dict[str, Convention] = {
+    "onnxsight": Convention({}),
+    "pytorch-grad-cam": Convention(
+        {"gradcam++": _from_gradients(lambda a, g: k.gradcam_plus_plus_weights(a, g, k.GRADCAM_PLUS_PLUS_EPS))},
+        masks="align_corners", scaled_guide=True),
+    "tf-keras-vis": Convention(
+        {"gradcam++": _from_gradients(k.gradcam_plus_plus_normalized_weights),
+         "scorecam": Variant(lambda a, g, masked_scores: k.scorecam_score_weights(masked_scores(a)), gradients=False)},
+        upsample="align_corners"),
+}
+
+
 def gradcam(
     model: Model,
     x: Inputs,
@@ -56,8 +80,9 @@ def gradcam(
     guided: bool = False,
     modifier: str | None = None,
     relu: bool = True,
-    upsample: str = "bilinear",
+    upsample: str | None = None,
     normalize: bool = True,
+    convention: str = "onnxsight",
     of: str = "logits",
     output: str | None = None,
     tokens_grid: Sequence[int] | None = None,
@@ -75,16 +100,25 @@ def gradcam(
         "hirescam", "layercam" or "scorecam" (see ``onnxsight.kernels.cam`` for each formula).
         Score-CAM's channel weights are the softmax over channels of the target's score of ``of``
         (logits by default) on the input masked by each channel (upsampled with ``upsample``,
-        min-max scaled to [0, 1]), as pytorch-grad-cam does; the paper scores post-softmax
-        confidence increases instead. All N·K masked copies run in large batches.
-    guided: Guided Grad-CAM: the (normalised) CAM times the guided-backprop gradient of the
-        same target at the input, reduced over input channels by max |.| (default False).
+        min-max scaled to [0, 1]), as pytorch-grad-cam's weights (its masks: ``convention``); the
+        paper scores post-softmax confidence increases instead. All N·K masked copies run in large batches.
+    guided: Guided Grad-CAM: the CAM times the guided-backprop gradient of the same target at the
+        input, reduced over input channels by max |.|, then normalised (default False). The CAM is
+        not min-max scaled first (the paper's and Captum's order: scaling would blank its weakest
+        region); pytorch-grad-cam's order is ``convention="pytorch-grad-cam"``.
     modifier: backprop modifier of the gradient to ``layer`` — None (default), "guided" or
         "deconv" (keras-vis' ``visualize_cam(backprop_modifier=...)``, seed 002's guided and
         rectified Grad-CAM); not for Score-CAM, which uses no gradient.
     relu: ReLU on the weighted sum (default True, as in Grad-CAM).
-    upsample: "bilinear" (default) or "nearest" resizing to the input's H×W with OpenCV.
+    upsample: "bilinear" or "nearest" resizing to the input's H×W with OpenCV, or "align_corners"
+        (bilinear, corner pixels aligned: tf-keras-vis' scipy zoom); default the convention's.
     normalize: min-max scale each map to [0, 1] (default True; constant maps become 0).
+    convention: "onnxsight" (default: the papers' formulas, OpenCV's bilinear upsampling),
+        "pytorch-grad-cam" (Grad-CAM++ with eps 1e-6 in the alphas' denominator; Score-CAM masks
+        upsampled with corners aligned; Guided Grad-CAM from the min-max scaled CAM) or
+        "tf-keras-vis" (Grad-CAM++ alphas normalised by their spatial sum; Score-CAM weighted by
+        the masked scores themselves, not their softmax over channels: class probabilities with
+        ``of="output"`` on a softmax model; upsampling "align_corners").
     of: the scored tensor, default "logits" (softmax swapped for linear); any layer name.
     output: the head "logits" refers to in a model with several outputs (default: the first
         classification head). A model with several inputs takes ``x`` as a dict by input name;
@@ -98,7 +132,8 @@ def gradcam(
     model = model.with_output(output)
     x, context = split_inputs(model, x)
     inputs = with_context(model, x, context)
-    rule = cam_variant(variant)
+    rule, peer = cam_variant(variant, convention), CONVENTIONS[convention]
+    upsample = peer.upsample if upsample is None else upsample
     k.check_upsample(upsample)
     if modifier is not None and not rule.gradients:
         raise InvalidArgument(f"modifier {modifier!r} changes gradients; the {variant} variant uses none")
@@ -114,28 +149,28 @@ def gradcam(
 
         def masked(rows: np.ndarray) -> np.ndarray:
             image, channel = rows // channels, rows % channels
-            masks = normalize_each(k.upsample(acts[image, :, :, channel], size, upsample))
+            masks = normalize_each(k.upsample(acts[image, :, :, channel], size, peer.masks or upsample))
             return (x[image] * np.expand_dims(masks, input_axis)).astype(x.dtype)
 
         return copy_scores(model, x, channels, masked, indices, of, batch_size, progress, context).reshape(len(x), channels)
 
     cam = k.weighted_sum(a, rule.weights(a, g, masked_scores), relu)
     cam = k.upsample(cam, size, upsample)
-    if normalize:
-        cam = normalize_each(cam)
     if guided:
         saliency = model.gradient(inputs, of=of, target=indices, modifier="guided", batch_size=batch_size)["input"]
-        cam = k.guided(cam, saliency, input_axis)
-        if normalize:
-            cam = normalize_each(cam)
+        cam = k.guided(normalize_each(cam) if peer.scaled_guide else cam, saliency, input_axis)
+    if normalize:
+        cam = normalize_each(cam)
     return cam.astype(np.float32)
 
 
-def cam_variant(name: str) -> Variant:
-    """The variant called ``name``, or InvalidArgument listing them."""
+def cam_variant(name: str, convention: str = "onnxsight") -> Variant:
+    """The variant called ``name`` in ``convention``, or InvalidArgument listing them."""
     if name not in VARIANTS:
         raise InvalidArgument(f"unknown CAM variant {name!r}; choose one of {', '.join(VARIANTS)}")
-    return VARIANTS[name]
+    if convention not in CONVENTIONS:
+        raise InvalidArgument(f"unknown convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
+    return CONVENTIONS[convention].variants.get(name, VARIANTS[name])
 
 
 def default_cam_layer(model: Model) -> str:

@@ -154,9 +154,10 @@ def export_explainer(
         heatmap = _normalize(g, _reduce(g, "ReduceMax", mean, [input_axis], keepdims=0))
     else:
         heatmap = _gradcam(g, cam_tensor, grads[0], model.channel_axis(cam_layer), size)
-        if method == "guided-gradcam":
-            product = g.op("Mul", grads[1], g.unsqueeze(heatmap, [input_axis]))
-            heatmap = _normalize(g, _reduce(g, "ReduceMax", g.op("Abs", product), [input_axis], keepdims=0))
+        if method == "guided-gradcam":  # the CAM itself times the guided gradient, normalised once
+            heatmap = _reduce(g, "ReduceMax", g.op("Abs", g.op("Mul", grads[1], g.unsqueeze(heatmap, [input_axis]))),
+                              [input_axis], keepdims=0)
+        heatmap = _normalize(g, heatmap)
 
     g.scope("outputs")
     _alias(g, g.op("Flatten", clean(output), axis=1), PROBABILITIES)  # (N, C, 1, 1) scores too
@@ -224,14 +225,14 @@ def _one_hot(g: GraphBuilder, clean_logits: str, logits: str, batch: str, copies
 
 def _gradcam(g: GraphBuilder, activation: str, gradient: str, channel_axis: int, size: tuple[int, int]) -> str:
     """Grad-CAM: channel weights = spatial mean of the gradient; ReLU(weighted sum); bilinear
-    upsampling to ``size`` (``half_pixel``, as OpenCV's INTER_LINEAR); normalised. (N, H, W)."""
+    upsampling to ``size`` (``half_pixel``, as OpenCV's INTER_LINEAR); not normalised. (N, H, W)."""
     spatial = [axis for axis in (1, 2, 3) if axis != channel_axis]
     weights = _reduce(g, "ReduceMean", gradient, spatial, keepdims=1)
     cam = g.op("Relu", g.reduce_sum(g.op("Mul", activation, weights), [channel_axis], keepdims=0))
     stacked = g.unsqueeze(cam, [1])
     sizes = g.op("Concat", g.op("Slice", g.shape(stacked), g.ints([0]), g.ints([2])), g.ints(list(size)), axis=0)
     resized = g.op("Resize", stacked, "", "", sizes, mode="linear", coordinate_transformation_mode="half_pixel")
-    return _normalize(g, g.op("Squeeze", resized, g.ints([1])))
+    return g.op("Squeeze", resized, g.ints([1]))
 
 
 def _normalize(g: GraphBuilder, maps: str) -> str:
