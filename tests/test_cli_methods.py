@@ -46,6 +46,12 @@ def test_every_method_command_has_help(runner, command):
         ("gradcam", ["--modifier", "deconv"], lambda m, x, t: onnxsight.gradcam(m, x, target=t, modifier="deconv")),
         ("occlusion", ["--window", "11", "--stride", "4"],
          lambda m, x, t: onnxsight.occlusion(m, x, target=t, window=11, stride=4)),
+        ("gradcam", ["--variant", "gradcam++", "--convention", "tf-keras-vis"],
+         lambda m, x, t: onnxsight.gradcam(m, x, target=t, variant="gradcam++", convention="tf-keras-vis")),
+        ("gradcam", ["--guided", "--upsample", "align_corners"],
+         lambda m, x, t: onnxsight.gradcam(m, x, target=t, guided=True, upsample="align_corners")),
+        ("occlusion", ["--window", "8", "--stride", "6", "--last-window", "cropped"],
+         lambda m, x, t: onnxsight.occlusion(m, x, target=t, window=8, stride=6, last_window="cropped")),
     ],
 )
 def test_method_commands_write_the_librarys_maps(runner, tmp_path, mnist_onnx, model, x, command, options, reference):

@@ -204,7 +204,8 @@ def ig(
     target: Target = "predicted", of: Of = "logits",
     steps: Annotated[int, typer.Option(min=1, help="Points on the path from the baseline to the image.")] = 50,
     baseline: Annotated[str, typer.Option(help="black, grey, blur, a number, or an .npy file shaped like one input.")] = "black",
-    method_name: Annotated[str, typer.Option("--method", help="Quadrature: riemann_trapezoid, riemann_left/right/middle, gausslegendre.")] = "riemann_trapezoid",
+    method_name: Annotated[str, typer.Option("--method", help="Quadrature: riemann_trapezoid, riemann_left/right/middle, gausslegendre, "
+                                                                      "captum_trapezoid (Captum's riemann_trapezoid).")] = "riemann_trapezoid",
     reduce: Annotated[str, typer.Option(help="Channel reduction for the picture: sum (default), mean or max.")] = "sum",
     output: OutputDir = Path("ig"), cmap: Cmap = "jet", batch_size: GradientBatchSize = None, device: Device = "auto",
     scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False, dry_run: DryRun = False,
@@ -256,7 +257,9 @@ def gradcam(
     guided: Annotated[bool, typer.Option("--guided", help="Guided Grad-CAM: times guided backprop.")] = False,
     modifier: Modifier = None,
     relu: Annotated[bool, typer.Option(help="ReLU on the map (Grad-CAM's default).")] = True,
-    upsample: Annotated[str, typer.Option(help="bilinear (default) or nearest.")] = "bilinear",
+    upsample: Annotated[Optional[str], typer.Option(help="bilinear, nearest or align_corners (tf-keras-vis' zoom); "
+                                                         "default the convention's.")] = None,
+    convention: Annotated[str, typer.Option(help="onnxsight (the papers), pytorch-grad-cam or tf-keras-vis.")] = "onnxsight",
     tokens_grid: TokensGrid = None,
     output: OutputDir = Path("gradcam"), cmap: Cmap = "jet", batch_size: BatchSize = 64, device: Device = "auto",
     scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False, dry_run: DryRun = False,
@@ -268,8 +271,8 @@ def gradcam(
     from onnxsight.methods.cam import gradcam as method
 
     options = {"layer": layer, "variant": variant, "guided": guided, "modifier": modifier, "relu": relu,
-               "upsample": upsample, "tokens_grid": _grid(tokens_grid)}
-    by_gradient = cam_variant(variant).gradients
+               "upsample": upsample, "convention": convention, "tokens_grid": _grid(tokens_grid)}
+    by_gradient = cam_variant(variant, convention).gradients
 
     def plan(m: Model, x: np.ndarray, indices) -> Plan:
         """Checks the layer first; Score-CAM's forward passes are its layer's channels (a token layer's
@@ -326,6 +329,7 @@ def occlusion(
     stride: Annotated[Optional[int], typer.Option(min=1, help="Step between windows (default: half the window; "
                                                              "seed 003: 4).")] = None,
     fill: Annotated[str, typer.Option(help="A number, mean (the image's mean) or blur.")] = "0",
+    last_window: Annotated[str, typer.Option(help="The last window: flush with the border, or cropped at it (Captum).")] = "flush",
     output: OutputDir = Path("occlusion"), cmap: Cmap = "jet", batch_size: BatchSize = 256, device: Device = "auto",
     scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False, dry_run: DryRun = False,
     head: HeadOpt = None, named: NamedInputs = None,
@@ -338,7 +342,7 @@ def occlusion(
     from onnxsight.methods.occlusion import occlusion as method
 
     filler = fill if fill in ("mean", "blur") else _number(fill, "--fill")
-    options = {"window": window, "stride": stride, "fill": fill}
+    options = {"window": window, "stride": stride, "fill": fill, "last_window": last_window}
 
     def windows(m: Model, x: np.ndarray) -> int:
         """Window positions per image, plus the clean image; records the window and stride in the options."""
@@ -349,7 +353,7 @@ def occlusion(
 
     run_method("occlusion", model, images, data, count, target, of, output, force, cmap, device, scale, mean, std,
                lambda m, x, t, progress: method(m, x, target=t, of=of, window=window, stride=stride, fill=filler,
-                                                batch_size=batch_size, progress=progress),
+                                                last_window=last_window, batch_size=batch_size, progress=progress),
                options, forward_plan(windows, of, batch_size), dry_run, head=head, named=named)
 
 
