@@ -134,7 +134,8 @@ def test_scorecam_masks_upsampled_as_pytorch_grad_cam(model, x, target):
 
 
 def test_scorecam_weighted_by_class_probability_as_tf_keras_vis(model, x, target):
-    """tf-keras-vis (softmax kept): weights are the target's probabilities on the masked copies."""
+    """tf-keras-vis: weights are the target's softmax probabilities on the masked copies (its
+    score(K.softmax(predictions)) on a model whose softmax is swapped for linear)."""
     a = model.activations(x, [LAYER])[LAYER].astype(np.float64)
     masks = np.stack([minmax(zoomed(np.moveaxis(m, -1, 0))) for m in a])
     logits = masked_logits(model, x, masks)
@@ -142,8 +143,7 @@ def test_scorecam_weighted_by_class_probability_as_tf_keras_vis(model, x, target
     probabilities /= probabilities.sum(axis=-1, keepdims=True)
     weights = probabilities[np.arange(len(x)), :, target]
     want = minmax(zoomed(np.maximum(np.einsum("nhwk,nk->nhw", a, weights), 0)))
-    got = gradcam(model, x, target, variant="scorecam", convention="tf-keras-vis", of="output")
-    close(got, want, "tf-keras-vis scorecam")
+    close(gradcam(model, x, target, variant="scorecam", convention="tf-keras-vis"), want, "tf-keras-vis scorecam")
     differs(gradcam(model, x, target, variant="scorecam", upsample="align_corners"), want, "scorecam softmax weights")
 
 

@@ -90,9 +90,10 @@ def scorecam_weights(scores: np.ndarray) -> np.ndarray:
     return softmax(scores)[:, None, None, :]
 
 
-def scorecam_score_weights(scores: np.ndarray) -> np.ndarray:
-    """Score-CAM as tf-keras-vis: the (N, K) masked-input scores themselves as weights, (N, 1, 1, K)."""
-    return np.asarray(scores, np.float64)[:, None, None, :]
+def scorecam_probability_weights(probabilities: np.ndarray) -> np.ndarray:
+    """Score-CAM as tf-keras-vis: the target's (N, K) softmax probabilities on the masked inputs
+    themselves as weights, (N, 1, 1, K)."""
+    return np.asarray(probabilities, np.float64)[:, None, None, :]
 
 
 # ---- shared steps --------------------------------------------------------------------------

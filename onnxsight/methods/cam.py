@@ -24,7 +24,8 @@ from onnxsight.methods.occlusion import copy_scores
 from onnxsight.methods.rollout import attention_tensors
 
 # (channel-last activations, gradients or None, masked_scores) -> weights broadcastable to the activations;
-# masked_scores(a) runs the input masked by each upsampled channel of ``a`` and returns (N, K) scores.
+# masked_scores(a, probability=False) runs the input masked by each upsampled channel of ``a`` and
+# returns (N, K) target scores (``probability``: the target's softmax probability over ``of``).
 Weights = Callable[[np.ndarray, "np.ndarray | None", Callable[[np.ndarray], np.ndarray]], np.ndarray]
 
 
@@ -65,7 +66,8 @@ CONVENTIONS: dict[str, Convention] = {
         masks="align_corners", scaled_guide=True),
     "tf-keras-vis": Convention(
         {"gradcam++": _from_gradients(k.gradcam_plus_plus_normalized_weights),
-         "scorecam": Variant(lambda a, g, masked_scores: k.scorecam_score_weights(masked_scores(a)), gradients=False)},
+         "scorecam": Variant(lambda a, g, masked_scores: k.scorecam_probability_weights(masked_scores(a, True)),
+                             gradients=False)},
         upsample="align_corners"),
 }
 
@@ -117,8 +119,8 @@ def gradcam(
         "pytorch-grad-cam" (Grad-CAM++ with eps 1e-6 in the alphas' denominator; Score-CAM masks
         upsampled with corners aligned; Guided Grad-CAM from the min-max scaled CAM) or
         "tf-keras-vis" (Grad-CAM++ alphas normalised by their spatial sum; Score-CAM weighted by
-        the masked scores themselves, not their softmax over channels: class probabilities with
-        ``of="output"`` on a softmax model; upsampling "align_corners").
+        the target's class probability — softmax over the classes of ``of`` — on each masked
+        input, not by a softmax over channels; upsampling "align_corners").
     of: the scored tensor, default "logits" (softmax swapped for linear); any layer name.
     output: the head "logits" refers to in a model with several outputs (default: the first
         classification head). A model with several inputs takes ``x`` as a dict by input name;
@@ -144,7 +146,7 @@ def gradcam(
     tally = Tally(len(x), progress if rule.gradients else None)
     a, g = _layer_values(model, inputs, layer, of, indices, rule.gradients, modifier, size, tokens_grid, batch_size, tally)
 
-    def masked_scores(acts: np.ndarray) -> np.ndarray:
+    def masked_scores(acts: np.ndarray, probability: bool = False) -> np.ndarray:
         channels = acts.shape[-1]
 
         def masked(rows: np.ndarray) -> np.ndarray:
@@ -152,7 +154,8 @@ def gradcam(
             masks = normalize_each(k.upsample(acts[image, :, :, channel], size, peer.masks or upsample))
             return (x[image] * np.expand_dims(masks, input_axis)).astype(x.dtype)
 
-        return copy_scores(model, x, channels, masked, indices, of, batch_size, progress, context).reshape(len(x), channels)
+        scores = copy_scores(model, x, channels, masked, indices, of, batch_size, progress, context, probability)
+        return scores.reshape(len(x), channels)
 
     cam = k.weighted_sum(a, rule.weights(a, g, masked_scores), relu)
     cam = k.upsample(cam, size, upsample)

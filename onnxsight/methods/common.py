@@ -11,6 +11,7 @@ import numpy as np
 from onnxsight.engine import targets
 from onnxsight.engine.model import DEFAULT_BATCH_SIZE, Inputs, Model, rows, take
 from onnxsight.errors import InvalidArgument
+from onnxsight.kernels.stats import softmax
 
 
 def image_channel_axis(model: Model) -> int | None:
@@ -76,13 +77,17 @@ def spatial_size(x: np.ndarray, channel_axis: int) -> tuple[int, int]:
 
 
 def target_scores(
-    model: Model, x: Inputs, target: targets.Target, of: str = "logits", batch_size: int = DEFAULT_BATCH_SIZE
+    model: Model, x: Inputs, target: targets.Target, of: str = "logits", batch_size: int = DEFAULT_BATCH_SIZE,
+    probability: bool = False,
 ) -> np.ndarray:
     """Per image the target's score — a class's logit, a channel's mean (N-D ``of``) or, for
-    None, the sum of ``of`` — the quantity whose gradient the methods take. float64 (N,)."""
+    None, the sum of ``of`` — the quantity whose gradient the methods take. float64 (N,).
+    ``probability``: softmax over ``of``'s class (channel) axis first."""
     x = model.check_input(x)
     values = model.run(x, [model.tensor(of)], batch_size=batch_size)[0]
     axis = model.channel_axis(of)
+    if probability:
+        values = np.moveaxis(softmax(np.moveaxis(values, axis, -1)), -1, axis)
     indices = targets.resolve(target, values.shape, axis, values)
     weights = targets.cotangent(values.shape, indices, axis, np.float64)
     return (weights * values).reshape(rows(x), -1).sum(axis=1)

@@ -100,8 +100,9 @@ def copy_scores(
     batch_size: int = 256,
     progress: Callable[[int, int], None] | None = None,
     context: dict[str, np.ndarray] | None = None,
+    probability: bool = False,
 ) -> np.ndarray:
-    """Target scores of ``copies`` perturbed versions of each image, image-major, float64 (N·copies,).
+    """Target scores (``probability``: softmax probabilities) of ``copies`` perturbed versions of each image, image-major, float64 (N·copies,).
 
     ``build(rows)`` returns the copies with flat ids ``rows`` (copy ``r`` is of image
     ``r // copies``); they are built in chunks of at most ``CHUNK_BYTES`` and run ``batch_size``
@@ -121,7 +122,7 @@ def copy_scores(
         chosen = None if indices is None else indices[rows // copies]
         built = with_context(model, build(rows), context or {}, rows // copies)
         for run in tally.runs(len(rows), rows_per_run(model, batch_size)):
-            scores[rows[run]] = target_scores(model, take(built, run), rows_of(chosen, run), of, batch_size)
+            scores[rows[run]] = target_scores(model, take(built, run), rows_of(chosen, run), of, batch_size, probability)
     return scores
 
 
