@@ -4,7 +4,7 @@ edits share: the two orderings of nodes (topological, live), fresh names and ren
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -205,6 +205,31 @@ def live_nodes(nodes: Sequence[onnx.NodeProto], wanted: set[str]) -> list[onnx.N
             keep.append(node)
             needed.update(i for i in node.input if i)
     return keep[::-1]
+
+
+def fed_at(
+    model: onnx.ModelProto, tensor: str, feed: str, outputs: Sequence[str], values: Mapping[str, onnx.ValueInfoProto]
+) -> onnx.ModelProto:
+    """A copy of ``model`` computing ``outputs`` (typed from ``values``) with ``tensor``'s consumers
+    reading a new graph input ``feed`` instead; the nodes and graph inputs no output needs any more
+    are dropped, so only the inputs still read (shape sources, other inputs) need feeding besides ``feed``."""
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    graph = result.graph
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == tensor:
+                node.input[i] = feed
+    kept = live_nodes(list(graph.node), set(outputs))
+    read = {name for node in kept for name in node.input} | set(outputs)
+    inputs = [v for v in graph.input if v.name in read]
+    for field, items in ((graph.node, kept), (graph.input, inputs)):
+        del field[:]
+        field.extend(items)
+    graph.input.append(onnx.helper.make_tensor_value_info(feed, values[tensor].type.tensor_type.elem_type, None))
+    del graph.output[:]
+    graph.output.extend(onnx.helper.make_tensor_value_info(n, values[n].type.tensor_type.elem_type, None) for n in outputs)
+    return result
 
 
 def tensor_names(graph: onnx.GraphProto) -> list[str]:

@@ -13,36 +13,58 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxsight.engine import targets
-from onnxsight.engine.graph import ancestors, bottlenecks
+from onnxsight.engine.graph import ancestors, bottlenecks, fed_at
 from onnxsight.engine.model import Inputs, Model, rows, take
-from onnxsight.errors import InvalidArgument
+from onnxsight.engine.session import first_line, open_session
+from onnxsight.errors import InvalidArgument, OnnxsightError
 from onnxsight.kernels import cam as k
 from onnxsight.kernels import tokens
 from onnxsight.kernels.colors import normalize_each
 from onnxsight.methods.common import Tally, require_image, rows_of, rows_per_run, spatial_size, split_inputs, with_context
-from onnxsight.methods.occlusion import copy_scores
+from onnxsight.methods.occlusion import CHUNK_BYTES, copy_scores
 from onnxsight.methods.rollout import attention_tensors
 
-# (channel-last activations, gradients or None, masked_scores) -> weights broadcastable to the activations;
-# masked_scores(a) runs the input masked by each upsampled channel of ``a`` and returns (N, K) scores.
-Weights = Callable[[np.ndarray, "np.ndarray | None", Callable[[np.ndarray], np.ndarray]], np.ndarray]
+ABLATED = "onnxsight/ablated/"  # prefix of the graph input that feeds a layer's ablated copies
+
+
+@dataclass(frozen=True)
+class Probes:
+    """The forward runs a gradient-free variant may ask for.
+
+    masked(a): (N, K) target scores of the input masked by each upsampled channel of ``a`` (Score-CAM);
+    ablated(): the (N,) target scores and the (N, K) scores with channel k of the layer zeroed (Ablation-CAM).
+    """
+
+    masked: Callable[[np.ndarray], np.ndarray]
+    ablated: Callable[[], tuple[np.ndarray, np.ndarray]]
+
+
+# (channel-last activations, gradients or None, probes) -> weights broadcastable to the activations.
+Weights = Callable[[np.ndarray, "np.ndarray | None", Probes], np.ndarray]
 
 
 @dataclass(frozen=True)
 class Variant:
-    """How one CAM weighs the layer's channels; ``gradients``: whether it needs d(score)/d(layer)."""
+    """How one CAM weighs the layer's channels; ``gradients``: whether it needs d(score)/d(layer);
+    ``projected``: the map is the first principal component of the weighted activations (Eigen-CAM),
+    not their sum; ``per_channel``: it runs the model once per channel and image."""
 
     weights: Weights
     gradients: bool = True
+    projected: bool = False
+    per_channel: bool = False
 
 
 def _from_gradients(rule: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Variant:
-    return Variant(lambda a, g, masked_scores: rule(a, g))
+    return Variant(lambda a, g, probes: rule(a, g))
 
 
 VARIANTS: dict[str, Variant] = {
     **{name: _from_gradients(rule) for name, rule in k.GRADIENT_WEIGHTS.items()},
-    "scorecam": Variant(lambda a, g, masked_scores: k.scorecam_weights(masked_scores(a)), gradients=False),
+    "scorecam": Variant(lambda a, g, probes: k.scorecam_weights(probes.masked(a)), gradients=False, per_channel=True),
+    "eigencam": Variant(lambda a, g, probes: np.ones((1, 1, 1, a.shape[-1])), gradients=False, projected=True),
+    "eigengradcam": Variant(lambda a, g, probes: k.eigengradcam_weights(a, g), projected=True),
+    "ablationcam": Variant(lambda a, g, probes: k.ablation_weights(*probes.ablated()), gradients=False, per_channel=True),
 }
 
 
@@ -58,6 +80,7 @@ def gradcam(
     relu: bool = True,
     upsample: str = "bilinear",
     normalize: bool = True,
+    eigen_smooth: bool = False,
     of: str = "logits",
     output: str | None = None,
     tokens_grid: Sequence[int] | None = None,
@@ -85,6 +108,8 @@ def gradcam(
     relu: ReLU on the weighted sum (default True, as in Grad-CAM).
     upsample: "bilinear" (default) or "nearest" resizing to the input's H×W with OpenCV.
     normalize: min-max scale each map to [0, 1] (default True; constant maps become 0).
+    eigen_smooth: the map is the first principal component of the weighted activations instead of
+        their sum (pytorch-grad-cam's ``eigen_smooth``; default False).
     of: the scored tensor, default "logits" (softmax swapped for linear); any layer name.
     output: the head "logits" refers to in a model with several outputs (default: the first
         classification head). A model with several inputs takes ``x`` as a dict by input name;
@@ -93,7 +118,7 @@ def gradcam(
         size (:func:`onnxsight.kernels.tokens.patch_grid`).
     batch_size: rows per onnxruntime run (default 64).
     progress: called after each onnxruntime run with (images done, images) for the layer's gradients,
-        or for Score-CAM with (masked copies scored, copies in all).
+        or for Score-CAM and Ablation-CAM with (copies scored, copies in all).
     """
     model = model.with_output(output)
     x, context = split_inputs(model, x)
@@ -119,7 +144,11 @@ def gradcam(
 
         return copy_scores(model, x, channels, masked, indices, of, batch_size, progress, context).reshape(len(x), channels)
 
-    cam = k.weighted_sum(a, rule.weights(a, g, masked_scores), relu)
+    def ablated_scores() -> tuple[np.ndarray, np.ndarray]:
+        return layer_ablations(model, inputs, layer, of, indices, batch_size, progress)
+
+    weights = rule.weights(a, g, Probes(masked_scores, ablated_scores))
+    cam = k.weighted_sum(a, weights, relu, project=eigen_smooth or rule.projected)
     cam = k.upsample(cam, size, upsample)
     if normalize:
         cam = normalize_each(cam)
@@ -129,6 +158,58 @@ def gradcam(
         if normalize:
             cam = normalize_each(cam)
     return cam.astype(np.float32)
+
+
+def layer_ablations(
+    model: Model, x: Inputs, layer: str, of: str, indices: np.ndarray | None, batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (N,) target scores of ``x`` and the (N, K) scores with channel k of ``layer`` zeroed, float64.
+
+    The layer's activations are computed once; the N·K ablated copies are fed to the rest of the
+    graph (the model from ``layer`` on, ``engine.graph.fed_at``), built in chunks of at most
+    ``CHUNK_BYTES`` and run ``batch_size`` rows at a time, each run reported as ``progress(done, N·K)``.
+    """
+    tensor, scored = model.tensor(layer), model.tensor(of)
+    acts, values = model.run(x, [tensor, scored], batch_size=batch_size)
+    axis, score_axis = (model.channel_axis(layer) if acts.ndim == 4 else acts.ndim - 1), model.channel_axis(of)
+    scores = _scores(values, indices, score_axis)
+    feed = ABLATED + tensor
+    session = open_session(fed_at(model.proto, tensor, feed, [scored], model.values), model.providers,
+                           model.source, model.threads)
+    read = {i.name for i in session.get_inputs()}
+    context = {name: v for name, v in model.input_feeds(x).items() if name in read}
+    channels, size = acts.shape[axis], rows_per_run(model, batch_size)
+    total = len(acts) * channels
+    ablated, tally = np.empty(total), Tally(total, progress)
+    step = max(1, CHUNK_BYTES // acts[0].nbytes)
+    for start in range(0, total, step):
+        flat = np.arange(start, min(total, start + step))
+        images = flat // channels
+        copies = acts[images]
+        np.moveaxis(copies, axis, 1)[np.arange(len(flat)), flat % channels] = 0
+        for run in tally.runs(len(flat), size):
+            batch = {feed: copies[run], **{name: v[images[run]] for name, v in context.items()}}
+            out = _run_padded(session, scored, batch, model.input_shape[0], model.source)
+            ablated[flat[run]] = _scores(out, None if indices is None else indices[images[run]], score_axis)
+    return scores, ablated.reshape(len(acts), channels)
+
+
+def _scores(values: np.ndarray, indices: np.ndarray | None, channel_axis: int) -> np.ndarray:
+    """Per row the target's score of ``values`` (see ``methods.common.target_scores``), float64."""
+    weights = targets.cotangent(values.shape, indices, channel_axis, np.float64)
+    return (weights * values).reshape(len(values), -1).sum(axis=1)
+
+
+def _run_padded(session, output: str, batch: dict[str, np.ndarray], fixed, source: str) -> np.ndarray:
+    """``output`` for one batch; a fixed-batch model's short last batch is padded with zeros."""
+    count = len(next(iter(batch.values())))
+    if isinstance(fixed, int) and count < fixed:
+        batch = {n: np.concatenate([v, np.zeros((fixed - count, *v.shape[1:]), v.dtype)]) for n, v in batch.items()}
+    try:
+        return session.run([output], batch)[0][:count]
+    except Exception as error:  # noqa: BLE001 - onnxruntime raises several unrelated types
+        raise OnnxsightError(f"onnxruntime failed on {source}: {first_line(error)}") from error
 
 
 def cam_variant(name: str) -> Variant:
