@@ -167,6 +167,38 @@ def test_seed_cnn_matches_references_on_keras(model, mnist_keras, x, variant):
     assert error <= TOLERANCE, f"{variant}: relative error {error:.2e}"
 
 
+def test_run_from_a_layer_needs_no_input_where_the_exporter_took_a_shape_upstream(model, x):
+    """tf2onnx's Flatten reshapes by the Shape of the pool's NCHW output: rebuilt from the fed batch."""
+    acts = model.activations(x, ["max_pooling2d_2"])["max_pooling2d_2"]
+    logits = model.run_from(model.tensor("max_pooling2d_2"), acts, [model.tensor("logits")])[0]
+    np.testing.assert_allclose(logits, model.run(x, [model.tensor("logits")])[0], rtol=1e-5, atol=1e-5)
+
+
+def test_ablation_feeds_the_other_inputs_of_each_ablated_copy(tmp_path):
+    """A two-input model whose head also reads the metadata input: each copy gets its image's metadata."""
+    import keras
+
+    from tests.test_multi_io import _multi_task_model
+
+    keras_model = _multi_task_model()
+    model = onnxsight.load(onnxsight.convert_keras(keras_model, tmp_path / "multi.onnx"), device="cpu")
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.random((3, 12, 12, 3), dtype=np.float32), "meta": rng.standard_normal((3, 4)).astype(np.float32)}
+    target = np.array([1, 2, 0])
+    a = np.asarray(keras.Model(keras_model.inputs, keras_model.get_layer("conv_2").output)(batch), np.float64)
+    (wm, bm), (wk, bk) = (keras_model.get_layer(n).get_weights() for n in ("meta_dense", "kind_dense"))
+    meta = np.tanh(batch["meta"] @ wm + bm)
+
+    def tail(act: np.ndarray, i: int) -> float:  # GAP, joined with the metadata branch, class logits
+        joined = np.concatenate([act.mean(axis=(2, 3)), meta[i][None]], axis=1)
+        return float((joined @ wk + bk)[0, target[i]])
+    a = np.moveaxis(a, -1, 1)
+    scores = np.array([tail(act[None], i) for i, act in enumerate(a)])
+    want = finish(cam_image("ablationcam", a, None, ablation_weights(scores, tail, a)), 12)
+    got = gradcam(model, batch, target, layer="conv_2", variant="ablationcam", output="kind")
+    assert relative_error(got, want) <= TOLERANCE
+
+
 def test_mobilenetv2_runs_every_new_variant(tmp_path):
     import keras
 

@@ -211,8 +211,12 @@ def fed_at(
     model: onnx.ModelProto, tensor: str, feed: str, outputs: Sequence[str], values: Mapping[str, onnx.ValueInfoProto]
 ) -> onnx.ModelProto:
     """A copy of ``model`` computing ``outputs`` (typed from ``values``) with ``tensor``'s consumers
-    reading a new graph input ``feed`` instead; the nodes and graph inputs no output needs any more
-    are dropped, so only the inputs still read (shape sources, other inputs) need feeding besides ``feed``."""
+    reading a new graph input ``feed`` instead, the rest of the graph from there on.
+
+    A ``Shape`` of a tensor upstream of ``feed`` whose dimensions other than the batch are static
+    (an exporter's flatten) is rebuilt from the batch of ``feed``; the nodes and graph inputs no
+    output needs any more are dropped, so only the inputs still read need feeding besides ``feed``.
+    """
     result = onnx.ModelProto()
     result.CopyFrom(model)
     graph = result.graph
@@ -220,10 +224,25 @@ def fed_at(
         for i, name in enumerate(node.input):
             if name == tensor:
                 node.input[i] = feed
-    kept = live_nodes(list(graph.node), set(outputs))
+    downstream, nodes = dependent_tensors(graph, [feed]), []
+    for node in graph.node:
+        shape = shape_of(values[node.input[0]]) if node.op_type == "Shape" and node.input[0] in values else None
+        if shape is None or node.input[0] in downstream or None in shape[1:] or node.attribute:
+            nodes.append(node)
+            continue
+        base = f"{feed}/shape/{len(nodes)}"
+        constants = {name: numpy_helper.from_array(np.asarray(value, np.int64), f"{base}/{name}")
+                     for name, value in (("rest", shape[1:]), ("start", [0]), ("end", [1]))}
+        graph.initializer.extend(constants.values())
+        nodes += [onnx.helper.make_node("Shape", [feed], [f"{base}/fed"], name=f"{base}/fed"),
+                  onnx.helper.make_node("Slice", [f"{base}/fed", f"{base}/start", f"{base}/end"], [f"{base}/batch"],
+                                        name=f"{base}/batch"),
+                  onnx.helper.make_node("Concat", [f"{base}/batch", f"{base}/rest"], list(node.output), name=node.name, axis=0)]
+    kept = live_nodes(nodes, set(outputs))
     read = {name for node in kept for name in node.input} | set(outputs)
     inputs = [v for v in graph.input if v.name in read]
-    for field, items in ((graph.node, kept), (graph.input, inputs)):
+    weights = [t for t in graph.initializer if t.name in read]
+    for field, items in ((graph.node, kept), (graph.input, inputs), (graph.initializer, weights)):
         del field[:]
         field.extend(items)
     graph.input.append(onnx.helper.make_tensor_value_info(feed, values[tensor].type.tensor_type.elem_type, None))

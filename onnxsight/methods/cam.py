@@ -13,19 +13,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxsight.engine import targets
-from onnxsight.engine.graph import ancestors, bottlenecks, fed_at
+from onnxsight.engine.graph import ancestors, bottlenecks
 from onnxsight.engine.model import Inputs, Model, rows, take
-from onnxsight.engine.session import first_line, open_session
-from onnxsight.errors import InvalidArgument, OnnxsightError
+from onnxsight.errors import InvalidArgument
 from onnxsight.kernels import cam as k
 from onnxsight.kernels import tokens
 from onnxsight.kernels.colors import normalize_each
 from onnxsight.methods.common import Tally, require_image, rows_of, rows_per_run, spatial_size, split_inputs, with_context
 from onnxsight.methods.occlusion import CHUNK_BYTES, copy_scores
 from onnxsight.methods.rollout import attention_tensors
-
-ABLATED = "onnxsight/ablated/"  # prefix of the graph input that feeds a layer's ablated copies
-
 
 @dataclass(frozen=True)
 class Probes:
@@ -166,50 +162,31 @@ def layer_ablations(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The (N,) target scores of ``x`` and the (N, K) scores with channel k of ``layer`` zeroed, float64.
 
-    The layer's activations are computed once; the N·K ablated copies are fed to the rest of the
-    graph (the model from ``layer`` on, ``engine.graph.fed_at``), built in chunks of at most
-    ``CHUNK_BYTES`` and run ``batch_size`` rows at a time, each run reported as ``progress(done, N·K)``.
+    The layer's activations are computed once; the N·K ablated copies run through the graph from the
+    layer on (``Model.run_from``), built in chunks of at most ``CHUNK_BYTES`` and run ``batch_size``
+    rows at a time, each run reported as ``progress(copies scored, N·K)``.
     """
     tensor, scored = model.tensor(layer), model.tensor(of)
     acts, values = model.run(x, [tensor, scored], batch_size=batch_size)
     axis, score_axis = (model.channel_axis(layer) if acts.ndim == 4 else acts.ndim - 1), model.channel_axis(of)
-    scores = _scores(values, indices, score_axis)
-    feed = ABLATED + tensor
-    session = open_session(fed_at(model.proto, tensor, feed, [scored], model.values), model.providers,
-                           model.source, model.threads)
-    read = {i.name for i in session.get_inputs()}
-    context = {name: v for name, v in model.input_feeds(x).items() if name in read}
-    channels, size = acts.shape[axis], rows_per_run(model, batch_size)
+    channels = acts.shape[axis]
     total = len(acts) * channels
-    ablated, tally = np.empty(total), Tally(total, progress)
-    step = max(1, CHUNK_BYTES // acts[0].nbytes)
+    ablated, tally, step = np.empty(total), Tally(total, progress), max(1, CHUNK_BYTES // acts[0].nbytes)
     for start in range(0, total, step):
         flat = np.arange(start, min(total, start + step))
         images = flat // channels
         copies = acts[images]
         np.moveaxis(copies, axis, 1)[np.arange(len(flat)), flat % channels] = 0
-        for run in tally.runs(len(flat), size):
-            batch = {feed: copies[run], **{name: v[images[run]] for name, v in context.items()}}
-            out = _run_padded(session, scored, batch, model.input_shape[0], model.source)
+        for run in tally.runs(len(flat), rows_per_run(model, batch_size)):
+            out = model.run_from(tensor, copies[run], [scored], x, images[run], batch_size)[0]
             ablated[flat[run]] = _scores(out, None if indices is None else indices[images[run]], score_axis)
-    return scores, ablated.reshape(len(acts), channels)
+    return _scores(values, indices, score_axis), ablated.reshape(len(acts), channels)
 
 
 def _scores(values: np.ndarray, indices: np.ndarray | None, channel_axis: int) -> np.ndarray:
     """Per row the target's score of ``values`` (see ``methods.common.target_scores``), float64."""
     weights = targets.cotangent(values.shape, indices, channel_axis, np.float64)
     return (weights * values).reshape(len(values), -1).sum(axis=1)
-
-
-def _run_padded(session, output: str, batch: dict[str, np.ndarray], fixed, source: str) -> np.ndarray:
-    """``output`` for one batch; a fixed-batch model's short last batch is padded with zeros."""
-    count = len(next(iter(batch.values())))
-    if isinstance(fixed, int) and count < fixed:
-        batch = {n: np.concatenate([v, np.zeros((fixed - count, *v.shape[1:]), v.dtype)]) for n, v in batch.items()}
-    try:
-        return session.run([output], batch)[0][:count]
-    except Exception as error:  # noqa: BLE001 - onnxruntime raises several unrelated types
-        raise OnnxsightError(f"onnxruntime failed on {source}: {first_line(error)}") from error
 
 
 def cam_variant(name: str) -> Variant:
