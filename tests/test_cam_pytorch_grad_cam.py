@@ -19,7 +19,7 @@ from tests.test_cam import finish, keras_logits, tf_layer
 from tests.tf_reference import relative_error
 
 TOLERANCE = 1e-4
-NEW_VARIANTS = ["eigencam", "eigengradcam", "gradcamelementwise", "ablationcam"]
+NEW_VARIANTS = ["eigencam", "eigengradcam", "gradcamelementwise", "ablationcam", "kpcacam"]
 
 
 # ---- references, from pytorch-grad-cam's formulas ---------------------------------------------
@@ -31,6 +31,17 @@ def projection_2d(acts: np.ndarray) -> np.ndarray:
         flat = flat - flat.mean(axis=0)
         vt = np.linalg.svd(flat, full_matrices=True)[2]
         maps.append((flat @ vt[0]).reshape(act.shape[1:]))
+    return np.asarray(maps)
+
+
+def kpca_2d(acts: np.ndarray) -> np.ndarray:
+    """get_2d_projection_kernel: per image, scikit-learn's KernelPCA(1, sigmoid) of the centred (h·w, K) activations."""
+    from sklearn.decomposition import KernelPCA
+
+    maps = []
+    for act in acts:
+        flat = act.reshape(act.shape[0], -1).T
+        maps.append(KernelPCA(n_components=1, kernel="sigmoid").fit_transform(flat - flat.mean(axis=0)).reshape(act.shape[1:]))
     return np.asarray(maps)
 
 
@@ -51,6 +62,8 @@ def cam_image(variant: str, a: np.ndarray, g: np.ndarray | None, weights=None, e
         return projection_2d(a)
     if variant == "eigengradcam":
         return projection_2d(g * a)
+    if variant == "kpcacam":
+        return kpca_2d(a)
     if variant == "gradcamelementwise":
         terms = np.maximum(g * a, 0)
     else:  # channel weights: Grad-CAM's spatial mean, or the ablation weights
@@ -115,6 +128,13 @@ def test_nchw_model_matches_numpy_references(nchw, variant, layer, eigen_smooth)
     assert got.shape == (6, 8, 8) and got.dtype == np.float32
     error = relative_error(got, want)
     assert error <= TOLERANCE, f"{variant} at {layer} (eigen_smooth={eigen_smooth}): relative error {error:.2e}"
+
+
+def test_kpcacam_on_a_large_layer_matches_scikit_learns_arpack_path(model, x):
+    """More than 200 positions (26×26): scikit-learn switches to ARPACK, whose sign it fixes the same way."""
+    a = np.moveaxis(model.activations(x[:4], ["conv2d_1"])["conv2d_1"], -1, 1).astype(np.float64)
+    error = relative_error(gradcam(model, x[:4], layer="conv2d_1", variant="kpcacam"), finish(kpca_2d(a), 28))
+    assert error <= TOLERANCE, f"kpcacam at conv2d_1: relative error {error:.2e}"
 
 
 def test_eigen_projection_is_not_the_channel_sum(nchw):

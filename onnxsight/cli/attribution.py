@@ -253,7 +253,7 @@ def gradcam(
     target: Target = "predicted", of: Of = "logits",
     layer: Annotated[Optional[str], typer.Option(help="Conv layer (default: the last spatial layer before flatten/pooling).")] = None,
     variant: Annotated[str, typer.Option(help="gradcam, gradcam++, xgradcam, hirescam, layercam, scorecam, "
-                                         "gradcamelementwise, eigencam, eigengradcam or ablationcam.")] = "gradcam",
+                                         "gradcamelementwise, eigencam, eigengradcam, kpcacam or ablationcam.")] = "gradcam",
     guided: Annotated[bool, typer.Option("--guided", help="Guided Grad-CAM: times guided backprop.")] = False,
     modifier: Modifier = None,
     relu: Annotated[bool, typer.Option(help="ReLU on the map (Grad-CAM's default).")] = True,

@@ -8,7 +8,7 @@ weigh whole channels, (N, h, w, K) for the elementwise ones (HiResCAM, LayerCAM)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -106,12 +106,30 @@ def eigen_projection(terms: np.ndarray) -> np.ndarray:
     return np.einsum("npk,nk->np", flat, first).reshape(n, h, w)
 
 
+def kpca_projection(terms: np.ndarray) -> np.ndarray:
+    """(N, h, w): KPCA-CAM (Karmani et al. 2024) as pytorch-grad-cam computes it with scikit-learn's
+    ``KernelPCA(n_components=1)`` defaults: each image's mean-centred (h·w, K) terms, their sigmoid
+    kernel tanh(x·y / K + 1) centred, its leading eigenvector (largest entry made positive) times the
+    square root of its eigenvalue."""
+    n, h, w, channels = terms.shape
+    flat = terms.reshape(n, h * w, channels)
+    flat = flat - flat.mean(axis=1, keepdims=True)
+    gram = np.tanh(flat @ flat.transpose(0, 2, 1) / channels + 1)
+    gram = gram - gram.mean(axis=1, keepdims=True) - gram.mean(axis=2, keepdims=True) + gram.mean(axis=(1, 2), keepdims=True)
+    values, vectors = np.linalg.eigh(gram)
+    top = vectors[..., -1]
+    sign = np.sign(top[np.arange(n), np.abs(top).argmax(axis=1)])
+    return (top * (sign * np.sqrt(np.maximum(values[:, -1], 0)))[:, None]).reshape(n, h, w)
+
+
 # ---- shared steps --------------------------------------------------------------------------
-def weighted_sum(a: np.ndarray, weights: np.ndarray, relu: bool = True, project: bool = False) -> np.ndarray:
-    """(N, h, w): sum over channels of weights · a — with ``project`` their ``eigen_projection``
-    instead (pytorch-grad-cam's ``eigen_smooth``) — then ReLU when ``relu``."""
+def weighted_sum(
+    a: np.ndarray, weights: np.ndarray, relu: bool = True, project: Callable[[np.ndarray], np.ndarray] | None = None
+) -> np.ndarray:
+    """(N, h, w): sum over channels of weights · a — or ``project`` of these terms, e.g.
+    ``eigen_projection`` (pytorch-grad-cam's ``eigen_smooth``) — then ReLU when ``relu``."""
     terms = a * weights
-    cam = eigen_projection(terms) if project else terms.sum(axis=-1)
+    cam = terms.sum(axis=-1) if project is None else project(terms)
     return np.maximum(cam, 0) if relu else cam
 
 

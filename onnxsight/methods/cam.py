@@ -42,12 +42,12 @@ Weights = Callable[[np.ndarray, "np.ndarray | None", Probes], np.ndarray]
 @dataclass(frozen=True)
 class Variant:
     """How one CAM weighs the layer's channels; ``gradients``: whether it needs d(score)/d(layer);
-    ``projected``: the map is the first principal component of the weighted activations (Eigen-CAM),
-    not their sum; ``per_channel``: it runs the model once per channel and image."""
+    ``project``: (N, h, w, K) weighted activations -> (N, h, w) maps instead of their channel sum
+    (Eigen-CAM's first principal component); ``per_channel``: it runs the model once per channel and image."""
 
     weights: Weights
     gradients: bool = True
-    projected: bool = False
+    project: Callable[[np.ndarray], np.ndarray] | None = None
     per_channel: bool = False
 
 
@@ -58,9 +58,10 @@ def _from_gradients(rule: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Var
 VARIANTS: dict[str, Variant] = {
     **{name: _from_gradients(rule) for name, rule in k.GRADIENT_WEIGHTS.items()},
     "scorecam": Variant(lambda a, g, probes: k.scorecam_weights(probes.masked(a)), gradients=False, per_channel=True),
-    "eigencam": Variant(lambda a, g, probes: np.ones((1, 1, 1, a.shape[-1])), gradients=False, projected=True),
-    "eigengradcam": Variant(lambda a, g, probes: k.eigengradcam_weights(a, g), projected=True),
+    "eigencam": Variant(lambda a, g, probes: np.ones((1, 1, 1, a.shape[-1])), gradients=False, project=k.eigen_projection),
+    "eigengradcam": Variant(lambda a, g, probes: k.eigengradcam_weights(a, g), project=k.eigen_projection),
     "ablationcam": Variant(lambda a, g, probes: k.ablation_weights(*probes.ablated()), gradients=False, per_channel=True),
+    "kpcacam": Variant(lambda a, g, probes: np.ones((1, 1, 1, a.shape[-1])), gradients=False, project=k.kpca_projection),
 }
 
 
@@ -96,6 +97,13 @@ def gradcam(
         (logits by default) on the input masked by each channel (upsampled with ``upsample``,
         min-max scaled to [0, 1]), as pytorch-grad-cam does; the paper scores post-softmax
         confidence increases instead. All N·K masked copies run in large batches.
+        From pytorch-grad-cam: "gradcamelementwise" (sum_k relu(a·g)), "eigencam" (the first
+        principal component of the activations, no gradient), "eigengradcam" (the same of a·g),
+        "kpcacam" (the first kernel principal component, sigmoid kernel, of the activations; its
+        (h·w)² kernel matrix per image suits small layers) and "ablationcam": weights (y − y_k)/y,
+        y_k the score with channel k of the layer zeroed, the N·K ablated copies of the layer run
+        through the graph from the layer on in large batches (pytorch-grad-cam ablates with
+        min − 1e7 instead of 0 where an image's activations at the layer have a minimum other than 0).
     guided: Guided Grad-CAM: the (normalised) CAM times the guided-backprop gradient of the
         same target at the input, reduced over input channels by max |.| (default False).
     modifier: backprop modifier of the gradient to ``layer`` — None (default), "guided" or
@@ -105,7 +113,8 @@ def gradcam(
     upsample: "bilinear" (default) or "nearest" resizing to the input's H×W with OpenCV.
     normalize: min-max scale each map to [0, 1] (default True; constant maps become 0).
     eigen_smooth: the map is the first principal component of the weighted activations instead of
-        their sum (pytorch-grad-cam's ``eigen_smooth``; default False).
+        their sum (pytorch-grad-cam's ``eigen_smooth``; default False; the Eigen and KPCA variants
+        project anyway).
     of: the scored tensor, default "logits" (softmax swapped for linear); any layer name.
     output: the head "logits" refers to in a model with several outputs (default: the first
         classification head). A model with several inputs takes ``x`` as a dict by input name;
@@ -144,7 +153,7 @@ def gradcam(
         return layer_ablations(model, inputs, layer, of, indices, batch_size, progress)
 
     weights = rule.weights(a, g, Probes(masked_scores, ablated_scores))
-    cam = k.weighted_sum(a, weights, relu, project=eigen_smooth or rule.projected)
+    cam = k.weighted_sum(a, weights, relu, rule.project or (k.eigen_projection if eigen_smooth else None))
     cam = k.upsample(cam, size, upsample)
     if normalize:
         cam = normalize_each(cam)
