@@ -213,9 +213,10 @@ def fed_at(
     """A copy of ``model`` computing ``outputs`` (typed from ``values``) with ``tensor``'s consumers
     reading a new graph input ``feed`` instead, the rest of the graph from there on.
 
-    A ``Shape`` of a tensor upstream of ``feed`` whose dimensions other than the batch are static
-    (an exporter's flatten) is rebuilt from the batch of ``feed``; the nodes and graph inputs no
-    output needs any more are dropped, so only the inputs still read need feeding besides ``feed``.
+    A ``Shape`` of a tensor upstream of ``feed`` (an exporter's flatten) becomes a constant where
+    that shape is static, or is rebuilt from the batch of ``feed`` where only its batch is dynamic;
+    the nodes and graph inputs no output needs any more are dropped, so only the inputs still read
+    need feeding besides ``feed``.
     """
     result = onnx.ModelProto()
     result.CopyFrom(model)
@@ -229,6 +230,10 @@ def fed_at(
         shape = shape_of(values[node.input[0]]) if node.op_type == "Shape" and node.input[0] in values else None
         if shape is None or node.input[0] in downstream or None in shape[1:] or node.attribute:
             nodes.append(node)
+            continue
+        if shape[0] is not None:
+            nodes.append(onnx.helper.make_node("Constant", [], list(node.output), name=node.name,
+                                               value=numpy_helper.from_array(np.asarray(shape, np.int64))))
             continue
         base = f"{feed}/shape/{len(nodes)}"
         constants = {name: numpy_helper.from_array(np.asarray(value, np.int64), f"{base}/{name}")
