@@ -253,13 +253,16 @@ def gradcam(
     model: ModelArg, images: OptionalImagesArg = None, data: DataOpt = None, count: Count = None,
     target: Target = "predicted", of: Of = "logits",
     layer: Annotated[Optional[str], typer.Option(help="Conv layer (default: the last spatial layer before flatten/pooling).")] = None,
-    variant: Annotated[str, typer.Option(help="gradcam, gradcam++, xgradcam, hirescam, layercam or scorecam.")] = "gradcam",
+    variant: Annotated[str, typer.Option(help="gradcam, gradcam++, xgradcam, hirescam, layercam, scorecam, "
+                                         "gradcamelementwise, eigencam, eigengradcam, kpcacam or ablationcam.")] = "gradcam",
     guided: Annotated[bool, typer.Option("--guided", help="Guided Grad-CAM: times guided backprop.")] = False,
     modifier: Modifier = None,
     relu: Annotated[bool, typer.Option(help="ReLU on the map (Grad-CAM's default).")] = True,
     upsample: Annotated[Optional[str], typer.Option(help="bilinear, nearest or align_corners (tf-keras-vis' zoom); "
                                                          "default the convention's.")] = None,
     convention: Annotated[str, typer.Option(help="onnxsight (the papers), pytorch-grad-cam or tf-keras-vis.")] = "onnxsight",
+    eigen_smooth: Annotated[bool, typer.Option("--eigen-smooth", help="The map is the first principal component of "
+                                               "the weighted activations (pytorch-grad-cam's eigen_smooth).")] = False,
     tokens_grid: TokensGrid = None,
     output: OutputDir = Path("gradcam"), cmap: Cmap = "jet", batch_size: BatchSize = 64, device: Device = "auto",
     scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False, dry_run: DryRun = False,
@@ -271,17 +274,18 @@ def gradcam(
     from onnxsight.methods.cam import gradcam as method
 
     options = {"layer": layer, "variant": variant, "guided": guided, "modifier": modifier, "relu": relu,
-               "upsample": upsample, "convention": convention, "tokens_grid": _grid(tokens_grid)}
-    by_gradient = cam_variant(variant, convention).gradients
+               "upsample": upsample, "convention": convention, "eigen_smooth": eigen_smooth,
+               "tokens_grid": _grid(tokens_grid)}
+    rule = cam_variant(variant, convention)
 
     def plan(m: Model, x: np.ndarray, indices) -> Plan:
-        """Checks the layer first; Score-CAM's forward passes are its layer's channels (a token layer's
-        features) per image."""
+        """Checks the layer first; Score-CAM's and Ablation-CAM's forward passes are its layer's channels
+        (a token layer's features) per image, Eigen-CAM's one."""
         name = default_cam_layer(m) if layer is None else check_cam_layer(m, layer)
-        if by_gradient:
+        if rule.gradients:
             return gradient_plan(1, of, batch_size, modifier)(m, x, indices)
         shape = m.activations(take(x, slice(0, 1)), [name])[name].shape
-        channels = shape[m.channel_axis(name)] if len(shape) == 4 else shape[-1]
+        channels = (shape[m.channel_axis(name)] if len(shape) == 4 else shape[-1]) if rule.per_channel else 1
         return forward_plan(lambda m, x: channels, of, batch_size)(m, x, indices)
 
     run_method("gradcam", model, images, data, count, target, of, output, force, cmap, device, scale, mean, std,

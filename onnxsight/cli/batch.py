@@ -46,7 +46,8 @@ def batch(
     modifier: Annotated[Optional[str], typer.Option(help="saliency: guided or deconv (default vanilla).")] = None,
     samples: Annotated[Optional[int], typer.Option(min=1, help="saliency: SmoothGrad noisy copies per image.")] = None,
     noise: Annotated[Optional[float], typer.Option(min=0, help="saliency: SmoothGrad noise (fraction of the value range).")] = None,
-    variant: Annotated[Optional[str], typer.Option(help="gradcam: gradcam, gradcam++, xgradcam, hirescam, layercam, scorecam.")] = None,
+    variant: Annotated[Optional[str], typer.Option(help="gradcam: gradcam, gradcam++, xgradcam, hirescam, layercam, scorecam, "
+                                                 "gradcamelementwise, eigencam, eigengradcam, kpcacam, ablationcam.")] = None,
     window: Annotated[Optional[int], typer.Option(min=1, help="occlusion: window side (default 1/14 of the shorter image side, at least 4).")] = None,
     stride: Annotated[Optional[int], typer.Option(min=1, help="occlusion: stride (default half the window).")] = None,
     fill: Annotated[Optional[str], typer.Option(help="occlusion: a number, mean (the image's mean) or blur (default 0).")] = None,

@@ -4,7 +4,7 @@ edits share: the two orderings of nodes (topological, live), fresh names and ren
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -205,6 +205,55 @@ def live_nodes(nodes: Sequence[onnx.NodeProto], wanted: set[str]) -> list[onnx.N
             keep.append(node)
             needed.update(i for i in node.input if i)
     return keep[::-1]
+
+
+def fed_at(
+    model: onnx.ModelProto, tensor: str, feed: str, outputs: Sequence[str], values: Mapping[str, onnx.ValueInfoProto]
+) -> onnx.ModelProto:
+    """A copy of ``model`` computing ``outputs`` (typed from ``values``) with ``tensor``'s consumers
+    reading a new graph input ``feed`` instead, the rest of the graph from there on.
+
+    A ``Shape`` of a tensor upstream of ``feed`` (an exporter's flatten) becomes a constant where
+    that shape is static, or is rebuilt from the batch of ``feed`` where only its batch is dynamic;
+    the nodes and graph inputs no output needs any more are dropped, so only the inputs still read
+    need feeding besides ``feed``.
+    """
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    graph = result.graph
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == tensor:
+                node.input[i] = feed
+    downstream, nodes = dependent_tensors(graph, [feed]), []
+    for node in graph.node:
+        shape = shape_of(values[node.input[0]]) if node.op_type == "Shape" and node.input[0] in values else None
+        if shape is None or node.input[0] in downstream or None in shape[1:] or node.attribute:
+            nodes.append(node)
+            continue
+        if shape[0] is not None:
+            nodes.append(onnx.helper.make_node("Constant", [], list(node.output), name=node.name,
+                                               value=numpy_helper.from_array(np.asarray(shape, np.int64))))
+            continue
+        base = f"{feed}/shape/{len(nodes)}"
+        constants = {name: numpy_helper.from_array(np.asarray(value, np.int64), f"{base}/{name}")
+                     for name, value in (("rest", shape[1:]), ("start", [0]), ("end", [1]))}
+        graph.initializer.extend(constants.values())
+        nodes += [onnx.helper.make_node("Shape", [feed], [f"{base}/fed"], name=f"{base}/fed"),
+                  onnx.helper.make_node("Slice", [f"{base}/fed", f"{base}/start", f"{base}/end"], [f"{base}/batch"],
+                                        name=f"{base}/batch"),
+                  onnx.helper.make_node("Concat", [f"{base}/batch", f"{base}/rest"], list(node.output), name=node.name, axis=0)]
+    kept = live_nodes(nodes, set(outputs))
+    read = {name for node in kept for name in node.input} | set(outputs)
+    inputs = [v for v in graph.input if v.name in read]
+    weights = [t for t in graph.initializer if t.name in read]
+    for field, items in ((graph.node, kept), (graph.input, inputs), (graph.initializer, weights)):
+        del field[:]
+        field.extend(items)
+    graph.input.append(onnx.helper.make_tensor_value_info(feed, values[tensor].type.tensor_type.elem_type, None))
+    del graph.output[:]
+    graph.output.extend(onnx.helper.make_tensor_value_info(n, values[n].type.tensor_type.elem_type, None) for n in outputs)
+    return result
 
 
 def tensor_names(graph: onnx.GraphProto) -> list[str]:

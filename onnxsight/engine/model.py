@@ -23,6 +23,7 @@ from onnxsight.engine.session import first_line, open_session, providers_for
 from onnxsight.errors import InvalidArgument, ModelFileError, OnnxsightError, UnknownName
 
 DEFAULT_BATCH_SIZE = 64
+FED = "onnxsight/fed/"  # prefix of the graph input that takes a tensor's place in ``Model.run_from``
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 # Ops that keep a convolution's output channels in place: walked through to find a layer's kernel.
 _CHANNELWISE = {"Relu", "LeakyRelu", "Elu", "Selu", "Sigmoid", "Tanh", "Clip", "HardSigmoid", "HardSwish",
@@ -313,6 +314,32 @@ class Model:
             chunks.append(self._run_chunk(session, list(outputs), batch, fixed))
         return [np.concatenate(parts) for parts in zip(*chunks)]
 
+    def run_from(
+        self, tensor: str, value: np.ndarray, outputs: Sequence[str], x: Inputs | None = None,
+        images: np.ndarray | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> list[np.ndarray]:
+        """Run ``outputs`` with ``value`` (rows, ...) in place of the tensor ``tensor``: the graph from
+        there on (``graph.fed_at``; its session cached). Where that part still reads the model's inputs
+        (another input, a shape), row r gets row ``images[r]`` (default r) of the batch ``x``."""
+        key = (FED + tensor, tuple(outputs))
+        if key not in self._sessions:
+            proto = g.fed_at(self.proto, tensor, FED + tensor, outputs, self.values)
+            self._sessions[key] = open_session(proto, self.providers, self.source, self.threads)
+        session = self._sessions[key]
+        read = {i.name for i in session.get_inputs()} - {FED + tensor}
+        if read and x is None:
+            raise InvalidArgument(f"the graph from {tensor!r} on also reads {', '.join(sorted(read))}: pass x")
+        context = {n: v for n, v in self.input_feeds(self.check_input(x)).items() if n in read} if read else {}
+        fixed = self.input_shape[0]
+        step = fixed if isinstance(fixed, int) else _positive(batch_size, "batch_size")
+        chunks = []
+        for start in range(0, len(value), step):
+            run = slice(start, start + step)
+            picked = run if images is None else images[run]
+            batch = {FED + tensor: value[run], **{n: v[picked] for n, v in context.items()}}
+            chunks.append(self._run_chunk(session, list(outputs), batch, fixed))
+        return [np.concatenate(parts) for parts in zip(*chunks)]
+
     def check_input(self, x: Inputs) -> Inputs:
         """``x`` in the model's input dtypes — one array for a one-input model, a dict by input name
         for several — or a clear error naming the input and its expected type, shape or values."""
@@ -384,7 +411,7 @@ class Model:
         return self._sessions[key]
 
     def _run_chunk(self, session, outputs, batch, fixed) -> list[np.ndarray]:
-        count = len(batch[self.input_name])
+        count = len(next(iter(batch.values())))
         if isinstance(fixed, int) and count < fixed:  # pad the last chunk of a fixed-batch model
             batch = {k: np.concatenate([v, np.zeros((fixed - count, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
         try:

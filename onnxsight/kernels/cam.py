@@ -8,7 +8,7 @@ weigh whole channels, (N, h, w, K) for the elementwise ones (HiResCAM, LayerCAM)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -76,12 +76,24 @@ def layercam_weights(a: np.ndarray, g: np.ndarray) -> np.ndarray:
     return np.maximum(g, 0)
 
 
+def gradcam_elementwise_weights(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """pytorch-grad-cam's GradCAMElementWise: the terms a · g kept where positive, so that the
+    weighted sum is sum_k relu(a · g)."""
+    return np.where(a * g > 0, g, 0.0)
+
+
+def eigengradcam_weights(a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """EigenGradCAM (pytorch-grad-cam): the terms a · g, whose first principal component is the map."""
+    return g
+
+
 GRADIENT_WEIGHTS = {
     "gradcam": gradcam_weights,
     "gradcam++": gradcam_plus_plus_weights,
     "xgradcam": xgradcam_weights,
     "hirescam": hirescam_weights,
     "layercam": layercam_weights,
+    "gradcamelementwise": gradcam_elementwise_weights,
 }
 
 
@@ -96,10 +108,49 @@ def scorecam_probability_weights(probabilities: np.ndarray) -> np.ndarray:
     return np.asarray(probabilities, np.float64)[:, None, None, :]
 
 
+def ablation_weights(scores: np.ndarray, ablated: np.ndarray) -> np.ndarray:
+    """Ablation-CAM (Desai & Ramaswamy 2020): (y − y_k) / y from the (N,) target scores y and the (N, K)
+    scores y_k with channel k of the layer zeroed, (N, 1, 1, K); 0 for an image whose score is 0."""
+    y = scores[:, None]
+    weights = np.divide(y - ablated, y, out=np.zeros_like(ablated, dtype=np.float64), where=y != 0)
+    return weights[:, None, None, :]
+
+
+def eigen_projection(terms: np.ndarray) -> np.ndarray:
+    """(N, h, w): each image's (h·w, K) terms, mean-centred over positions, projected on their first
+    right singular vector — Eigen-CAM (Muhammad & Yeasin 2020) as pytorch-grad-cam's
+    ``get_2d_projection`` computes it, with the sign numpy's SVD (LAPACK) gives, as theirs."""
+    n, h, w, channels = terms.shape
+    flat = terms.reshape(n, h * w, channels)
+    flat = flat - flat.mean(axis=1, keepdims=True)
+    first = np.linalg.svd(flat, full_matrices=False)[2][:, 0]  # (N, K)
+    return np.einsum("npk,nk->np", flat, first).reshape(n, h, w)
+
+
+def kpca_projection(terms: np.ndarray) -> np.ndarray:
+    """(N, h, w): KPCA-CAM (Karmani et al. 2024) as pytorch-grad-cam computes it with scikit-learn's
+    ``KernelPCA(n_components=1)`` defaults: each image's mean-centred (h·w, K) terms, their sigmoid
+    kernel tanh(x·y / K + 1) centred, its leading eigenvector (largest entry made positive) times the
+    square root of its eigenvalue."""
+    n, h, w, channels = terms.shape
+    flat = terms.reshape(n, h * w, channels)
+    flat = flat - flat.mean(axis=1, keepdims=True)
+    gram = np.tanh(flat @ flat.transpose(0, 2, 1) / channels + 1)
+    gram = gram - gram.mean(axis=1, keepdims=True) - gram.mean(axis=2, keepdims=True) + gram.mean(axis=(1, 2), keepdims=True)
+    values, vectors = np.linalg.eigh(gram)
+    top = vectors[..., -1]
+    sign = np.sign(top[np.arange(n), np.abs(top).argmax(axis=1)])
+    return (top * (sign * np.sqrt(np.maximum(values[:, -1], 0)))[:, None]).reshape(n, h, w)
+
+
 # ---- shared steps --------------------------------------------------------------------------
-def weighted_sum(a: np.ndarray, weights: np.ndarray, relu: bool = True) -> np.ndarray:
-    """(N, h, w): sum over channels of weights · a, then ReLU when ``relu``."""
-    cam = (a * weights).sum(axis=-1)
+def weighted_sum(
+    a: np.ndarray, weights: np.ndarray, relu: bool = True, project: Callable[[np.ndarray], np.ndarray] | None = None
+) -> np.ndarray:
+    """(N, h, w): sum over channels of weights · a — or ``project`` of these terms, e.g.
+    ``eigen_projection`` (pytorch-grad-cam's ``eigen_smooth``) — then ReLU when ``relu``."""
+    terms = a * weights
+    cam = terms.sum(axis=-1) if project is None else project(terms)
     return np.maximum(cam, 0) if relu else cam
 
 

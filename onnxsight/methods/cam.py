@@ -20,30 +20,49 @@ from onnxsight.kernels import cam as k
 from onnxsight.kernels import tokens
 from onnxsight.kernels.colors import normalize_each
 from onnxsight.methods.common import Tally, require_image, rows_of, rows_per_run, spatial_size, split_inputs, with_context
-from onnxsight.methods.occlusion import copy_scores
+from onnxsight.methods.occlusion import CHUNK_BYTES, copy_scores
 from onnxsight.methods.rollout import attention_tensors
 
-# (channel-last activations, gradients or None, masked_scores) -> weights broadcastable to the activations;
-# masked_scores(a, probability=False) runs the input masked by each upsampled channel of ``a`` and
-# returns (N, K) target scores (``probability``: the target's softmax probability over ``of``).
-Weights = Callable[[np.ndarray, "np.ndarray | None", Callable[[np.ndarray], np.ndarray]], np.ndarray]
+@dataclass(frozen=True)
+class Probes:
+    """The forward runs a gradient-free variant may ask for.
+
+    masked(a, probability=False): (N, K) target scores of the input masked by each upsampled channel of
+        ``a`` (Score-CAM; ``probability``: the target's softmax probability over ``of``);
+    ablated(): the (N,) target scores and the (N, K) scores with channel k of the layer zeroed (Ablation-CAM).
+    """
+
+    masked: Callable[..., np.ndarray]
+    ablated: Callable[[], tuple[np.ndarray, np.ndarray]]
+
+
+# (channel-last activations, gradients or None, probes) -> weights broadcastable to the activations.
+Weights = Callable[[np.ndarray, "np.ndarray | None", Probes], np.ndarray]
 
 
 @dataclass(frozen=True)
 class Variant:
-    """How one CAM weighs the layer's channels; ``gradients``: whether it needs d(score)/d(layer)."""
+    """How one CAM weighs the layer's channels; ``gradients``: whether it needs d(score)/d(layer);
+    ``project``: (N, h, w, K) weighted activations -> (N, h, w) maps instead of their channel sum
+    (Eigen-CAM's first principal component); ``per_channel``: it runs the model once per channel and image."""
 
     weights: Weights
     gradients: bool = True
+    project: Callable[[np.ndarray], np.ndarray] | None = None
+    per_channel: bool = False
 
 
 def _from_gradients(rule: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Variant:
-    return Variant(lambda a, g, masked_scores: rule(a, g))
+    return Variant(lambda a, g, probes: rule(a, g))
 
 
 VARIANTS: dict[str, Variant] = {
     **{name: _from_gradients(rule) for name, rule in k.GRADIENT_WEIGHTS.items()},
-    "scorecam": Variant(lambda a, g, masked_scores: k.scorecam_weights(masked_scores(a)), gradients=False),
+    "scorecam": Variant(lambda a, g, probes: k.scorecam_weights(probes.masked(a)), gradients=False, per_channel=True),
+    "eigencam": Variant(lambda a, g, probes: np.ones((1, 1, 1, a.shape[-1])), gradients=False, project=k.eigen_projection),
+    "eigengradcam": Variant(lambda a, g, probes: k.eigengradcam_weights(a, g), project=k.eigen_projection),
+    "ablationcam": Variant(lambda a, g, probes: k.ablation_weights(*probes.ablated()), gradients=False, per_channel=True),
+    "kpcacam": Variant(lambda a, g, probes: np.ones((1, 1, 1, a.shape[-1])), gradients=False, project=k.kpca_projection),
 }
 
 
@@ -66,8 +85,8 @@ CONVENTIONS: dict[str, Convention] = {
         masks="align_corners", scaled_guide=True),
     "tf-keras-vis": Convention(
         {"gradcam++": _from_gradients(k.gradcam_plus_plus_normalized_weights),
-         "scorecam": Variant(lambda a, g, masked_scores: k.scorecam_probability_weights(masked_scores(a, True)),
-                             gradients=False)},
+         "scorecam": Variant(lambda a, g, probes: k.scorecam_probability_weights(probes.masked(a, True)),
+                             gradients=False, per_channel=True)},
         upsample="align_corners"),
 }
 
@@ -85,6 +104,7 @@ def gradcam(
     upsample: str | None = None,
     normalize: bool = True,
     convention: str = "onnxsight",
+    eigen_smooth: bool = False,
     of: str = "logits",
     output: str | None = None,
     tokens_grid: Sequence[int] | None = None,
@@ -108,6 +128,13 @@ def gradcam(
         input, reduced over input channels by max |.|, then normalised (default False). The CAM is
         not min-max scaled first (the paper's and Captum's order: scaling would blank its weakest
         region); pytorch-grad-cam's order is ``convention="pytorch-grad-cam"``.
+        From pytorch-grad-cam: "gradcamelementwise" (sum_k relu(a·g)), "eigencam" (the first
+        principal component of the activations, no gradient), "eigengradcam" (the same of a·g),
+        "kpcacam" (the first kernel principal component, sigmoid kernel, of the activations; its
+        (h·w)² kernel matrix per image suits small layers) and "ablationcam": weights (y − y_k)/y,
+        y_k the score with channel k of the layer zeroed, the N·K ablated copies of the layer run
+        through the graph from the layer on in large batches (pytorch-grad-cam ablates with
+        min − 1e7 instead of 0 where an image's activations at the layer have a minimum other than 0).
     modifier: backprop modifier of the gradient to ``layer`` — None (default), "guided" or
         "deconv" (keras-vis' ``visualize_cam(backprop_modifier=...)``, seed 002's guided and
         rectified Grad-CAM); not for Score-CAM, which uses no gradient.
@@ -121,6 +148,9 @@ def gradcam(
         "tf-keras-vis" (Grad-CAM++ alphas normalised by their spatial sum; Score-CAM weighted by
         the target's class probability — softmax over the classes of ``of`` — on each masked
         input, not by a softmax over channels; upsampling "align_corners").
+    eigen_smooth: the map is the first principal component of the weighted activations instead of
+        their sum (pytorch-grad-cam's ``eigen_smooth``; default False; the Eigen and KPCA variants
+        project anyway).
     of: the scored tensor, default "logits" (softmax swapped for linear); any layer name.
     output: the head "logits" refers to in a model with several outputs (default: the first
         classification head). A model with several inputs takes ``x`` as a dict by input name;
@@ -129,7 +159,7 @@ def gradcam(
         size (:func:`onnxsight.kernels.tokens.patch_grid`).
     batch_size: rows per onnxruntime run (default 64).
     progress: called after each onnxruntime run with (images done, images) for the layer's gradients,
-        or for Score-CAM with (masked copies scored, copies in all).
+        or for Score-CAM and Ablation-CAM with (copies scored, copies in all).
     """
     model = model.with_output(output)
     x, context = split_inputs(model, x)
@@ -157,7 +187,11 @@ def gradcam(
         scores = copy_scores(model, x, channels, masked, indices, of, batch_size, progress, context, probability)
         return scores.reshape(len(x), channels)
 
-    cam = k.weighted_sum(a, rule.weights(a, g, masked_scores), relu)
+    def ablated_scores() -> tuple[np.ndarray, np.ndarray]:
+        return layer_ablations(model, inputs, layer, of, indices, batch_size, progress)
+
+    weights = rule.weights(a, g, Probes(masked_scores, ablated_scores))
+    cam = k.weighted_sum(a, weights, relu, rule.project or (k.eigen_projection if eigen_smooth else None))
     cam = k.upsample(cam, size, upsample)
     if guided:
         saliency = model.gradient(inputs, of=of, target=indices, modifier="guided", batch_size=batch_size)["input"]
@@ -165,6 +199,39 @@ def gradcam(
     if normalize:
         cam = normalize_each(cam)
     return cam.astype(np.float32)
+
+
+def layer_ablations(
+    model: Model, x: Inputs, layer: str, of: str, indices: np.ndarray | None, batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (N,) target scores of ``x`` and the (N, K) scores with channel k of ``layer`` zeroed, float64.
+
+    The layer's activations are computed once; the N·K ablated copies run through the graph from the
+    layer on (``Model.run_from``), built in chunks of at most ``CHUNK_BYTES`` and run ``batch_size``
+    rows at a time, each run reported as ``progress(copies scored, N·K)``.
+    """
+    tensor, scored = model.tensor(layer), model.tensor(of)
+    acts, values = model.run(x, [tensor, scored], batch_size=batch_size)
+    axis, score_axis = (model.channel_axis(layer) if acts.ndim == 4 else acts.ndim - 1), model.channel_axis(of)
+    channels = acts.shape[axis]
+    total = len(acts) * channels
+    ablated, tally, step = np.empty(total), Tally(total, progress), max(1, CHUNK_BYTES // acts[0].nbytes)
+    for start in range(0, total, step):
+        flat = np.arange(start, min(total, start + step))
+        images = flat // channels
+        copies = acts[images]
+        np.moveaxis(copies, axis, 1)[np.arange(len(flat)), flat % channels] = 0
+        for run in tally.runs(len(flat), rows_per_run(model, batch_size)):
+            out = model.run_from(tensor, copies[run], [scored], x, images[run], batch_size)[0]
+            ablated[flat[run]] = _scores(out, None if indices is None else indices[images[run]], score_axis)
+    return _scores(values, indices, score_axis), ablated.reshape(len(acts), channels)
+
+
+def _scores(values: np.ndarray, indices: np.ndarray | None, channel_axis: int) -> np.ndarray:
+    """Per row the target's score of ``values`` (see ``methods.common.target_scores``), float64."""
+    weights = targets.cotangent(values.shape, indices, channel_axis, np.float64)
+    return (weights * values).reshape(len(values), -1).sum(axis=1)
 
 
 def cam_variant(name: str, convention: str = "onnxsight") -> Variant:
