@@ -5,9 +5,11 @@ TensorFlow re-implementation, the regulariser kernels exact, and the CLI command
 from __future__ import annotations
 
 import json
+import time
 
 import cv2
 import numpy as np
+import onnx
 import pytest
 from typer.testing import CliRunner
 
@@ -107,6 +109,31 @@ def test_the_check_is_retried_after_a_step_that_only_crossed_kinks(mnist):
     result = maximize(mnist, "preds", [3], steps=4, init="grey", check_every=100)
     checked = [i for i, row in enumerate(result.history) if row["fd_error"][0] is not None]
     assert checked and checked[0] > 0 and result.fd_errors.max() <= TOLERANCE
+
+
+def _mlp() -> onnx.ModelProto:
+    """A dense model (N, 6) -> 4 classes: every op has a float64 kernel in onnxruntime."""
+    rng = np.random.default_rng(5)
+    weights = {"w1": rng.standard_normal((6, 8)).astype(np.float32), "w2": rng.standard_normal((8, 4)).astype(np.float32)}
+    nodes = [onnx.helper.make_node("MatMul", ["x", "w1"], ["h"], name="h"), onnx.helper.make_node("Tanh", ["h"], ["t"], name="t"),
+             onnx.helper.make_node("MatMul", ["t", "w2"], ["logits"], name="logits")]
+    graph = onnx.helper.make_graph(
+        nodes, "mlp", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 6])],
+        [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 4])],
+        [onnx.numpy_helper.from_array(v, k) for k, v in weights.items()])
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize(("slow", "checked_steps"), [(False, [0, 50, 100]), (True, [0])])
+def test_auto_checks_every_50_steps_unless_one_check_outlasts_them(monkeypatch, slow, checked_steps):
+    from onnxsight.methods import maximize as module
+
+    if slow:  # a check as long as a photo-sized model's (float64 in onnx.reference) relative to its steps
+        check = module._Loop.check
+        monkeypatch.setattr(module._Loop, "check", lambda *args: (time.sleep(1.05), check(*args))[1])
+    result = maximize(onnxsight.load(_mlp(), device="cpu"), "logits", [1], "unit", steps=101, init="noise", lr=0.01)
+    assert [i for i, row in enumerate(result.history) if row["fd_error"][0] is not None] == checked_steps
+    assert result.fd_errors.max() <= TOLERANCE
 
 
 @pytest.mark.parametrize("init", ["noise", "grey"])

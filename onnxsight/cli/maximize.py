@@ -9,7 +9,7 @@ import numpy as np
 import typer
 
 from onnxsight.cli.inputs import load_batch
-from onnxsight.cli.options import Device, Force, ModelArg, OutputDir, err, out
+from onnxsight.cli.options import Device, Force, HeadOpt, ModelArg, OutputDir, err, out
 from onnxsight.cli.progress import DryRun, Plan, announce, tracked
 from onnxsight.data.files import OutputDir as Folder
 from onnxsight.engine.model import Model, load
@@ -44,33 +44,40 @@ def maximize(
     clip: Annotated[bool, typer.Option("--clip/--no-clip", help="Clamp the image to --low..--high after every step.")] = False,
     low: Annotated[float, typer.Option(help="Lowest input value (grey is the middle of the range).")] = 0.0,
     high: Annotated[float, typer.Option(help="Highest input value.")] = 1.0,
-    check_every: Annotated[int, typer.Option(min=0, help="Finite-difference check at step 0 and every N steps (0: never).")] = 50,
+    check_every: Annotated[Optional[int], typer.Option(min=0, help="Finite-difference check at step 0 and every N steps "
+                                                      "(0: never; default: every 50, or step 0 only where float64 "
+                                                      "needs onnx.reference, e.g. photo-sized convolutions).")] = None,
     tolerance: Annotated[float, typer.Option(help="Largest relative error the check accepts.")] = 1e-3,
     seed: Annotated[int, typer.Option(help="Seed of the noise start, jitter and check directions.")] = 0,
     output: OutputDir = Path("maximize"), device: Device = "auto", force: Force = False, dry_run: DryRun = False,
+    head: HeadOpt = None,
 ) -> None:
     """Activation maximization: inputs that maximise a unit, a layer's norm or a class, gradients checked by finite differences."""
+    from onnxsight.methods.maximize import CHECK_EVERY, require_one_input
     from onnxsight.methods.maximize import maximize as method
 
     if objective is not None and objective not in OBJECTIVE_NAMES:
         raise InvalidArgument(f"unknown objective {objective!r}; choose unit, norm, logit or cross-entropy")
     if all_units and unit:
         raise InvalidArgument("give --unit or --all-units, not both")
-    m = load(model, device=device)
+    m = load(model, device=device).with_output(head)
+    require_one_input(m)
     units = _all_units(m, layer, objective) if all_units else (unit or None)
     start = _init(m, init)
     count = len(units) if units else 1
-    checks = len(range(0, steps, check_every)) if check_every else 0
+    every = CHECK_EVERY if check_every is None else check_every
+    checks = len(range(0, steps, every)) if every else 0
     announce("maximize", Plan(steps * count, "gradient", lambda rows: m.gradient(
         np.full((rows, *m.input_shape[1:]), (low + high) / 2, m.input_dtype), of=layer, target=None), rows=count,
-        extra=f"{checks} float64 finite-difference checks (not timed)" if checks else ""), dry_run)
+        extra=f"{'up to ' if check_every is None else ''}{checks} float64 finite-difference checks (not timed)"
+        if checks else ""), dry_run)
     folder = Folder(output, force)
     with tracked(f"maximize {layer}", "steps") as progress:
         result = method(
             m, layer, units, OBJECTIVE_NAMES.get(objective), steps=steps, lr=lr, step=step, init=start,
             regularizers={"l2": l2, "tv": tv, "blur_every": blur_every, "blur_sigma": blur_sigma},
             modifiers={"jitter": jitter, "rotate": rotate, "scale": scale}, clip=clip, value_range=(low, high),
-            check_every=check_every, tolerance=tolerance, seed=seed,
+            check_every="auto" if check_every is None else check_every, tolerance=tolerance, seed=seed,
             progress=lambda done: progress(done, steps),
         )
     pictures = [as_rgb8(image) for image in to_hwc(result.images, m.input_layout)] if result.images.ndim == 4 else []

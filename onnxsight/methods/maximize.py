@@ -22,6 +22,7 @@ when ``scale`` > 0. The finite-difference directions come from a separate
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
@@ -44,6 +45,8 @@ from onnxsight.methods.common import image_channel_axis
 # max-pool near-tie the other way than float64 does, which is a different function, not a wrong rule.
 TOLERANCE = 1e-3
 FD_DIRECTIONS = 3  # random directions tried per image before a check gives up on a kink
+CHECK_EVERY = 50  # steps between finite-difference checks for check_every="auto"
+MIN_CHECK_SECONDS = 1.0  # "auto" keeps checking while one check takes less than this (or CHECK_EVERY steps)
 FD_STEP = 1e-6  # central-difference step along a unit direction, times max(1, max |x|), in float64
 # One-sided differences disagreeing by more than tolerance × this mean the step crossed a kink;
 # a kink too small to see then moves the central difference by well under the tolerance.
@@ -136,7 +139,7 @@ def maximize(
     step: str = "plain",
     clip: bool = False,
     value_range: Sequence[float] = (0.0, 1.0),
-    check_every: int | None = 50,
+    check_every: int | str | None = "auto",
     tolerance: float = TOLERANCE,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
@@ -169,7 +172,10 @@ def maximize(
     value_range: (low, high) of the model's input (default (0, 1)): grey is its middle, "noise"
         spreads ±10 % of it, ``clip`` clamps to it.
     check_every: the finite-difference check runs at step 0 and every ``check_every`` steps
-        (default 50; None or 0: never). It compares, per image, the directional derivative of
+        (None or 0: never). "auto" (default): every ``CHECK_EVERY`` (50) steps, unless the first
+        check took longer than those steps do (and over a second): then at step 0 only, so that
+        checks at most double the run (a float64 check of a 224×224 ResNet50 runs in onnx.reference,
+        onnxruntime having no float64 convolution, and takes minutes). It compares, per image, the directional derivative of
         J along a random unit direction from the VJP graph (the one that steers the ascent, run
         in float64 here) with a float64 central difference (step 1e-6, float64 via onnxruntime or onnx.reference); the relative error
         is |numeric − analytic| / max(|numeric|, |analytic|, ‖∇J‖/√D) (D = pixels per image:
@@ -196,14 +202,21 @@ def maximize(
     fd_rng = np.random.default_rng([seed, 1])
     start = x.copy()
     history, pending = [], False
+    every = CHECK_EVERY if check_every == "auto" else check_every
     rates = np.full(count, np.nan)  # lr=None: each image's rate, set at its first non-zero step
     for index in range(int(steps)):
         draw = _draw(rng, mods, size)
+        began = time.perf_counter()
         value, gradient, parts = loop.evaluate(x, draw)
+        step_seconds = time.perf_counter() - began
         fd = [None] * count
-        if check_every and (index % check_every == 0 or pending):
+        if every and (index % every == 0 or pending):
+            began = time.perf_counter()
             fd = loop.check(x, draw, parts, fd_rng, index)
             pending = all(e is None for e in fd)
+            if check_every == "auto" and not pending and \
+                    time.perf_counter() - began > max(MIN_CHECK_SECONDS, CHECK_EVERY * step_seconds):
+                every = None
         history.append(_record(index, value, parts, x, gradient, fd))
         if step == "normalized":
             norms = np.maximum(k.l2_norm(gradient), 1e-12).astype(x.dtype)
@@ -391,11 +404,16 @@ def _target(model: Model, layer: str, unit, objective: str | None) -> tuple[str,
     return objective, units, head
 
 
-def _image_axis(model: Model, regs: Regularizers, mods: Modifiers) -> int | None:
-    """The input's channel axis (None for non-images), after checking the model suits the options."""
+def require_one_input(model: Model) -> None:
+    """InvalidArgument for a model with several inputs: maximization optimises one."""
     if len(model.input_names) > 1:
         raise InvalidArgument(f"maximize optimises a model's only input; {model.source} has the inputs "
                               f"{', '.join(model.input_names)}")
+
+
+def _image_axis(model: Model, regs: Regularizers, mods: Modifiers) -> int | None:
+    """The input's channel axis (None for non-images), after checking the model suits the options."""
+    require_one_input(model)
     if None in model.input_shape[1:]:
         raise InvalidArgument(f"{model.source} has a dynamic input shape {model.input_shape}; maximize needs fixed sizes")
     axis = image_channel_axis(model)
@@ -454,8 +472,9 @@ def _check_options(steps, lr, step, regs: Regularizers, mods: Modifiers, check_e
             raise InvalidArgument(f"{label} must be a non-negative number, got {value}")
     if mods.scale >= 1:
         raise InvalidArgument(f"scale must be below 1 (zoom factors 1 ± scale), got {mods.scale}")
-    if check_every is not None and int(check_every) < 0:
-        raise InvalidArgument(f"check_every must be positive (or 0/None: never), got {check_every}")
+    if check_every != "auto" and check_every is not None and (
+            isinstance(check_every, (bool, str)) or not isinstance(check_every, (int, np.integer)) or check_every < 0):
+        raise InvalidArgument(f"check_every must be 'auto', a positive integer or 0/None (never), got {check_every!r}")
     if not tolerance > 0:
         raise InvalidArgument(f"tolerance must be positive, got {tolerance}")
 
