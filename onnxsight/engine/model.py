@@ -122,7 +122,8 @@ class Model:
         shares the model's sessions and caches."""
         if output is None:
             return self
-        tensor = output if output in self.output_names else self._by_name.get(output, Layer("", "", "", None, 0)).tensor
+        layer = self._by_name.get(output)
+        tensor = output if output in self.output_names else layer.tensor if layer is not None else None
         if tensor not in self.output_names:
             heads = [*self.output_names, *(layer.name for layer in self.layers if layer.tensor in self.output_names)]
             raise UnknownName("output", output, list(dict.fromkeys(heads)))
