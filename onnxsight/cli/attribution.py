@@ -25,7 +25,7 @@ from onnxsight.kernels.attribution import choice
 from onnxsight.kernels.colors import COLORMAPS, normalize
 from onnxsight.kernels.grids import attribution_figure
 from onnxsight.kernels.images import spatial_size
-from onnxsight.methods.common import gradient_batch_size, rows_of, rows_per_run, target_scores
+from onnxsight.methods.common import gradient_batch_size, repeat_rows, rows_of, rows_per_run, target_scores
 
 Count = Annotated[Optional[int], typer.Option(min=1, help="With --data: how many test images (default 16).")]
 Target = Annotated[str, typer.Option(help="'predicted' (argmax), 'none' (the sum: a regression output), a class/channel "
@@ -90,7 +90,7 @@ def gradient_plan(per_image: int, of: str, batch_size: int | None, modifier: str
         size = batch_size or gradient_batch_size(m)
 
         def run(count: int) -> None:
-            m.gradient(_first_repeated(x, count), of=of, target=targets.tile(rows_of(indices, slice(0, 1)), count),
+            m.gradient(_first_repeated(m, x, count), of=of, target=targets.tile(rows_of(indices, slice(0, 1)), count),
                        modifier=modifier, batch_size=size)
 
         return Plan(rows(x) * per_image, "gradient", run, rows=rows_per_run(m, size))
@@ -101,18 +101,16 @@ def forward_plan(per_image, of: str, batch_size: int):
     """``plan(m, x, indices)`` for ``per_image(m, x)`` forward passes per image, timed on the first image."""
     def plan(m: Model, x: engine.Inputs, indices) -> Plan:
         def run(count: int) -> None:
-            target_scores(m, _first_repeated(x, count), targets.tile(rows_of(indices, slice(0, 1)), count), of,
+            target_scores(m, _first_repeated(m, x, count), targets.tile(rows_of(indices, slice(0, 1)), count), of,
                           batch_size)
 
         return Plan(rows(x) * per_image(m, x), "forward", run, rows=rows_per_run(m, batch_size))
     return plan
 
 
-def _first_repeated(x: engine.Inputs, count: int) -> engine.Inputs:
-    """``count`` copies of the first image of a batch (with its other inputs)."""
-    first = take(x, slice(0, 1))
-    return {k: np.repeat(v, count, axis=0) for k, v in first.items()} if isinstance(first, dict) \
-        else np.repeat(first, count, axis=0)
+def _first_repeated(m: Model, x: engine.Inputs, count: int) -> dict[str, np.ndarray]:
+    """``count`` copies of the first image of a batch (with its other inputs), by input name."""
+    return {name: repeat_rows(value[:1], count) for name, value in m.input_feeds(x).items()}
 
 
 def _primary(m: Model, x: engine.Inputs) -> np.ndarray:

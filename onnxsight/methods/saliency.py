@@ -13,7 +13,7 @@ from onnxsight.errors import InvalidArgument
 from onnxsight.kernels import attribution as k
 from onnxsight.kernels.colors import normalize_each
 from onnxsight.methods.common import (
-    Tally, attributed_inputs, gradient_batch_size, gradients_in_runs, input_channel_axis, per_input,
+    Tally, attributed_inputs, gradient_batch_size, gradients_in_runs, input_channel_axis, per_input, repeat_rows,
 )
 
 MAX_CHUNK_BYTES = 256 * 2**20  # noisy copies (and their gradients) held at once, per m.gradient call
@@ -101,8 +101,7 @@ def saliency(
         for blocks in zip(*noises):
             copies = len(blocks[0])
             noisy = {name: (inputs[name][None] + block).reshape(-1, *block.shape[2:]) for name, block in zip(wrt, blocks)}
-            noisy.update({name: np.repeat(a[None], copies, axis=0).reshape(-1, *a.shape[1:])
-                          for name, a in inputs.items() if name not in noisy})
+            noisy.update({name: repeat_rows(a, copies) for name, a in inputs.items() if name not in noisy})
             gradients = grad(noisy, copies)
             for name, block in zip(wrt, blocks):
                 g = k.postprocess(gradients[name], noisy[name], **post).reshape(block.shape)
