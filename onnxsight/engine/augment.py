@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from onnxsight.engine.autodiff import build_vjp
+from onnxsight.engine.autodiff import Modifier, build_vjp
 from onnxsight.engine.graph import ancestors
 from onnxsight.engine.metadata import AUGMENTED, set_props
 from onnxsight.errors import UnsupportedOp
@@ -35,7 +35,7 @@ def augment_model(
     model: "Model",
     of: str = "logits",
     wrt: Sequence[str] = ("input",),
-    modifier: str | None = None,
+    modifier: str | Modifier | None = None,
     activations: Sequence[str] = (),
 ) -> Augmented:
     """The model plus a cotangent input for ``of`` and outputs ``d(of · cotangent)/d(w)`` per ``w``.
@@ -60,7 +60,8 @@ def augment_model(
                             error.upstream) from error
     gradients = {name: vjp.gradients[tensor] for name, tensor in wrt_tensors.items()}
     description = {
-        "of": of, "of_tensor": of_tensor, "cotangent_input": vjp.cotangent, "modifier": modifier,
+        "of": of, "of_tensor": of_tensor, "cotangent_input": vjp.cotangent,
+        "modifier": None if modifier is None else str(modifier),
         "data_input": model.input_name, "gradients": gradients, "activations": kept,
         "meaning": "each gradient output is d(sum(of * cotangent))/d(wrt), in wrt's own layout",
     }
@@ -72,7 +73,7 @@ def augment(
     model: "Model",
     of: str = "logits",
     wrt: Sequence[str] = ("input",),
-    modifier: str | None = None,
+    modifier: str | Modifier | None = None,
     activations: Sequence[str] = (),
 ) -> onnx.ModelProto:
     """A new standalone ONNX model with the gradient outputs (see ``augment_model``)."""

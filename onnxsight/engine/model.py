@@ -17,6 +17,7 @@ from onnx import helper
 from onnxsight.engine import graph as g
 from onnxsight.engine import targets
 from onnxsight.engine.augment import Augmented, augment_model
+from onnxsight.engine.autodiff import Modifier
 from onnxsight.engine.exporters import torch_layer_names
 from onnxsight.engine.metadata import ModelMetadata
 from onnxsight.engine.session import first_line, open_session, providers_for
@@ -202,7 +203,7 @@ class Model:
         of: str = "logits",
         target: targets.Target = None,
         wrt: Sequence[str] = ("input",),
-        modifier: str | None = None,
+        modifier: str | Modifier | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> dict[str, np.ndarray]:
         """Gradients of the target score of ``of`` with respect to each ``wrt``, batched.
@@ -220,7 +221,7 @@ class Model:
         of: str = "logits",
         target: targets.Target = None,
         wrt: Sequence[str] = ("input",),
-        modifier: str | None = None,
+        modifier: str | Modifier | None = None,
         outputs: Sequence[str] = (),
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> Backward:
@@ -240,7 +241,7 @@ class Model:
         of: str,
         cotangent: np.ndarray,
         wrt: Sequence[str] = ("input",),
-        modifier: str | None = None,
+        modifier: str | Modifier | None = None,
         outputs: Sequence[str] = (),
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> Backward:
@@ -274,7 +275,7 @@ class Model:
         return targets.resolve(target, shape, self.channel_axis(of), values)
 
     def augmented(
-        self, of: str, wrt: Sequence[str], modifier: str | None = None, outputs: Sequence[str] = ()
+        self, of: str, wrt: Sequence[str], modifier: str | Modifier | None = None, outputs: Sequence[str] = ()
     ) -> Augmented:
         """The augmented model for these names, built once and cached."""
         wrt, outputs = ([n] if isinstance(n, str) else list(n) for n in (wrt, outputs))

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from onnxsight.engine import targets
+from onnxsight.engine.autodiff import Modifier
 from onnxsight.engine.model import DEFAULT_BATCH_SIZE, Inputs, Model, rows, take
 from onnxsight.errors import InvalidArgument
 from onnxsight.kernels.stats import softmax
@@ -106,7 +107,7 @@ def rows_per_run(model: Model, batch_size: int) -> int:
 
 def gradients_in_runs(
     model: Model, batch: dict[str, np.ndarray], of: str, target: targets.Resolved, wrt: list[str],
-    modifier: str | None, batch_size: int, tally: "Tally",
+    modifier: str | Modifier | None, batch_size: int, tally: "Tally",
 ) -> dict[str, np.ndarray]:
     """``model.gradient`` of a batch (inputs by name) with respect to ``wrt``, one onnxruntime run
     of ``rows_per_run`` rows at a time, each counted in ``tally``."""

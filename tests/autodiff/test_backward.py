@@ -7,7 +7,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxsight.engine.autodiff import RULES, build_vjp
+from onnxsight.engine.autodiff import RULES, Modifier, build_vjp
+from onnxsight.engine.autodiff.registry import KEPT_GRADIENTS, MODIFIER_RULES
 from onnxsight.engine.graph import runtime_compatible
 from onnxsight.errors import InternalError, InvalidArgument, UnknownName, UnsupportedOp
 
@@ -125,6 +126,27 @@ def test_backprop_modifiers_match_numpy(modifier):
     for run in (ort_run, ref_run):
         np.testing.assert_allclose(gradients(vjp, {"x": x}, cot, run)["x"], expected, rtol=1e-5, atol=1e-6,
                                    err_msg=f"modifier={modifier} in {run.__name__}")
+
+
+def test_a_strict_modifier_keeps_only_the_listed_gradient_rules_and_reads_its_parameters(monkeypatch):
+    """A strict modifier keeping MatMul's gradient, with a Relu rule scaled by its ``factor``: the
+    parameter reaches the rule, and the Tanh outside both tables is an error naming the modifier."""
+
+    def scaled_relu(g, n):
+        return [g.op("Mul", n.gy, g.const(n.options["factor"], like=n.x))]
+
+    monkeypatch.setitem(MODIFIER_RULES, "scaled", {"Relu": scaled_relu})
+    monkeypatch.setitem(KEPT_GRADIENTS, "scaled", frozenset({"MatMul"}))
+    x, cot = RNG.standard_normal((5, 4)).astype(np.float32), RNG.standard_normal((5, 3)).astype(np.float32)
+    vjp = build_vjp(relu_mlp(), "y", ["x"], modifier=Modifier("scaled", factor=0.5))
+    np.testing.assert_allclose(gradients(vjp, {"x": x}, cot)["x"], 0.5 * cot @ W2.T @ W1.T, rtol=1e-5, atol=1e-6)
+    assert str(Modifier("scaled", factor=0.5)) == "scaled(factor=0.5)"
+    assert Modifier("a", p=1, q=2) == Modifier("a", q=2, p=1)  # one cache key whatever the order
+    model = make_model([("relu", "Relu", ["x"], ["r"], {}), ("tanh", "Tanh", ["r"], ["y"], {})],
+                       {"x": ["N", 3]}, {"y": ["N", 3]})
+    build_vjp(model, "y", ["x"])  # Tanh has a gradient rule
+    with pytest.raises(UnsupportedOp, match="no scaled rule for op Tanh \\(node 'tanh'\\)"):
+        build_vjp(model, "y", ["x"], modifier=Modifier("scaled", factor=1.0))
 
 
 def test_unknown_modifier_and_unknown_names_are_user_errors():

@@ -2,6 +2,6 @@
 
 from . import conv, elementwise, linalg, normalization, reduction, shape  # noqa: F401  (fills the rule table)
 from .backward import VJPGraph, build_vjp
-from .registry import MODIFIER_RULES, RULES, Node, rule, rules_for
+from .registry import MODIFIER_RULES, RULES, Modifier, Node, rule, rules_for, strict
 
-__all__ = ["MODIFIER_RULES", "RULES", "Node", "VJPGraph", "build_vjp", "rule", "rules_for"]
+__all__ = ["MODIFIER_RULES", "RULES", "Modifier", "Node", "VJPGraph", "build_vjp", "rule", "rules_for", "strict"]

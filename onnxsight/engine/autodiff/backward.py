@@ -27,7 +27,7 @@ from onnxsight.engine.opset import upgrade
 from onnxsight.errors import InternalError, InvalidArgument, UnknownName, UnsupportedOp
 
 from .builder import FLOAT_TYPES, GraphBuilder
-from .registry import Node, constant_values, rules_for
+from .registry import KEPT_GRADIENTS, Modifier, Node, constant_values, modifier_name, modifier_options, rules_for
 
 # ScatterElements(reduction="add") (MaxPool, Gather, Slice, Pad gradients) needs opset 16.
 MIN_OPSET = 16
@@ -54,16 +54,17 @@ def build_vjp(
     of: str,
     wrt: Sequence[str],
     *,
-    modifier: str | None = None,
+    modifier: str | Modifier | None = None,
     keep_outputs: Sequence[str] = (),
 ) -> VJPGraph:
     """Returns a new model that also computes ``d(of · cotangent)/d(w)`` for each ``w`` in ``wrt``.
 
-    ``modifier``: None (exact gradient), ``"guided"`` or ``"deconv"`` (Relu rule variants).
+    ``modifier``: None (exact gradient), ``"guided"`` or ``"deconv"`` (Relu rule variants), or any
+    registered modifier, by name or as a :class:`Modifier` with parameters.
     Raises UnknownName for names the graph lacks, InvalidArgument for constant ``of``/``wrt``
     tensors or unknown modifiers, UnsupportedOp when a node on the path has no rule.
     """
-    rules = rules_for(modifier)
+    rules, options = rules_for(modifier), modifier_options(modifier)
     if isinstance(wrt, str):
         raise InvalidArgument(f"wrt must be a sequence of tensor names, not the string {wrt!r}")
     wrt = list(dict.fromkeys(wrt))
@@ -117,8 +118,8 @@ def build_vjp(
         name = proto.name or f"{proto.op_type}_{index}"
         fn = rules.get(proto.op_type)
         if fn is None or proto.domain not in ("", "ai.onnx"):
-            raise _unsupported(graph, proto, name, wrt)
-        node = Node(proto, name, g.opset, cots, [i in active for i in proto.input], constants)
+            raise _unsupported(graph, proto, name, wrt, modifier_name(modifier))
+        node = Node(proto, name, g.opset, cots, [i in active for i in proto.input], constants, options)
         g.scope(name)
         results = fn(g, node)
         if not isinstance(results, (list, tuple)) or len(results) != len(proto.input):
@@ -163,7 +164,8 @@ def _output_info(infos: dict[str, onnx.ValueInfoProto], name: str, rename: str |
     return copy
 
 
-def _unsupported(graph: onnx.GraphProto, proto: onnx.NodeProto, name: str, wrt: list[str]) -> UnsupportedOp:
+def _unsupported(graph: onnx.GraphProto, proto: onnx.NodeProto, name: str, wrt: list[str],
+                 modifier: str | None) -> UnsupportedOp:
     """The error for a data-path node without a rule, naming the wrt tensors that avoid it."""
     upstream = set()
     for tensor in proto.input:
@@ -173,4 +175,5 @@ def _unsupported(graph: onnx.GraphProto, proto: onnx.NodeProto, name: str, wrt: 
     domain = f" (domain {proto.domain!r})" if proto.domain not in ("", "ai.onnx") else ""
     hint = (f"gradients with respect to {', '.join(still)} are still computable without it; retry with wrt={still}"
             if still else f"no requested wrt tensor avoids it; tensors downstream of it (e.g. {list(proto.output)}) do")
-    return UnsupportedOp(f"no gradient rule for op {proto.op_type}{domain} (node {name!r}); {hint}", upstream)
+    kind = f"{modifier} rule" if modifier in KEPT_GRADIENTS else "gradient rule"
+    return UnsupportedOp(f"no {kind} for op {proto.op_type}{domain} (node {name!r}); {hint}", upstream)

@@ -4,13 +4,17 @@ A rule is ``rule(g, n) -> list[str | None]``: ``g`` is the :class:`GraphBuilder`
 :class:`Node` view (inputs, outputs, attributes, output cotangents). It returns one cotangent
 name per forward input, ``None`` for inputs that are not differentiable (shapes, indices,
 constant weights). Register with ``@rule("Relu")``; a backprop modifier registers a variant with
-``@rule("Relu", modifier="guided")``.
+``@rule("Relu", modifier="guided")``. A modifier with parameters is asked for as
+``Modifier("lrp-epsilon", epsilon=0.25)``; its rules read them as ``n.options``. A strict modifier
+(``strict("lrp-epsilon", keeps=...)``) keeps the exact gradient rules of the listed op types only:
+any other op on the path without a rule of its own is an error naming the op.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -31,6 +35,7 @@ class Node:
     cots: list[str | None]  # one per output; None where nothing flows back
     active: list[bool]  # per input: does it depend on a wrt tensor (needs a cotangent)?
     constants: dict[str, np.ndarray] = field(default_factory=dict)  # initializers, Constant outputs
+    options: Mapping[str, Any] = field(default_factory=dict)  # the modifier's parameters
 
     @property
     def op_type(self) -> str:
@@ -88,10 +93,27 @@ class Node:
         return UnsupportedOp(f"{self.op_type} node {self.name!r}: {what} is not supported by its gradient rule")
 
 
+@dataclass(frozen=True, init=False)
+class Modifier:
+    """A backprop modifier and its parameters, e.g. ``Modifier("lrp-epsilon", epsilon=0.25)``;
+    hashable (it keys the augmentation cache) and printed as ``lrp-epsilon(epsilon=0.25)``."""
+
+    name: str
+    options: tuple[tuple[str, Any], ...]
+
+    def __init__(self, name: str, **options):
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "options", tuple(sorted(options.items())))
+
+    def __str__(self) -> str:
+        return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in self.options)})" if self.options else self.name
+
+
 Rule = Callable[[GraphBuilder, Node], list]
 
 RULES: dict[str, Rule] = {}
 MODIFIER_RULES: dict[str, dict[str, Rule]] = {}
+KEPT_GRADIENTS: dict[str, frozenset[str]] = {}  # strict modifier -> op types whose gradient rule it keeps
 
 
 def rule(*op_types: str, modifier: str | None = None) -> Callable[[Rule], Rule]:
@@ -106,13 +128,30 @@ def rule(*op_types: str, modifier: str | None = None) -> Callable[[Rule], Rule]:
     return register
 
 
-def rules_for(modifier: str | None) -> dict[str, Rule]:
-    """The rule table with a backprop modifier's variants swapped in."""
-    if modifier is None:
+def strict(modifier: str, keeps: Iterable[str]) -> None:
+    """Makes ``modifier`` strict: besides its own rules, only the gradient rules of ``keeps`` apply."""
+    MODIFIER_RULES.setdefault(modifier, {})
+    KEPT_GRADIENTS[modifier] = frozenset(keeps)
+
+
+def modifier_name(modifier: str | Modifier | None) -> str | None:
+    return modifier.name if isinstance(modifier, Modifier) else modifier
+
+
+def modifier_options(modifier: str | Modifier | None) -> dict[str, Any]:
+    return dict(modifier.options) if isinstance(modifier, Modifier) else {}
+
+
+def rules_for(modifier: str | Modifier | None) -> dict[str, Rule]:
+    """The rule table with a backprop modifier's variants swapped in (a strict one's: only those)."""
+    name = modifier_name(modifier)
+    if name is None:
         return dict(RULES)
-    if modifier not in MODIFIER_RULES:
-        raise InvalidArgument(f"unknown backprop modifier {modifier!r}; known: None, {', '.join(sorted(MODIFIER_RULES))}")
-    return {**RULES, **MODIFIER_RULES[modifier]}
+    if name not in MODIFIER_RULES:
+        raise InvalidArgument(f"unknown backprop modifier {name!r}; known: None, {', '.join(sorted(MODIFIER_RULES))}")
+    kept = KEPT_GRADIENTS.get(name)
+    base = RULES if kept is None else {op: fn for op, fn in RULES.items() if op in kept}
+    return {**base, **MODIFIER_RULES[name]}
 
 
 def constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
