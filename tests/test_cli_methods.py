@@ -50,6 +50,8 @@ def test_every_method_command_has_help(runner, command):
          lambda m, x, t: onnxsight.gradcam(m, x, target=t, variant="gradcam++", convention="tf-keras-vis")),
         ("gradcam", ["--guided", "--upsample", "align_corners"],
          lambda m, x, t: onnxsight.gradcam(m, x, target=t, guided=True, upsample="align_corners")),
+        ("gradcam", ["--variant", "fullgrad", "--aug-smooth"],
+         lambda m, x, t: onnxsight.gradcam(m, x, target=t, variant="fullgrad", aug_smooth=True)),
         ("occlusion", ["--window", "8", "--stride", "6", "--last-window", "cropped"],
          lambda m, x, t: onnxsight.occlusion(m, x, target=t, window=8, stride=6, last_window="cropped")),
     ],
@@ -93,6 +95,7 @@ def test_class_saliency_top_k_and_embed_write_their_views(runner, tmp_path, mnis
     [
         (["gradcam", "{model}", "--data", "digits", "--layer", "conv9"], "unknown layer 'conv9'"),
         (["gradcam", "{model}", "--data", "digits", "--layer", "dense_1"], "dense_1"),
+        (["gradcam", "{model}", "--data", "digits", "--variant", "fullgrad", "--layer", "conv2d_2"], "takes no layer"),
         (["gradcam", "{model}", "--data", "digits", "--variant", "magic"], "magic"),
         (["occlusion", "{model}", "--data", "digits", "--window", "40"], "window"),
         (["saliency", "{model}", "--data", "digits", "--target", "three"], "--target must be"),

@@ -252,7 +252,8 @@ def gradcam(
     target: Target = "predicted", of: Of = "logits",
     layer: Annotated[Optional[str], typer.Option(help="Conv layer (default: the last spatial layer before flatten/pooling).")] = None,
     variant: Annotated[str, typer.Option(help="gradcam, gradcam++, xgradcam, hirescam, layercam, scorecam, "
-                                         "gradcamelementwise, eigencam, eigengradcam, kpcacam or ablationcam.")] = "gradcam",
+                                         "gradcamelementwise, eigencam, eigengradcam, kpcacam, ablationcam or "
+                                         "fullgrad (every biased layer; no --layer).")] = "gradcam",
     guided: Annotated[bool, typer.Option("--guided", help="Guided Grad-CAM: times guided backprop.")] = False,
     modifier: Modifier = None,
     relu: Annotated[bool, typer.Option(help="ReLU on the map (Grad-CAM's default).")] = True,
@@ -261,6 +262,8 @@ def gradcam(
     convention: Annotated[str, typer.Option(help="onnxsight (the papers), pytorch-grad-cam or tf-keras-vis.")] = "onnxsight",
     eigen_smooth: Annotated[bool, typer.Option("--eigen-smooth", help="The map is the first principal component of "
                                                "the weighted activations (pytorch-grad-cam's eigen_smooth).")] = False,
+    aug_smooth: Annotated[bool, typer.Option("--aug-smooth", help="Mean map over flips and brightness x0.9/1/1.1 "
+                                             "(pytorch-grad-cam's aug_smooth; 6 times the work).")] = False,
     tokens_grid: TokensGrid = None,
     output: OutputDir = Path("gradcam"), cmap: Cmap = "jet", batch_size: BatchSize = 64, device: Device = "auto",
     scale: Scale = None, mean: Mean = None, std: Std = None, force: Force = False, dry_run: DryRun = False,
@@ -268,23 +271,28 @@ def gradcam(
 ) -> None:
     """Grad-CAM and its family, upsampled to the input, normalised, overlaid (a transformer's token
     layer is laid on its patch grid)."""
-    from onnxsight.methods.cam import cam_variant, check_cam_layer, default_cam_layer
+    from onnxsight.kernels.cam import AUGMENTATIONS
+    from onnxsight.methods.cam import cam_variant, check_cam_layer, check_fullgrad, default_cam_layer
     from onnxsight.methods.cam import gradcam as method
 
     options = {"layer": layer, "variant": variant, "guided": guided, "modifier": modifier, "relu": relu,
-               "upsample": upsample, "convention": convention, "eigen_smooth": eigen_smooth,
+               "upsample": upsample, "convention": convention, "eigen_smooth": eigen_smooth, "aug_smooth": aug_smooth,
                "tokens_grid": _grid(tokens_grid)}
     rule = cam_variant(variant, convention)
+    copies = len(AUGMENTATIONS) if aug_smooth else 1
 
     def plan(m: Model, x: np.ndarray, indices) -> Plan:
         """Checks the layer first; Score-CAM's and Ablation-CAM's forward passes are its layer's channels
-        (a token layer's features) per image, Eigen-CAM's one."""
+        (a token layer's features) per image, Eigen-CAM's one; FullGrad's one gradient; times the augmentations."""
+        if rule is None:
+            check_fullgrad(layer, modifier, guided, eigen_smooth)
+            return gradient_plan(copies, of, batch_size)(m, x, indices)
         name = default_cam_layer(m) if layer is None else check_cam_layer(m, layer)
         if rule.gradients:
-            return gradient_plan(1, of, batch_size, modifier)(m, x, indices)
+            return gradient_plan(copies, of, batch_size, modifier)(m, x, indices)
         shape = m.activations(take(x, slice(0, 1)), [name])[name].shape
         channels = (shape[m.channel_axis(name)] if len(shape) == 4 else shape[-1]) if rule.per_channel else 1
-        return forward_plan(lambda m, x: channels, of, batch_size)(m, x, indices)
+        return forward_plan(lambda m, x: channels * copies, of, batch_size)(m, x, indices)
 
     run_method("gradcam", model, images, data, count, target, of, output, force, cmap, device, scale, mean, std,
                lambda m, x, t, progress: method(m, x, target=t, of=of, batch_size=batch_size, progress=progress,

@@ -21,6 +21,10 @@ from onnxsight.kernels.stats import softmax
 XGRADCAM_EPS = 1e-7
 # Added to Grad-CAM++'s alpha denominator by pytorch-grad-cam.
 GRADCAM_PLUS_PLUS_EPS = 1e-6
+# Added to the range of each map FullGrad scales (pytorch-grad-cam's scale_cam_image).
+FULLGRAD_EPS = 1e-7
+# pytorch-grad-cam's aug_smooth (ttach): horizontal flip or not, times brightness factors.
+AUGMENTATIONS = tuple((flip, factor) for flip in (False, True) for factor in (0.9, 1.0, 1.1))
 # OpenCV's half-pixel interpolations, and "align_corners": bilinear with the corner pixels aligned.
 UPSAMPLING = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST, "align_corners": None}
 
@@ -188,6 +192,28 @@ def _aligned(n: int, size: int) -> np.ndarray:
     if n > 1:
         weights[np.arange(size), low + 1] = position - low
     return weights
+
+
+def fullgrad_term(values: np.ndarray, channel_axis: int, size: Sequence[int], mode: str = "bilinear") -> np.ndarray:
+    """(N, H, W): one FullGrad term, the sum over channels of each (image, channel) map of |values|
+    shifted to 0 and divided by its maximum + ``FULLGRAD_EPS``, upsampled (summed before upsampling,
+    which is linear)."""
+    maps = np.abs(np.moveaxis(np.asarray(values, np.float64), channel_axis, 1))
+    shifted = maps - maps.min(axis=(2, 3), keepdims=True)
+    scaled = shifted / (FULLGRAD_EPS + shifted.max(axis=(2, 3), keepdims=True))
+    return upsample(scaled.sum(axis=1), size, mode)
+
+
+def augmented(x: np.ndarray, width_axis: int) -> np.ndarray:
+    """The copies of ``AUGMENTATIONS`` of a batch, augmentation-major: copy ``a·N + i`` of image i."""
+    return np.concatenate([(np.flip(x, width_axis) if flip else x) * np.asarray(factor, x.dtype)
+                           for flip, factor in AUGMENTATIONS])
+
+
+def deaugmented_mean(maps: np.ndarray) -> np.ndarray:
+    """(N, H, W): the mean of the (A·N, H, W) maps of ``augmented`` copies, each flipped back."""
+    copies = maps.reshape(len(AUGMENTATIONS), -1, *maps.shape[1:])
+    return np.mean([m[..., ::-1] if flip else m for m, (flip, _) in zip(copies, AUGMENTATIONS)], axis=0)
 
 
 def guided(cam: np.ndarray, saliency: np.ndarray, channel_axis: int) -> np.ndarray:

@@ -19,7 +19,10 @@ from onnxsight.errors import InvalidArgument
 from onnxsight.kernels import cam as k
 from onnxsight.kernels import tokens
 from onnxsight.kernels.colors import normalize_each
-from onnxsight.methods.common import Tally, require_image, rows_of, rows_per_run, spatial_size, split_inputs, with_context
+from onnxsight.methods.common import (
+    Tally, repeat_rows, require_image, rows_of, rows_per_run, spatial_size, split_inputs, with_context,
+)
+from onnxsight.methods.fullgrad import fullgrad
 from onnxsight.methods.occlusion import CHUNK_BYTES, copy_scores
 from onnxsight.methods.rollout import attention_tensors
 
@@ -66,6 +69,9 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
+FULLGRAD = "fullgrad"  # a variant of its own module: it weighs every biased layer, not one layer's channels
+
+
 @dataclass(frozen=True)
 class Convention:
     """A peer's choices where they differ from onnxsight's: its weighting rules (replacing rows of
@@ -105,6 +111,7 @@ def gradcam(
     normalize: bool = True,
     convention: str = "onnxsight",
     eigen_smooth: bool = False,
+    aug_smooth: bool = False,
     of: str = "logits",
     output: str | None = None,
     tokens_grid: Sequence[int] | None = None,
@@ -135,6 +142,7 @@ def gradcam(
         y_k the score with channel k of the layer zeroed, the N·K ablated copies of the layer run
         through the graph from the layer on in large batches (pytorch-grad-cam ablates with
         min − 1e7 instead of 0 where an image's activations at the layer have a minimum other than 0).
+        "fullgrad": :func:`onnxsight.methods.fullgrad.fullgrad` (every biased layer; no ``layer``).
     modifier: backprop modifier of the gradient to ``layer`` — None (default), "guided" or
         "deconv" (keras-vis' ``visualize_cam(backprop_modifier=...)``, seed 002's guided and
         rectified Grad-CAM); not for Score-CAM, which uses no gradient.
@@ -151,6 +159,9 @@ def gradcam(
     eigen_smooth: the map is the first principal component of the weighted activations instead of
         their sum (pytorch-grad-cam's ``eigen_smooth``; default False; the Eigen and KPCA variants
         project anyway).
+    aug_smooth: test-time augmentation as pytorch-grad-cam's ``aug_smooth``: the mean of the maps
+        (each min-max scaled to [0, 1]) of the image and its horizontal flip, each at brightness
+        × 0.9, 1 and 1.1, flipped back; the target is resolved once on the image itself (default False).
     of: the scored tensor, default "logits" (softmax swapped for linear); any layer name.
     output: the head "logits" refers to in a model with several outputs (default: the first
         classification head). A model with several inputs takes ``x`` as a dict by input name;
@@ -164,15 +175,48 @@ def gradcam(
     model = model.with_output(output)
     x, context = split_inputs(model, x)
     inputs = with_context(model, x, context)
-    rule, peer = cam_variant(variant, convention), CONVENTIONS[convention]
+    cam_variant(variant, convention)
+    peer, input_axis = CONVENTIONS[convention], require_image(model, "gradcam")
+    if variant == FULLGRAD:
+        check_fullgrad(layer, modifier, guided, eigen_smooth)
+    indices = model.resolve_target(inputs, target, of, batch_size)
+    options = dict(layer=layer, variant=variant, modifier=modifier, relu=relu, upsample=upsample, convention=convention,
+                   eigen_smooth=eigen_smooth, of=of, tokens_grid=tokens_grid, batch_size=batch_size, progress=progress)
+    if aug_smooth:
+        width_axis = 2 if input_axis == 3 else 3
+        copies = len(k.AUGMENTATIONS)
+        maps = _cam(model, k.augmented(x, width_axis), {n: repeat_rows(v, copies) for n, v in context.items()},
+                    targets.tile(indices, copies), **options)
+        cam = k.deaugmented_mean(normalize_each(maps))
+    else:
+        cam = _cam(model, x, context, indices, **options)
+    if guided:
+        saliency = model.gradient(inputs, of=of, target=indices, modifier="guided", batch_size=batch_size)["input"]
+        cam = k.guided(normalize_each(cam) if peer.scaled_guide else cam, saliency, input_axis)
+    if normalize:
+        cam = normalize_each(cam)
+    return cam.astype(np.float32)
+
+
+def _cam(
+    model: Model, x: np.ndarray, context: dict[str, np.ndarray], indices: targets.Resolved, *, layer: str | None,
+    variant: str, modifier: str | None, relu: bool, upsample: str | None, convention: str, eigen_smooth: bool, of: str,
+    tokens_grid: Sequence[int] | None, batch_size: int, progress: Callable[[int, int], None] | None,
+) -> np.ndarray:
+    """The maps of ``gradcam`` before Guided Grad-CAM and normalisation, for resolved targets."""
+    inputs = with_context(model, x, context)
+    peer = CONVENTIONS[convention]
     upsample = peer.upsample if upsample is None else upsample
     k.check_upsample(upsample)
+    if variant == FULLGRAD:
+        return fullgrad(model, inputs, indices, upsample=upsample, normalize=False, of=of, batch_size=batch_size,
+                        progress=progress)
+    rule = cam_variant(variant, convention)
     if modifier is not None and not rule.gradients:
         raise InvalidArgument(f"modifier {modifier!r} changes gradients; the {variant} variant uses none")
     input_axis = require_image(model, "gradcam")
     size = spatial_size(x, input_axis)
     layer = default_cam_layer(model) if layer is None else check_cam_layer(model, layer)
-    indices = model.resolve_target(inputs, target, of, batch_size)
     tally = Tally(len(x), progress if rule.gradients else None)
     a, g = _layer_values(model, inputs, layer, of, indices, rule.gradients, modifier, size, tokens_grid, batch_size, tally)
 
@@ -192,13 +236,7 @@ def gradcam(
 
     weights = rule.weights(a, g, Probes(masked_scores, ablated_scores))
     cam = k.weighted_sum(a, weights, relu, rule.project or (k.eigen_projection if eigen_smooth else None))
-    cam = k.upsample(cam, size, upsample)
-    if guided:
-        saliency = model.gradient(inputs, of=of, target=indices, modifier="guided", batch_size=batch_size)["input"]
-        cam = k.guided(normalize_each(cam) if peer.scaled_guide else cam, saliency, input_axis)
-    if normalize:
-        cam = normalize_each(cam)
-    return cam.astype(np.float32)
+    return k.upsample(cam, size, upsample)
 
 
 def layer_ablations(
@@ -234,13 +272,25 @@ def _scores(values: np.ndarray, indices: np.ndarray | None, channel_axis: int) -
     return (weights * values).reshape(len(values), -1).sum(axis=1)
 
 
-def cam_variant(name: str, convention: str = "onnxsight") -> Variant:
-    """The variant called ``name`` in ``convention``, or InvalidArgument listing them."""
-    if name not in VARIANTS:
-        raise InvalidArgument(f"unknown CAM variant {name!r}; choose one of {', '.join(VARIANTS)}")
+def cam_variant(name: str, convention: str = "onnxsight") -> Variant | None:
+    """The variant called ``name`` in ``convention`` (None for FullGrad, which weighs no layer's
+    channels), or InvalidArgument listing them."""
+    if name not in VARIANTS and name != FULLGRAD:
+        raise InvalidArgument(f"unknown CAM variant {name!r}; choose one of {', '.join([*VARIANTS, FULLGRAD])}")
+    check_convention(convention)
+    return None if name == FULLGRAD else CONVENTIONS[convention].variants.get(name, VARIANTS[name])
+
+
+def check_fullgrad(layer: str | None, modifier: str | None, guided: bool, eigen_smooth: bool) -> None:
+    if layer is not None or modifier is not None or guided or eigen_smooth:
+        raise InvalidArgument("the fullgrad variant uses every biased layer and exact gradients: it takes no layer, "
+                              "modifier, guided or eigen_smooth")
+
+
+def check_convention(convention: str) -> str:
     if convention not in CONVENTIONS:
         raise InvalidArgument(f"unknown convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
-    return CONVENTIONS[convention].variants.get(name, VARIANTS[name])
+    return convention
 
 
 def default_cam_layer(model: Model) -> str:
