@@ -161,7 +161,7 @@ def test_conductance_in_memory_bounded_blocks_equals_one_block(mlp_model, xs, mo
     from onnxsight.methods import layer_attribution as module
 
     whole = layer_conductance(mlp_model, xs, T, layer="hidden", steps=9, batch_size=4)
-    monkeypatch.setattr(module, "MAX_CHUNK_BYTES", 3 * (2 * xs.nbytes + 8 * H * len(xs)))  # blocks of 3 points
+    monkeypatch.setattr(module, "MAX_CHUNK_BYTES", 3 * (2 * xs.nbytes + 16 * H * len(xs)))  # blocks of 3 points
     np.testing.assert_allclose(layer_conductance(mlp_model, xs, T, layer="hidden", steps=9), whole,
                                rtol=1e-6, atol=1e-7 * np.abs(whole).max())
 
@@ -350,6 +350,8 @@ def test_gradient_shap_on_images_reduces_channels(model, digits_data):
 @pytest.mark.parametrize("call,error,message", [
     (lambda m, x: layer_integrated_gradients(m, x, 0, layer="hiden"), UnknownName, "hiden"),
     (lambda m, x: layer_conductance(m, x, 0, layer="hidden", steps=0), InvalidArgument, "steps"),
+    (lambda m, x: layer_integrated_gradients(m, x, 0, layer="v", of="hidden"), InvalidArgument,
+     "'hidden' does not depend on 'v'"),
     (lambda m, x: neuron_gradient(m, x, layer="hidden", neuron=5), InvalidArgument,
      r"neuron 5 out of range: layer 'hidden' has 5 channels \(output shape \(N, 5\)"),
     (lambda m, x: neuron_gradient(m, x, layer="hidden", neuron=(1, 2)), InvalidArgument,

@@ -356,7 +356,7 @@ class Model:
             fed = g.fed_at(self.proto, tensor, FED + tensor, [of], self.values)
             feed = next(v for v in fed.graph.input if v.name == FED + tensor)
             feed.type.CopyFrom(self.values[tensor].type)  # its rank: the rules need it
-            if of not in {o for node in fed.graph.node for o in node.output}:
+            if of not in g.dependent_tensors(fed.graph, [FED + tensor]):
                 raise InvalidArgument(f"{of!r} does not depend on {tensor!r}: nothing to differentiate")
             vjp = build_vjp(fed, of, [FED + tensor])
             self._sessions[key] = (open_session(with_outputs(vjp.model, [vjp.gradients[FED + tensor]],

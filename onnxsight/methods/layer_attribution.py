@@ -103,8 +103,11 @@ def layer_conductance(
     starts = baselines(model, inputs, baseline, wrt)
     indices = model.resolve_target(inputs, target, of, batch_size)
     count = len(inputs[model.input_name])
-    per_point = 2 * sum(a.nbytes for a in inputs.values()) + 8 * int(np.prod(model.shapes[tensor][1:] or (1,))) * count
-    chunk = max(2, k.sample_chunk(len(alphas), per_point, MAX_CHUNK_BYTES))
+    shape = model.shapes[tensor][1:]
+    if None in shape:
+        shape = model.run(take(inputs, slice(0, 1)), [tensor])[0].shape[1:]
+    per_point = 2 * sum(a.nbytes for a in inputs.values()) + 16 * int(np.prod(shape)) * count  # float64 grads, acts
+    chunk = k.sample_chunk(len(alphas), per_point, MAX_CHUNK_BYTES)
     tally = Tally(len(alphas) * count, progress)
     total, previous = 0.0, None  # previous: the gradient and activation at the last point of the last chunk
     first = 0
