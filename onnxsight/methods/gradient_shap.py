@@ -35,7 +35,9 @@ def gradient_shap(
 
     Each of ``samples`` (default 5, Captum's n_samples) draws per image: a baseline ``b`` uniformly
     from ``baselines``, ``x̃ = x + N(0, stdevs²)`` (default stdevs 0: no noise) and α uniform in
-    [0, 1) — from ``numpy.random.default_rng(seed)`` (default 0), so a seed repeats the result.
+    [0, 1) — from ``numpy.random.default_rng(seed)`` (default 0), so a seed repeats the result;
+    drawn in this order: the baseline indices (samples, N), the α (samples, N), then the noise of
+    each block of samples (samples, N, ...), input by input.
     baselines: "black" (default: zeros), a number, an array (K, ...) of K baseline inputs (or one
         shaped like one input), or, for a model with several inputs, a dict by input name (an input
         not given is "black"); every input's baselines must number the same K, and one index picks
