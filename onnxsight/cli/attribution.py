@@ -70,10 +70,11 @@ def parse_target(text: str):
 
 def run_method(method: str, model: Path, images, data, count, target, of, output, force, cmap, device,
                scale, mean, std, compute, options: dict, plan=None, dry_run: bool = False, head: str | None = None,
-               named=None) -> None:
+               named=None, draw=None) -> None:
     """Shared steps: load inputs (``named``: ``--input`` options) and the ``head``, resolve the target
     once, print the estimate of ``plan(m, x, indices)`` (a :class:`Plan`; with ``dry_run`` only that),
-    compute maps with a progress bar, write PNG/.npy/JSON."""
+    compute maps with a progress bar, write PNG/.npy/JSON (``draw(m, x, maps)``: the (N, H, W)
+    pictures of maps that are not the input's, e.g. a layer's)."""
     m = load(model, device=device).with_output(head)
     inputs = load_inputs(m, images, data, count or (DEFAULT_DATA_COUNT if data else None), scale, mean, std, named)
     indices = m.resolve_target(inputs.x, parse_target(target), of)
@@ -81,7 +82,8 @@ def run_method(method: str, model: Path, images, data, count, target, of, output
         announce(method, plan(m, inputs.x, indices), dry_run)
     with tracked(method) as progress:
         maps = compute(m, inputs.x, indices, progress)
-    write_results(method, m, inputs, maps, indices, target, of, Folder(output, force), cmap, options)
+    write_results(method, m, inputs, maps, indices, target, of, Folder(output, force), cmap, options,
+                  None if draw is None else draw(m, inputs.x, maps))
 
 
 def gradient_plan(per_image: int, of: str, batch_size: int | None, modifier: str | None = None):
@@ -119,12 +121,16 @@ def _primary(m: Model, x: engine.Inputs) -> np.ndarray:
 
 
 def write_results(method: str, m: Model, inputs: Inputs, maps, indices, target: str, of: str,
-                  folder: Folder, cmap: str, options: dict) -> None:
+                  folder: Folder, cmap: str, options: dict, pictures: np.ndarray | None = None) -> None:
     """One PNG per image (input | map | overlay), the maps as .npy, and a JSON summary (the target of
     each image: its index, or the --target text for a region or cotangent). Maps per input (a model
-    with several) are written as ``<method>_<input>.npy``, the primary input's also as pictures."""
+    with several) are written as ``<method>_<input>.npy``, the primary input's also as pictures.
+    ``pictures``: (N, H, W) maps to draw instead (e.g. a layer's map upsampled to the image)."""
     probabilities = m.predict(inputs.x).reshape(len(inputs.names), -1)
-    if isinstance(maps, dict):
+    if pictures is not None:
+        folder.npy(f"{method}.npy", maps)
+        maps = pictures
+    elif isinstance(maps, dict):
         for name, values in maps.items():
             folder.npy(f"{method}_{name}.npy", values)
         maps = maps[m.input_name]

@@ -17,7 +17,7 @@ from onnx import helper
 from onnxsight.engine import graph as g
 from onnxsight.engine import targets
 from onnxsight.engine.augment import Augmented, augment_model
-from onnxsight.engine.autodiff import Modifier
+from onnxsight.engine.autodiff import Modifier, build_vjp
 from onnxsight.engine.exporters import torch_layer_names
 from onnxsight.engine.metadata import ModelMetadata
 from onnxsight.engine.session import first_line, open_session, providers_for
@@ -341,6 +341,45 @@ class Model:
             batch = {FED + tensor: value[run], **{n: v[picked] for n, v in context.items()}}
             chunks.append(self._run_chunk(session, list(outputs), batch, fixed))
         return [np.concatenate(parts) for parts in zip(*chunks)]
+
+    def vjp_from(
+        self, tensor: str, value: np.ndarray, of: str, cotangent: np.ndarray, x: Inputs | None = None,
+        images: np.ndarray | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> np.ndarray:
+        """``d(sum(of * cotangent))/d(tensor)`` at ``value`` (rows, ...) fed in place of the tensor
+        ``tensor`` (the graph from there on, as ``run_from``; the augmented model and its session
+        cached). Where that part still reads the model's inputs, row r gets row ``images[r]``
+        (default r) of the batch ``x``."""
+        tensor, of = self.tensor(tensor), self.tensor(of)
+        key = (FED + tensor, "vjp", of)
+        if key not in self._sessions:
+            fed = g.fed_at(self.proto, tensor, FED + tensor, [of], self.values)
+            feed = next(v for v in fed.graph.input if v.name == FED + tensor)
+            feed.type.CopyFrom(self.values[tensor].type)  # its rank: the rules need it
+            if of not in g.dependent_tensors(fed.graph, [FED + tensor]):
+                raise InvalidArgument(f"{of!r} does not depend on {tensor!r}: nothing to differentiate")
+            vjp = build_vjp(fed, of, [FED + tensor])
+            self._sessions[key] = (open_session(with_outputs(vjp.model, [vjp.gradients[FED + tensor]],
+                                                             g.value_infos(vjp.model)),
+                                                self.providers, self.source, self.threads), vjp)
+        session, vjp = self._sessions[key]
+        if len(cotangent) != len(value):
+            raise InvalidArgument(f"cotangent has {len(cotangent)} rows for {len(value)} values of {tensor!r}")
+        read = {i.name for i in session.get_inputs()} - {FED + tensor, vjp.cotangent}
+        if read and x is None:
+            raise InvalidArgument(f"the graph from {tensor!r} on also reads {', '.join(sorted(read))}: pass x")
+        context = {n: v for n, v in self.input_feeds(self.check_input(x)).items() if n in read} if read else {}
+        cotangent = np.ascontiguousarray(cotangent, dtype=self.dtype_of(of))
+        value = np.ascontiguousarray(value, dtype=self.dtype_of(tensor))
+        fixed = self.input_shape[0]
+        step = fixed if isinstance(fixed, int) else _positive(batch_size, "batch_size")
+        chunks = []
+        for start in range(0, len(value), step):
+            run = slice(start, start + step)
+            picked = run if images is None else images[run]
+            batch = {FED + tensor: value[run], vjp.cotangent: cotangent[run], **{n: v[picked] for n, v in context.items()}}
+            chunks.append(self._run_chunk(session, [vjp.gradients[FED + tensor]], batch, fixed)[0])
+        return np.concatenate(chunks)
 
     def check_input(self, x: Inputs) -> Inputs:
         """``x`` in the model's input dtypes — one array for a one-input model, a dict by input name
