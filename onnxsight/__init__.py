@@ -7,6 +7,7 @@ from onnxsight.engine.targets import Region
 from onnxsight.errors import OnnxsightError
 from onnxsight.methods.cam import gradcam
 from onnxsight.methods.dataset import class_saliency, embedding, top_k_images
+from onnxsight.methods.deeplift import deeplift, deeplift_gap, deeplift_shap, deeplift_shap_gap
 from onnxsight.methods.integrated_gradients import completeness_gap, integrated_gradients
 from onnxsight.methods.maximize import Maximization, maximize
 from onnxsight.methods.occlusion import occlusion
@@ -29,6 +30,7 @@ def convert_keras(model_or_path, output_path, **options):
 __all__ = [
     "BatchResult", "GradcheckReport", "Layer", "Maximization", "Model", "OnnxsightError", "ReportData",
     "ReportOptions", "Region", "attention_rollout", "augment", "class_saliency", "completeness_gap", "convert_keras", "embedding",
+    "deeplift", "deeplift_gap", "deeplift_shap", "deeplift_shap_gap",
     "export_explainer", "gradcam", "gradcheck", "integrated_gradients", "load", "maximize", "occlusion",
     "run_batch", "saliency", "top_k_images", "write_report", "__version__"
 ]

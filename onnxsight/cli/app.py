@@ -11,6 +11,7 @@ from onnxsight import __version__
 from onnxsight.cli import (
     attribution, batch, convert, dataset_views, demo, gradients, layers, maximize, models, report, serve,
 )
+from onnxsight.cli import deeplift
 from onnxsight.cli.options import err
 from onnxsight.errors import OnnxsightError
 
@@ -72,6 +73,8 @@ app.command("gradcheck")(gradients.gradcheck)
 app.command("saliency")(attribution.saliency)
 app.command("smoothgrad")(attribution.smoothgrad)
 app.command("ig")(attribution.ig)
+app.command("deeplift")(deeplift.deeplift)
+app.command("deepliftshap")(deeplift.deepliftshap)
 app.command("rollout")(attribution.rollout)
 app.command("gradcam")(attribution.gradcam)
 app.command("occlusion")(attribution.occlusion)
