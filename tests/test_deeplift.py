@@ -315,3 +315,27 @@ def test_bad_options_are_invalid_arguments(model, images, options, message):
 def test_bad_shap_baselines_are_invalid_arguments(model, images):
     with pytest.raises(InvalidArgument, match=r"baselines for .* must have shape \(K, 28, 28, 1\)"):
         deeplift_shap(model, images, baselines=np.zeros((28, 28, 1), np.float32))
+
+
+def test_two_inputs_get_one_map_each_and_share_the_delta(tmp_path):
+    """a (N, 4) and b (N, 3) → Tanh(a·Wa + b·Wb) → Gemm: a dict per input, the sum over both is the delta."""
+    rng = np.random.default_rng(5)
+    wa, wb, w = (rng.normal(0, 1, s).astype(np.float32) for s in ((4, 6), (3, 6), (6, 3)))
+    nodes = [helper.make_node("MatMul", ["a", "wa"], ["za"], name="ma"), helper.make_node("MatMul", ["b", "wb"], ["zb"], name="mb"),
+             helper.make_node("Add", ["za", "zb"], ["z"], name="add"), helper.make_node("Tanh", ["z"], ["h"], name="tanh"),
+             helper.make_node("MatMul", ["h", "w"], ["logits"], name="out")]
+    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 4]),
+                                             helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 3])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+                              [numpy_helper.from_array(v, n) for v, n in ((wa, "wa"), (wb, "wb"), (w, "w"))])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "two.onnx")
+    model = onnxsight.load(tmp_path / "two.onnx", device="cpu")
+    x = {"a": rng.normal(0, 1, (5, 4)).astype(np.float32), "b": rng.normal(0, 1, (5, 3)).astype(np.float32)}
+    maps = deeplift(model, x, 1, baseline={"a": 0.5})
+    a, b, a0 = (np.asarray(v, np.float64) for v in (x["a"], x["b"], np.full((5, 4), 0.5)))
+    z, z0 = a @ wa + b @ wb, a0 @ wa + np.zeros_like(b) @ wb  # b's reference is "black" too
+    m = (np.tanh(z) - np.tanh(z0)) / (z - z0) * w[:, 1]
+    assert relative_error(maps["a"], (a - a0) * (m @ wa.T)) < RTOL
+    assert relative_error(maps["b"], b * (m @ wb.T)) < RTOL
+    gap = deeplift_gap(model, x, maps, 1, baseline={"a": 0.5})
+    assert gap.max() < 1e-5 * sum(np.abs(v).sum(axis=1) for v in maps.values()).max()
