@@ -20,7 +20,8 @@ from onnxsight.kernels.attribution import choice
 from onnxsight.methods.common import gradient_batch_size, rows_of
 
 Reduce = Annotated[str, typer.Option(help="Channel reduction for the picture: sum (default), mean or max.")]
-Eps = Annotated[float, typer.Option(min=0.0, help="Below this |Δx| a nonlinearity passes its gradient (Captum's 1e-10).")]
+Eps = Annotated[float, typer.Option(min=0.0, help="Below this |Δx| a nonlinearity passes its gradient "
+                                                  "(Captum's 1e-10).")]
 Multipliers = Annotated[bool, typer.Option("--multipliers", help="Write the multipliers, not (x − x₀) × multipliers "
                                                                  "(Captum's multiply_by_inputs=False).")]
 

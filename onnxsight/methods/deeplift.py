@@ -173,8 +173,8 @@ def reference_set(model: Model, inputs: dict[str, np.ndarray], baselines, wrt: l
     for name, value in given.items():
         array = np.asarray(value, dtype=inputs[name].dtype)
         if array.ndim != inputs[name].ndim or array.shape[1:] != inputs[name].shape[1:] or len(array) == 0:
-            raise InvalidArgument(f"baselines for {name!r} must have shape (K, {', '.join(map(str, inputs[name].shape[1:]))})"
-                                  f" with K >= 1, got {array.shape}")
+            dims = ", ".join(map(str, inputs[name].shape[1:]))
+            raise InvalidArgument(f"baselines for {name!r} must have shape (K, {dims}) with K >= 1, got {array.shape}")
         if not np.isfinite(array).all():
             raise InvalidArgument(f"baselines for {name!r} hold non-finite values")
         references[name] = array
@@ -189,8 +189,10 @@ def targets_of(resolved: targets.Resolved, images: np.ndarray) -> targets.Resolv
     return None if resolved is None else resolved[images]
 
 
-def _multipliers(model, inputs, references, images, refs, indices, of, wrt, eps, batch_size, tally) -> dict[str, np.ndarray]:
-    """The multipliers of each pair (image ``images[i]``, reference row ``refs[i]``), ``batch_size // 2`` pairs per run."""
+def _multipliers(model, inputs, references, images, refs, indices, of, wrt, eps, batch_size,
+                 tally) -> dict[str, np.ndarray]:
+    """The multipliers of each pair (image ``images[i]``, reference row ``refs[i]``), ``batch_size // 2``
+    pairs per run."""
     runs = []
     for run in tally.runs(len(images), batch_size // 2):
         mine = {name: value[images[run]] for name, value in inputs.items()}
