@@ -80,10 +80,11 @@ def _eps(g: GraphBuilder, n: Node, like: str) -> str:
 
 def _rescaled(g: GraphBuilder, n: Node, numerator: str, dx: str, exact: str) -> str:
     """``numerator / Δx`` (both as ``t − swap(t)``: the signs cancel), and the exact gradient
-    where ``|Δx| < eps`` (Captum's ``torch.where``)."""
-    small = g.op("Less", g.op("Abs", dx), _eps(g, n, dx))
-    safe = g.where(small, g.const(1.0, like=dx), dx)
-    return g.op("Where", small, exact, g.op("Div", numerator, safe))
+    where ``|Δx| < eps`` (Captum's ``torch.where``), as products (faster in onnxruntime than Where;
+    a non-finite exact gradient where Δx is not small gives NaN, not the ratio)."""
+    small = g.mask(g.op("Less", g.op("Abs", dx), _eps(g, n, dx)), dx)
+    ratio = g.op("Div", numerator, g.op("Add", dx, small))  # the ratio is not used where Δx is small
+    return g.op("Add", ratio, g.op("Mul", small, g.op("Sub", exact, ratio)))
 
 
 @rule(*RESCALED, modifier=MODIFIER)
@@ -103,7 +104,7 @@ def max_pool(g: GraphBuilder, n: Node):
     top = g.op("Max", n.y, swap(g, n.y))  # max(y, y₀) in both halves
     pooled = g.op("Mul", signs, g.op("Sub", top, swap(g, n.y)))  # c − y₀ | y − c
     exact = RULES["MaxPool"](g, n)[0]
-    placed = RULES["MaxPool"](g, dataclasses.replace(n, cots=[g.op("Mul", n.gy, pooled), *n.cots[1:]]))[0]
+    placed = g.routed[exact].place(g.op("Mul", n.gy, pooled))  # the same window maxima, found once
     summed = g.op("Mul", g.op("Add", placed, swap(g, placed)), signs)  # over Δx as x − swap(x): signs cancel
     return [_rescaled(g, n, summed, difference(g, n.x), exact)]
 
