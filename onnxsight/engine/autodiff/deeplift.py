@@ -12,13 +12,15 @@ halves. Each rule faces every row with its partner in the other half (the halves
 - MaxPool: Captum's rule — with ``c = max(y, y₀)`` the pooled differences ``c − y₀`` (input half)
   and ``y − c`` (reference half) are placed at the window maxima of their own half, the two
   placements summed and divided by Δx;
-- Mul and MatMul of two data-dependent operands (Swish ``x·σ(x)``, squeeze-and-excitation
+- Mul, MatMul and Gemm of two data-dependent operands (Swish ``x·σ(x)``, squeeze-and-excitation
   gates): each operand's cotangent uses the other operand's mean over the two halves,
   ``Δ(ab) = ā·Δb + b̄·Δa`` exactly (the Shapley split of a product); with the Sigmoid's rescale
   this is the rescale multiplier of Swish as one activation, with no pattern pass;
-- linear and structural ops keep their exact gradient (``KEPT``): Δ passes through them exactly.
+- linear and structural ops keep their exact gradient (``KEPT``, and Conv/ConvTranspose with
+  constant filters, Div by a constant, Mul/MatMul/Gemm by a constant): Δ passes through them exactly.
 
-Every other op on the path is an error naming it. Captum instead applies the plain gradient to
+Every other op on the path is an error naming it (GlobalMaxPool, ReduceMax, Max/Min, Exp, Log,
+Sqrt, LayerNormalization, a data-dependent Div denominator or Conv filter, ...). Captum instead applies the plain gradient to
 any op it has no hook for (functional ``torch.mul``, ``nn.SiLU``, LayerNorm, a Div by a
 data-dependent tensor, ...), which silently breaks summation-to-delta; an error here says
 which op would have done so. Softmax is refused as well: Captum's rule treats it as elementwise
@@ -41,7 +43,7 @@ MODIFIER = "deeplift"
 EPS = 1e-10  # Captum's default: below it, Δx counts as zero and the gradient is used
 
 KEPT = (
-    "Conv", "ConvTranspose", "Gemm", "BatchNormalization", "AveragePool", "GlobalAveragePool",
+    "BatchNormalization", "AveragePool", "GlobalAveragePool",
     "ReduceSum", "ReduceMean", "Add", "Sub", "Sum", "Neg", "Identity", "Dropout",
     "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Expand", "Concat", "Split", "Slice", "Pad", "Resize",
     "Gather",
@@ -121,10 +123,11 @@ def _means(g: GraphBuilder, n: Node) -> Node:
     return dataclasses.replace(n, proto=proto)
 
 
-@rule("Mul", "MatMul", modifier=MODIFIER)
+@rule("Mul", "MatMul", "Gemm", modifier=MODIFIER)
 def product(g: GraphBuilder, n: Node):
     """Exact for a constant factor; for two data-dependent factors the Shapley split
-    ``Δ(ab) = ā·Δb + b̄·Δa`` (each cotangent uses the other factor's mean over the halves)."""
+    ``Δ(ab) = ā·Δb + b̄·Δa`` (each cotangent uses the other factor's mean over the halves;
+    Gemm's C, a sum, keeps its exact cotangent)."""
     if all(n.active[:2]):
         return RULES[n.op_type](g, _means(g, n))
     return RULES[n.op_type](g, n)
@@ -137,6 +140,14 @@ def div(g: GraphBuilder, n: Node):
         raise UnsupportedOp(f"no deeplift rule for op Div with a data-dependent denominator (node {n.name!r}); "
                             "only division by a constant keeps summation-to-delta")
     return RULES["Div"](g, n)
+
+
+@rule("Conv", "ConvTranspose", modifier=MODIFIER)
+def convolution(g: GraphBuilder, n: Node):
+    """Exact for constant filters (a linear map); filters computed from the input are an error."""
+    if n.active[1]:
+        raise UnsupportedOp(f"no deeplift rule for op {n.op_type} with data-dependent filters (node {n.name!r})")
+    return RULES[n.op_type](g, n)
 
 
 @rule("Softmax", "LogSoftmax", modifier=MODIFIER)
