@@ -70,7 +70,8 @@ def export_explainer(
     method: "saliency" (|gradient| of the target logit, max over channels), "guided" (the same
         with guided backprop), "gradcam" (Grad-CAM at ``layer``, ReLU, bilinear upsampling),
         "guided-gradcam" (Grad-CAM × guided saliency) or "smoothgrad" (mean |gradient| over
-        ``samples`` noisy copies with σ = ``noise`` × each image's value range).
+        ``samples`` noisy copies with σ = ``noise`` × each image's value range) or "deeplift"
+        (channel sum of DeepLIFT attributions against the black reference, see ``_deeplift_explainer``).
     layer: the CAM layer, default :func:`onnxsight.methods.cam.default_cam_layer`.
     samples, noise, seed: SmoothGrad's noise, drawn once at export with
         :func:`onnxsight.kernels.attribution.smoothgrad_noise` for a single image and baked into
