@@ -69,7 +69,7 @@ def export_explainer(
 
     method: "saliency" (|gradient| of the target logit, max over channels), "guided" (the same
         with guided backprop), "gradcam" (Grad-CAM at ``layer``, ReLU, bilinear upsampling),
-        "guided-gradcam" (Grad-CAM × guided saliency) or "smoothgrad" (mean |gradient| over
+        "guided-gradcam" (Grad-CAM × guided saliency), "smoothgrad" (mean |gradient| over
         ``samples`` noisy copies with σ = ``noise`` × each image's value range) or "deeplift"
         (channel sum of DeepLIFT attributions against the black reference, see ``_deeplift_explainer``).
     layer: the CAM layer, default :func:`onnxsight.methods.cam.default_cam_layer`.
