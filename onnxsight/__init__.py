@@ -8,6 +8,7 @@ from onnxsight.errors import OnnxsightError
 from onnxsight.methods.cam import gradcam
 from onnxsight.methods.dataset import class_saliency, embedding, top_k_images
 from onnxsight.methods.gradient_shap import gradient_shap
+from onnxsight.methods.deeplift import deeplift, deeplift_gap, deeplift_shap, deeplift_shap_gap
 from onnxsight.methods.integrated_gradients import completeness_gap, integrated_gradients
 from onnxsight.methods.layer_attribution import (
     layer_conductance, layer_gradient_x_activation, layer_integrated_gradients, neuron_gradient,
@@ -34,6 +35,7 @@ def convert_keras(model_or_path, output_path, **options):
 __all__ = [
     "BatchResult", "GradcheckReport", "Layer", "Maximization", "Model", "OnnxsightError", "ReportData",
     "ReportOptions", "Region", "attention_rollout", "augment", "class_saliency", "completeness_gap", "convert_keras", "embedding",
+    "deeplift", "deeplift_gap", "deeplift_shap", "deeplift_shap_gap",
     "export_explainer", "gradcam", "gradcheck", "integrated_gradients", "load", "maximize", "occlusion",
     "run_batch", "saliency", "top_k_images", "write_report", "__version__",
     "gradient_shap", "layer_conductance", "layer_gradient_x_activation", "layer_integrated_gradients",

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 import onnxsight
 from onnxsight.cli.app import app
 from onnxsight.errors import InvalidArgument
+from onnxsight.kernels.colors import normalize_each
 from onnxsight.serving.explainer import EXPLAINER, METHODS, export_explainer
 from onnxsight.serving.triton import config_pbtxt, write_triton_entry
 from tests.foreign_models import nchw_cnn
@@ -41,6 +42,7 @@ CASES = {
     "gradcam": ({}, lambda m, x, t: onnxsight.gradcam(m, x, target=t)),
     "guided-gradcam": ({}, lambda m, x, t: onnxsight.gradcam(m, x, target=t, guided=True)),
     "smoothgrad": (SMOOTH, _smoothgrad),
+    "deeplift": ({}, lambda m, x, t: normalize_each(onnxsight.deeplift(m, x, target=t, reduce="sum"))),
 }
 
 

@@ -12,6 +12,7 @@ from onnxsight.cli import (
     attribution, batch, convert, dataset_views, demo, gradients, layers, maximize, models, report, serve,
 )
 from onnxsight.cli import layer_attribution
+from onnxsight.cli import deeplift
 from onnxsight.cli.options import err
 from onnxsight.errors import OnnxsightError
 
@@ -73,6 +74,8 @@ app.command("gradcheck")(gradients.gradcheck)
 app.command("saliency")(attribution.saliency)
 app.command("smoothgrad")(attribution.smoothgrad)
 app.command("ig")(attribution.ig)
+app.command("deeplift")(deeplift.deeplift)
+app.command("deepliftshap")(deeplift.deepliftshap)
 app.command("rollout")(attribution.rollout)
 app.command("gradcam")(attribution.gradcam)
 app.command("occlusion")(attribution.occlusion)

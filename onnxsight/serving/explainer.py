@@ -36,7 +36,7 @@ from onnxsight.kernels.attribution import noise_scale, smoothgrad_noise
 from onnxsight.methods.cam import check_cam_layer, default_cam_layer
 from onnxsight.methods.common import attributed_inputs, require_image
 
-METHODS = ("saliency", "guided", "gradcam", "guided-gradcam", "smoothgrad")
+METHODS = ("saliency", "guided", "gradcam", "guided-gradcam", "smoothgrad", "deeplift")
 IMAGE, TARGET = "image", "target"  # inputs
 PROBABILITIES, TARGET_CLASS, HEATMAP = "probabilities", "target_class", "heatmap"  # outputs
 PUBLIC_NAMES = (IMAGE, TARGET, PROBABILITIES, TARGET_CLASS, HEATMAP)
@@ -69,8 +69,9 @@ def export_explainer(
 
     method: "saliency" (|gradient| of the target logit, max over channels), "guided" (the same
         with guided backprop), "gradcam" (Grad-CAM at ``layer``, ReLU, bilinear upsampling),
-        "guided-gradcam" (Grad-CAM × guided saliency) or "smoothgrad" (mean |gradient| over
-        ``samples`` noisy copies with σ = ``noise`` × each image's value range).
+        "guided-gradcam" (Grad-CAM × guided saliency), "smoothgrad" (mean |gradient| over
+        ``samples`` noisy copies with σ = ``noise`` × each image's value range) or "deeplift"
+        (channel sum of DeepLIFT attributions against the black reference, see ``_deeplift_explainer``).
     layer: the CAM layer, default :func:`onnxsight.methods.cam.default_cam_layer`.
     samples, noise, seed: SmoothGrad's noise, drawn once at export with
         :func:`onnxsight.kernels.attribution.smoothgrad_noise` for a single image and baked into
@@ -82,6 +83,8 @@ def export_explainer(
     """
     model = with_dynamic_batch(model)
     input_axis, cam_layer = _check(model, method, layer, samples)
+    if method == "deeplift":
+        return _deeplift_explainer(model, input_axis)
     others = [name for name in model.input_names if name != model.input_name]
     tracked = [model.input_name, model.head, model.tensor("logits"), *others]
     proto, names = _free_public_names(model.proto, tracked + ([model.tensor(cam_layer)] if cam_layer else []))
@@ -171,6 +174,57 @@ def export_explainer(
     }
     replaced = [x, *cotangents, *(others.values() if copies else ())]
     return _assemble(proto, g.nodes, inputs, outputs, replaced, description)
+
+
+def _deeplift_explainer(model: Model, input_axis: int) -> onnx.ModelProto:
+    """DeepLIFT (rescale) against the black reference: the graph stacks ``[image; zeros]`` along the
+    batch, takes the ``deeplift`` VJP with the one-hot cotangent in both halves, and maps
+    Σ_channels image × multipliers of the image rows, min-max normalised. Equal per image to
+    ``normalize_each(onnxsight.deeplift(m, x, t, reduce="sum"))``."""
+    from onnxsight.engine.autodiff import Modifier
+    from onnxsight.engine.autodiff.deeplift import EPS, MODIFIER
+
+    if len(model.input_names) > 1:
+        raise InvalidArgument(f"the deeplift explainer takes a model with one input; {model.source} has "
+                              f"{', '.join(model.input_names)}")
+    proto, (x, output, logits) = _free_public_names(model.proto, [model.input_name, model.head, model.tensor("logits")])
+    vjp = build_vjp(proto, logits, [x], modifier=Modifier(MODIFIER, eps=EPS))
+    proto = vjp.model
+    infos = value_infos(proto)
+    elem = infos[x].type.tensor_type.elem_type
+    size = tuple(d for axis, d in enumerate(model.input_shape) if axis not in (0, input_axis))
+    classes = math.prod(model.shapes[model.tensor("logits")][1:])
+    inputs = [helper.make_tensor_value_info(IMAGE, elem, [_BATCH, *model.input_shape[1:]]),
+              helper.make_tensor_value_info(TARGET, TensorProto.INT64, [_TARGETS])]
+    outputs = [
+        helper.make_tensor_value_info(PROBABILITIES, infos[output].type.tensor_type.elem_type, [_BATCH, classes]),
+        helper.make_tensor_value_info(TARGET_CLASS, TensorProto.INT64, [_BATCH]),
+        helper.make_tensor_value_info(HEATMAP, elem, [_BATCH, *size]),
+    ]
+    g = GraphBuilder(infos | {v.name: v for v in inputs}, opset_version(proto),
+                     free_name([*tensor_names(proto.graph), *(n.name for n in proto.graph.node)], "onnxsight/explain"))
+    g.scope("input")
+    batch = g.dim(IMAGE, 0)
+    _alias(g, g.op("Concat", IMAGE, g.zeros_like(IMAGE), axis=0), x)  # rows: the images, then their references
+    clean = lambda t: g.op("Slice", t, g.ints([0]), batch)  # noqa: E731  (the image rows)
+    g.scope("target")
+    resolved, one_hot = _one_hot(g, clean(logits), clean(logits), batch, 0)
+    _alias(g, g.op("Concat", one_hot, one_hot, axis=0), vjp.cotangent)
+    g.scope("heatmap")
+    attributions = g.op("Mul", IMAGE, clean(vjp.gradients[x]))
+    heatmap = _normalize(g, g.reduce_sum(attributions, [input_axis], keepdims=0))
+    g.scope("outputs")
+    _alias(g, g.op("Flatten", clean(output), axis=1), PROBABILITIES)
+    _alias(g, resolved, TARGET_CLASS)
+    _alias(g, heatmap, HEATMAP)
+    description = {
+        "method": "deeplift", "layer": None, "of": "logits", "head": model.head, "classes": classes,
+        "baseline": "black", "eps": EPS, "source": Path(model.source).name, "input_layout": model.input_layout,
+        "optional_inputs": [TARGET],
+        "meaning": "heatmap: (N, H, W) channel sum of DeepLIFT attributions against zeros, min-max normalised per "
+                   "image; target < 0 (default) explains the predicted class",
+    }
+    return _assemble(proto, g.nodes, inputs, outputs, [x, vjp.cotangent], description)
 
 
 def _check(model: Model, method: str, layer: str | None, samples: int) -> tuple[int, str | None]:
