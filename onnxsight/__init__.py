@@ -7,11 +7,16 @@ from onnxsight.engine.targets import Region
 from onnxsight.errors import OnnxsightError
 from onnxsight.methods.cam import gradcam
 from onnxsight.methods.dataset import class_saliency, embedding, top_k_images
+from onnxsight.methods.feature_ablation import feature_ablation
 from onnxsight.methods.integrated_gradients import completeness_gap, integrated_gradients
+from onnxsight.methods.lime import kernel_shap, lime
 from onnxsight.methods.maximize import Maximization, maximize
 from onnxsight.methods.occlusion import occlusion
+from onnxsight.methods.rise import rise
 from onnxsight.methods.rollout import attention_rollout
 from onnxsight.methods.saliency import saliency
+from onnxsight.methods.shapley import shapley_value_sampling, shapley_values
+from onnxsight.methods.superpixels import superpixels
 from onnxsight.report import ReportData, ReportOptions, write_report
 from onnxsight.scale.run import BatchResult, run_batch
 from onnxsight.serving.explainer import export_explainer
@@ -30,5 +35,6 @@ __all__ = [
     "BatchResult", "GradcheckReport", "Layer", "Maximization", "Model", "OnnxsightError", "ReportData",
     "ReportOptions", "Region", "attention_rollout", "augment", "class_saliency", "completeness_gap", "convert_keras", "embedding",
     "export_explainer", "gradcam", "gradcheck", "integrated_gradients", "load", "maximize", "occlusion",
-    "run_batch", "saliency", "top_k_images", "write_report", "__version__"
+    "run_batch", "saliency", "top_k_images", "write_report", "__version__",
+    "feature_ablation", "kernel_shap", "lime", "rise", "shapley_value_sampling", "shapley_values", "superpixels",
 ]
