@@ -9,7 +9,7 @@ from rich.markup import escape
 
 from onnxsight import __version__
 from onnxsight.cli import (
-    attribution, batch, convert, dataset_views, demo, gradients, layers, maximize, models, report, serve,
+    attribution, batch, convert, dataset_views, demo, gradients, layers, maximize, models, perturbation, report, serve,
 )
 from onnxsight.cli.options import err
 from onnxsight.errors import OnnxsightError
@@ -75,6 +75,11 @@ app.command("ig")(attribution.ig)
 app.command("rollout")(attribution.rollout)
 app.command("gradcam")(attribution.gradcam)
 app.command("occlusion")(attribution.occlusion)
+app.command("ablation")(perturbation.ablation)
+app.command("shapley")(perturbation.shapley)
+app.command("kernelshap")(perturbation.kernelshap)
+app.command("lime")(perturbation.lime)
+app.command("rise")(perturbation.rise)
 app.command("class-saliency")(dataset_views.class_saliency)
 app.command("top-k")(dataset_views.top_k)
 app.command("embed")(dataset_views.embed)
