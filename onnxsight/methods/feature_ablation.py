@@ -44,14 +44,13 @@ def feature_ablation(
     p = prepare(model, x, target, "feature ablation", of=of, output=output, baseline=baseline,
                 feature_mask=feature_mask, segments=segments, batch_size=batch_size)
     n, features = len(p.x), p.features
-    owners = np.repeat(np.arange(n), features + 1)  # per image: x itself, then feature j hidden (j < M_i)
-    hidden = np.tile(np.arange(-1, features), n)
+    # per image: x itself (hidden = −1), then each of its own features hidden in turn
+    owners = np.concatenate([np.full(m + 1, i) for i, m in enumerate(p.counts)])
+    hidden = np.concatenate([np.arange(-1, m) for m in p.counts])
 
     def present(rows: np.ndarray) -> np.ndarray:
         return np.arange(features)[None, :] != hidden[rows][:, None]
 
-    keep = hidden < p.counts[owners]  # rows past an image's own features are not run
-    owners, hidden = owners[keep], hidden[keep]
     scores = coalition_scores(p, owners, present, progress)
     clean = scores[hidden == -1]
     drops = np.zeros((n, features))
