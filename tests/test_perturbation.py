@@ -375,3 +375,32 @@ def test_cnn_ablation_equals_the_keras_models_score_drops(model, mnist_keras, di
     scores = mnist_keras.predict(hidden.reshape(-1, 28, 28, 1), verbose=0).reshape(len(hidden), 2, -1).astype(np.float64)
     want = np.stack([clean[i, t] - scores[:, i, t] for i, t in enumerate([7, 2])])[:, labels]
     assert relative(got, want) < 1e-4
+
+
+def test_a_second_input_is_held_at_each_images_value(tmp):
+    """score = x·w + (x·u)(aux·a): ablating x's features must score each copy with its own image's aux."""
+    rng = np.random.default_rng(11)
+    w, u, a = (rng.normal(size=(H * W * C, 1)).astype(np.float32) for _ in range(3))
+    a = a[:4]
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["lin"]),
+             helper.make_node("MatMul", ["f", "u"], ["p"]), helper.make_node("MatMul", ["aux", "a"], ["q"]),
+             helper.make_node("Mul", ["p", "q"], ["pq"]), helper.make_node("Add", ["lin", "pq"], ["y"])]
+    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, H, W, C]),
+                                             helper.make_tensor_value_info("aux", TensorProto.FLOAT, [None, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+                              [numpy_helper.from_array(v, n) for v, n in [(w, "w"), (u, "u"), (a, "a")]])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp / "two.onnx")
+    model = onnxsight.load(tmp / "two.onnx", device="cpu")
+    x = rng.normal(size=(3, H, W, C)).astype(np.float32)
+    aux = rng.normal(size=(3, 4)).astype(np.float32)
+    labels = random_labels(4)
+    got = per_feature(onnxsight.feature_ablation(model, {"x": x, "aux": aux}, target=0, feature_mask=labels), labels)
+    ids = feature_of(labels)
+    f = x.astype(np.float64).reshape(3, H, W, C)
+    per_pixel = lambda v: (f * v[:, 0].reshape(H, W, C)).sum(axis=-1)  # noqa: E731
+    lin, inner = per_pixel(w), per_pixel(u)
+    gain = aux.astype(np.float64) @ a[:, 0]
+    want = np.stack([[lin[i][ids == j].sum() + inner[i][ids == j].sum() * gain[i] for j in range(4)] for i in range(3)])
+    assert relative(got, want) < F32
+    maps = onnxsight.rise(model, {"x": x, "aux": aux}, target=0, masks=50, cells=3, of="output")
+    assert maps.shape == (3, H, W)
