@@ -1,4 +1,5 @@
-"""RISE (Petsiuk et al. 2018): the target's score averaged over random smooth masks, each pixel weighted by how much it was shown."""
+"""RISE (Petsiuk et al. 2018): the target's score averaged over random smooth masks, per pixel weighted
+by how much of it each mask showed."""
 
 from __future__ import annotations
 
