@@ -35,8 +35,9 @@ def shapley_value_sampling(
 
     For each order (``samples`` permutations per image, each image's from its own
     ``numpy.random.default_rng(seed)``, so that its values do not depend on the other images), start
-    from the baseline everywhere and show the features of x one by one in that order; a feature's contribution is the score after it is shown minus the score before (Captum's
-    ShapleyValueSampling, default 25 samples). The contributions of one order sum to
+    from the baseline everywhere and show the features of x one by one in that order; a feature's
+    contribution is the score after it is shown minus the score before (Captum's ShapleyValueSampling,
+    default 25 samples). The contributions of one order sum to
     score(x) − score(baseline), so their mean does too. 1 + samples · M copies per image.
 
     target, of, output, feature_mask, segments, baseline, batch_size, progress: as for
