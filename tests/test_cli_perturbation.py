@@ -91,3 +91,13 @@ def test_dry_run_prints_the_number_of_passes(runner, mnist_onnx):
 def test_bad_options_are_one_red_line(runner, mnist_onnx, args, fragment):
     result = invoke(runner, *[a.replace("{model}", str(mnist_onnx)) for a in args])
     assert result.exit_code == 1 and fragment in result.output and "Traceback" not in result.output
+
+
+def test_slic_mask_gives_the_librarys_superpixels(runner, tmp_path, mnist_onnx, model, x):
+    pytest.importorskip("skimage")
+    result = invoke(runner, "lime", mnist_onnx, "--data", "digits", "--count", "2", "--mask", "slic", "--segments", "20",
+                    "--samples", "50", "--regression", "linear", "-o", tmp_path)
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(np.load(tmp_path / "lime.npy"),
+                               onnxsight.lime(model, x, feature_mask="slic", segments=20, samples=50, regression="linear"),
+                               rtol=1e-5, atol=1e-6)
