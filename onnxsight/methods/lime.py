@@ -186,7 +186,7 @@ def constrained_fit(z: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> n
     design = zi[:, :-1] - zi[:, -1:]
     target = y - zi[:, -1] * total
     root = np.sqrt(w)[:, None]
-    head = np.linalg.lstsq(root * design, root[:, 0] * target, rcond=None)[0]
+    head = least_squares(root * design, root[:, 0] * target)
     return np.r_[head, total - head.sum()]
 
 
@@ -245,4 +245,11 @@ def weighted_least_squares(z: np.ndarray, y: np.ndarray, w: np.ndarray, alpha: f
     if alpha > 0:
         return np.linalg.solve(zc.T @ (w[:, None] * zc) + alpha * np.eye(z.shape[1]), zc.T @ (w * yc))
     root = np.sqrt(w)[:, None]
-    return np.linalg.lstsq(root * zc, root[:, 0] * yc, rcond=None)[0]
+    return least_squares(root * zc, root[:, 0] * yc)
+
+
+def least_squares(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The minimum-norm c minimising ‖a c − b‖, from the normal equations (M × M, pinv(aᵀa) aᵀ = pinv(a)):
+    LAPACK on the tall (S × M) matrix right after an onnxruntime run can take 100× longer, its threads
+    meeting onnxruntime's spinning ones; the squared condition number of a 0/1 design is harmless in float64."""
+    return np.linalg.lstsq(a.T @ a, a.T @ b, rcond=None)[0]
