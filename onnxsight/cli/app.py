@@ -9,10 +9,9 @@ from rich.markup import escape
 
 from onnxsight import __version__
 from onnxsight.cli import (
-    attribution, batch, convert, dataset_views, demo, gradients, layers, maximize, models, report, serve,
+    attribution, batch, convert, dataset_views, deeplift, demo, gradients, layer_attribution, layers, maximize, models,
+    perturbation, report, serve,
 )
-from onnxsight.cli import layer_attribution
-from onnxsight.cli import deeplift
 from onnxsight.cli.options import err
 from onnxsight.errors import OnnxsightError
 
@@ -83,6 +82,11 @@ app.command("gradientshap")(layer_attribution.gradientshap)
 app.command("layer-ig")(layer_attribution.layer_ig)
 app.command("conductance")(layer_attribution.conductance)
 app.command("neuron")(layer_attribution.neuron)
+app.command("ablation")(perturbation.ablation)
+app.command("shapley")(perturbation.shapley)
+app.command("kernelshap")(perturbation.kernelshap)
+app.command("lime")(perturbation.lime)
+app.command("rise")(perturbation.rise)
 app.command("class-saliency")(dataset_views.class_saliency)
 app.command("top-k")(dataset_views.top_k)
 app.command("embed")(dataset_views.embed)
