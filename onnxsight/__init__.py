@@ -10,6 +10,7 @@ from onnxsight.methods.dataset import class_saliency, embedding, top_k_images
 from onnxsight.methods.integrated_gradients import completeness_gap, integrated_gradients
 from onnxsight.methods.maximize import Maximization, maximize
 from onnxsight.methods.occlusion import occlusion
+from onnxsight.methods.relevance import lrp
 from onnxsight.methods.rollout import attention_rollout
 from onnxsight.methods.saliency import saliency
 from onnxsight.report import ReportData, ReportOptions, write_report
@@ -30,5 +31,6 @@ __all__ = [
     "BatchResult", "GradcheckReport", "Layer", "Maximization", "Model", "OnnxsightError", "ReportData",
     "ReportOptions", "Region", "attention_rollout", "augment", "class_saliency", "completeness_gap", "convert_keras", "embedding",
     "export_explainer", "gradcam", "gradcheck", "integrated_gradients", "load", "maximize", "occlusion",
-    "run_batch", "saliency", "top_k_images", "write_report", "__version__"
+    "run_batch", "saliency", "top_k_images", "write_report", "__version__",
+    "lrp",
 ]

@@ -11,6 +11,7 @@ from onnxsight import __version__
 from onnxsight.cli import (
     attribution, batch, convert, dataset_views, demo, gradients, layers, maximize, models, report, serve,
 )
+from onnxsight.cli import relevance
 from onnxsight.cli.options import err
 from onnxsight.errors import OnnxsightError
 
@@ -75,6 +76,7 @@ app.command("ig")(attribution.ig)
 app.command("rollout")(attribution.rollout)
 app.command("gradcam")(attribution.gradcam)
 app.command("occlusion")(attribution.occlusion)
+app.command("lrp")(relevance.lrp)
 app.command("class-saliency")(dataset_views.class_saliency)
 app.command("top-k")(dataset_views.top_k)
 app.command("embed")(dataset_views.embed)

@@ -160,7 +160,7 @@ def stabilized_ratio(g: GraphBuilder, r: str, z: str, epsilon: float) -> str:
     zero = g.const(0.0, like=z)
     if epsilon == 0:
         empty = g.op("Equal", z, zero)
-        return g.where(empty, g.op("Div", r, g.where(empty, g.const(1.0, like=z), z)), 0.0)
+        return g.op("Where", empty, zero, g.op("Div", r, g.where(empty, g.const(1.0, like=z), z)))
     eps = g.const(float(epsilon), like=z)
     return g.op("Div", r, g.op("Where", g.op("Less", z, zero), g.op("Sub", z, eps), g.op("Add", z, eps)))
 
