@@ -404,7 +404,7 @@ def _graph_model(nodes, extra=()):
     ([helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Mul", ["c", "r"], ["h"])], "Mul"),
     ([helper.make_node("Div", ["c", "c"], ["h"])], "Div"),
 ])
-def test_an_op_without_a_relevance_rule_is_an_error_naming_it(nets, nodes, op):
+def test_an_op_without_a_relevance_rule_is_an_error_naming_it(nodes, op):
     x = np.random.default_rng(0).random((1, 2, 4, 4), dtype=np.float32)
     with pytest.raises(UnsupportedOp, match=f"no lrp-epsilon rule for op {op}"):
         lrp(_graph_model(nodes), x)
@@ -416,9 +416,13 @@ def test_swish_and_a_sigmoid_gate_pass_all_relevance_to_the_signal(gate):
     (signal-take-all): the reference is the ε rule of the Gemm and the Conv with R_c = R_h between."""
     rng = np.random.default_rng(0)
     x = rng.random((2, 2, 4, 4), dtype=np.float32) - 0.5
-    gated = ["c"] if gate == "swish" else ["p"]
-    pool = [] if gate == "swish" else [helper.make_node("GlobalAveragePool", ["c"], ["p"])]
-    model = _graph_model([*pool, helper.make_node("Sigmoid", gated, ["s"]), helper.make_node("Mul", ["c", "s"], ["h"])])
+    if gate == "swish":
+        nodes, extra = [helper.make_node("Sigmoid", ["c"], ["s"])], []
+    else:  # GlobalAveragePool -> Sigmoid -> Reshape (as tf2onnx writes Keras' squeeze-and-excitation) -> Mul
+        nodes = [helper.make_node("GlobalAveragePool", ["c"], ["p"]), helper.make_node("Sigmoid", ["p"], ["q"]),
+                 helper.make_node("Reshape", ["q", "shape"], ["s"])]
+        extra = [numpy_helper.from_array(np.array([0, 2, 1, 1], np.int64), "shape")]
+    model = _graph_model([*nodes, helper.make_node("Mul", ["c", "s"], ["h"])], extra)
     w, d = (numpy_helper.to_array(t).astype(np.float64) for t in model.proto.graph.initializer[:2])
     c = conv_forward(x.astype(np.float64), w, None, [1, 1, 1, 1])
     s = 1 / (1 + np.exp(-(c if gate == "swish" else c.mean(axis=(2, 3), keepdims=True))))

@@ -28,7 +28,8 @@ relevance of a node's output onto its inputs:
   stab(y))); a constant operand (a bias) keeps its share.
 - monotone elementwise activations pass relevance unchanged (Zennit's ``Pass``); ``Mul(x, g)``
   with ``g`` the output of a Sigmoid/HardSigmoid is a gate (SiLU/Swish ``x·σ(x)``, squeeze-and-
-  excitation): all relevance goes to ``x``, none to the gate (signal-take-all, Arras et al. 2017).
+  excitation; the gate possibly reshaped or transposed): all relevance goes to ``x``, none to the
+  gate (signal-take-all, Arras et al. 2017).
 - structural ops keep their exact gradient (``keeps``): reshapes, transposes, slices, pads,
   concatenation, MaxPool (winner takes all), Identity, Dropout, Cast.
   Any other op on the path is the strict error ``no <modifier> rule for op X (node ...)``.
@@ -118,6 +119,17 @@ def _bias_owner(n: Node, data: str) -> bool:
     producer = _producers(n.graph).get(data)
     return (producer is not None and producer.op_type in WEIGHTED and _own_bias(producer) is None
             and _fused_bias_add(n, data) is n.proto)
+
+
+RESHAPING = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Expand", "Cast")
+
+
+def _is_gate(made_by: dict[str, onnx.NodeProto], tensor: str) -> bool:
+    """Whether ``tensor`` is a Sigmoid/HardSigmoid output, possibly reshaped or transposed (tf2onnx's layouts)."""
+    producer = made_by.get(tensor)
+    while producer is not None and producer.op_type in RESHAPING:
+        producer = made_by.get(producer.input[0])
+    return producer is not None and producer.op_type in GATES
 
 
 def _own_bias(proto: onnx.NodeProto) -> str | None:
@@ -369,8 +381,7 @@ def _register(name: str, composite: Composite) -> None:
             raise unsupported(n, "by a data tensor")
         if not all(n.active):
             return proportional(g, n)
-        producers = _producers(n.graph)
-        gates = [i for i, x in enumerate(n.inputs) if x in producers and producers[x].op_type in GATES]
+        gates = [i for i, x in enumerate(n.inputs) if _is_gate(_producers(n.graph), x)]
         if n.op_type != "Mul" or len(gates) != 1:
             raise unsupported(n, "of two data tensors")
         signal = 1 - gates[0]
