@@ -230,7 +230,6 @@ def reference(model: onnxsight.Model, x: np.ndarray, target: np.ndarray, rule: s
     for node, _ in nodes:
         if any(name in data for name in node.input) and node.op_type not in ("Shape",):
             data.add(node.output[0])
-    seen_weighted = set()
 
     def first(node):
         stack = [node.input[0]]
@@ -278,7 +277,7 @@ def reference(model: onnxsight.Model, x: np.ndarray, target: np.ndarray, rule: s
                 give(node.input[0], conv_relevance(x0, xs[1], bias, r, chosen, o, a.get("pads", [0] * 4), **bounds))
             else:
                 give(node.input[0], dense_relevance(x0, xs[1], bias, r, chosen, o, **bounds))
-        elif op == "Add" and any(out == node.output[0] and node is bias_of.get(src) for src in node.input):
+        elif op == "Add" and any(bias_of.get(src) is node for src in node.input):
             give(next(n for n in node.input if n in data), r)  # the weighted op below counts this bias
         elif op in ("Add", "Mul"):  # proportional: each data operand's share of y
             y = values[out]
