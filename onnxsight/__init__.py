@@ -18,6 +18,7 @@ from onnxsight.methods.layer_attribution import (
 from onnxsight.methods.lime import kernel_shap, lime
 from onnxsight.methods.maximize import Maximization, maximize
 from onnxsight.methods.occlusion import occlusion
+from onnxsight.methods.relevance import lrp
 from onnxsight.methods.rise import rise
 from onnxsight.methods.rollout import attention_rollout
 from onnxsight.methods.saliency import saliency
@@ -46,4 +47,5 @@ __all__ = [
     "gradient_shap", "layer_conductance", "layer_gradient_x_activation", "layer_integrated_gradients",
     "neuron_gradient", "neuron_integrated_gradients",
     "feature_ablation", "kernel_shap", "lime", "rise", "shapley_value_sampling", "shapley_values", "superpixels",
+    "lrp",
 ]

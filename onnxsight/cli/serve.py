@@ -13,7 +13,7 @@ from rich.table import Table
 from onnxsight.cli.options import Device, Force, HeadOpt, ModelArg, err, out
 from onnxsight.data.files import atomic_open, refuse_overwrite
 from onnxsight.engine.model import load
-from onnxsight.serving.explainer import METHODS, TARGET, export_explainer
+from onnxsight.serving.explainer import METHODS, RELEVANCE_METHODS, TARGET, export_explainer
 
 Layer = Annotated[Optional[str], typer.Option("--layer", "-l", help="CAM layer (gradcam, guided-gradcam); default: the last spatial layer.")]
 Samples = Annotated[int, typer.Option(min=1, help="smoothgrad: noisy copies per image.")]
@@ -24,7 +24,7 @@ Seed = Annotated[int, typer.Option(help="smoothgrad: seed of the noise baked int
 def export(
     model: ModelArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="The explainer ONNX file to write.")],
-    method: Annotated[str, typer.Option(help=f"Attribution method: {', '.join(METHODS)}.")] = "gradcam",
+    method: Annotated[str, typer.Option(help=f"Attribution method: {', '.join(METHODS + RELEVANCE_METHODS)}.")] = "gradcam",
     layer: Layer = None,
     samples: Samples = 20,
     noise: Noise = 0.15,
@@ -66,7 +66,8 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
     token: Annotated[Optional[str], typer.Option(envvar="ONNXSIGHT_TOKEN", show_envvar=True,
                                                  help="Require 'Authorization: Bearer TOKEN' (all but health probes).")] = None,
-    method: Annotated[Optional[list[str]], typer.Option(help=f"Explainer variants to serve (repeatable); default all: {', '.join(METHODS)}.")] = None,
+    method: Annotated[Optional[list[str]], typer.Option(help=f"Explainer variants to serve (repeatable); default: {', '.join(METHODS)}; also "
+                                                               f"{', '.join(RELEVANCE_METHODS)}.")] = None,
     no_explainers: Annotated[bool, typer.Option("--no-explainers", help="Serve the models only.")] = False,
     layer: Layer = None,
     samples: Samples = 20,

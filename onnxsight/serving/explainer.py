@@ -25,6 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxsight.engine.autodiff import build_vjp
 from onnxsight.engine.autodiff.builder import GraphBuilder
+from onnxsight.engine.autodiff.relevance import COMPOSITES as RELEVANCE  # lrp-epsilon, ..., deeptaylor: LRP heatmaps
 from onnxsight.engine.dynamic_batch import with_dynamic_batch
 from onnxsight.engine.graph import (
     free_name, live_nodes, opset_version, rename_tensor, runtime_compatible, tensor_names, toposorted, value_infos,
@@ -35,8 +36,10 @@ from onnxsight.errors import InvalidArgument
 from onnxsight.kernels.attribution import noise_scale, smoothgrad_noise
 from onnxsight.methods.cam import check_cam_layer, default_cam_layer
 from onnxsight.methods.common import attributed_inputs, require_image
+from onnxsight.methods.relevance import relevance_modifier
 
-METHODS = ("saliency", "guided", "gradcam", "guided-gradcam", "smoothgrad", "deeplift")
+METHODS = ("saliency", "guided", "gradcam", "guided-gradcam", "smoothgrad", "deeplift")  # served by default
+RELEVANCE_METHODS = tuple(RELEVANCE)  # exported and served when asked for by name
 IMAGE, TARGET = "image", "target"  # inputs
 PROBABILITIES, TARGET_CLASS, HEATMAP = "probabilities", "target_class", "heatmap"  # outputs
 PUBLIC_NAMES = (IMAGE, TARGET, PROBABILITIES, TARGET_CLASS, HEATMAP)
@@ -70,8 +73,11 @@ def export_explainer(
     method: "saliency" (|gradient| of the target logit, max over channels), "guided" (the same
         with guided backprop), "gradcam" (Grad-CAM at ``layer``, ReLU, bilinear upsampling),
         "guided-gradcam" (Grad-CAM × guided saliency), "smoothgrad" (mean |gradient| over
-        ``samples`` noisy copies with σ = ``noise`` × each image's value range) or "deeplift"
-        (channel sum of DeepLIFT attributions against the black reference, see ``_deeplift_explainer``).
+        ``samples`` noisy copies with σ = ``noise`` × each image's value range), "deeplift"
+        (channel sum of DeepLIFT attributions against the black reference, see ``_deeplift_explainer``),
+        or an LRP rule "lrp-epsilon", "lrp-zplus", "lrp-epsilon-plus", ..., "deeptaylor" (the relevance
+        summed over channels, not normalised: ``onnxsight.lrp(m, x, t, rule=...).sum(channel axis)``,
+        default options).
     layer: the CAM layer, default :func:`onnxsight.methods.cam.default_cam_layer`.
     samples, noise, seed: SmoothGrad's noise, drawn once at export with
         :func:`onnxsight.kernels.attribution.smoothgrad_noise` for a single image and baked into
@@ -102,6 +108,7 @@ def export_explainer(
         "smoothgrad": [_Gradient(None, x)],
         "gradcam": [_Gradient(None, cam_tensor, (cam_tensor,))],
         "guided-gradcam": [_Gradient(None, cam_tensor, (cam_tensor,)), _Gradient("guided", x)],
+        **{name: [_Gradient(relevance_modifier(name.removeprefix("lrp-")), x)] for name in RELEVANCE},
     }[method]
     cotangents, grads = [], []
     for gradient in gradients:
@@ -144,11 +151,15 @@ def export_explainer(
 
     g.scope("target")
     resolved, cotangent = _one_hot(g, clean(logits), logits, batch, copies)
+    if method in RELEVANCE:  # onnxsight.lrp's start="score": the relevance of the logits is the target's logit
+        cotangent = g.op("Mul", cotangent, logits)
     for name in cotangents:
         _alias(g, cotangent, name)
 
     g.scope("heatmap")
-    if method in ("saliency", "guided"):
+    if method in RELEVANCE:  # the relevance summed over channels, raw: its sum is the explained logit
+        heatmap = g.reduce_sum(grads[0], [input_axis], keepdims=0)
+    elif method in ("saliency", "guided"):
         heatmap = _normalize(g, _reduce(g, "ReduceMax", g.op("Abs", grads[0]), [input_axis], keepdims=0))
     elif method == "smoothgrad":
         rows = g.op("Slice", grads[0], batch, g.ints([np.iinfo(np.int64).max]))
@@ -170,7 +181,8 @@ def export_explainer(
         "method": method, "layer": cam_layer, "of": "logits", "head": model.head, "classes": classes,
         "samples": samples if copies else None, "noise": noise if copies else None, "seed": seed if copies else None,
         "source": Path(model.source).name, "input_layout": model.input_layout, "optional_inputs": [TARGET],
-        "meaning": "heatmap: (N, H, W) min-max normalised per image; target < 0 (default) explains the predicted class",
+        "meaning": ("heatmap: (N, H, W) relevance summed over channels, not normalised" if method in RELEVANCE else
+                    "heatmap: (N, H, W) min-max normalised per image") + "; target < 0 (default) explains the predicted class",
     }
     replaced = [x, *cotangents, *(others.values() if copies else ())]
     return _assemble(proto, g.nodes, inputs, outputs, replaced, description)
@@ -229,8 +241,8 @@ def _deeplift_explainer(model: Model, input_axis: int) -> onnx.ModelProto:
 
 def _check(model: Model, method: str, layer: str | None, samples: int) -> tuple[int, str | None]:
     """The input's channel axis and the CAM layer (None for saliency methods), or InvalidArgument."""
-    if method not in METHODS:
-        raise InvalidArgument(f"unknown explainer method {method!r}; choose one of {', '.join(METHODS)}")
+    if method not in METHODS + RELEVANCE_METHODS:
+        raise InvalidArgument(f"unknown explainer method {method!r}; choose one of {', '.join(METHODS + RELEVANCE_METHODS)}")
     input_axis = require_image(model, "an explainer")
     logits = model.tensor("logits")
     shape = model.shapes.get(logits, ())

@@ -1,7 +1,7 @@
 """Gradients of ONNX graphs as ONNX graphs: one VJP rule per op type, one backward driver."""
 
 from . import conv, elementwise, linalg, normalization, reduction, shape  # noqa: F401  (fills the rule table)
-from . import deeplift  # noqa: F401,E402  (the deeplift modifier's rules; after the gradient rules it reuses)
+from . import deeplift, relevance  # noqa: F401,E402  (the deeplift and LRP modifiers; after the gradient rules they reuse)
 from .backward import VJPGraph, build_vjp
 from .registry import MODIFIER_RULES, RULES, Modifier, Node, rule, rules_for, strict
 

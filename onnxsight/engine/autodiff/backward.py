@@ -119,7 +119,7 @@ def build_vjp(
         fn = rules.get(proto.op_type)
         if fn is None or proto.domain not in ("", "ai.onnx"):
             raise _unsupported(graph, proto, name, wrt, modifier_name(modifier))
-        node = Node(proto, name, g.opset, cots, [i in active for i in proto.input], constants, options)
+        node = Node(proto, name, g.opset, cots, [i in active for i in proto.input], constants, options, graph)
         g.scope(name)
         results = fn(g, node)
         if not isinstance(results, (list, tuple)) or len(results) != len(proto.input):

@@ -36,6 +36,7 @@ class Node:
     active: list[bool]  # per input: does it depend on a wrt tensor (needs a cotangent)?
     constants: dict[str, np.ndarray] = field(default_factory=dict)  # initializers, Constant outputs
     options: Mapping[str, Any] = field(default_factory=dict)  # the modifier's parameters
+    graph: onnx.GraphProto | None = None  # the forward graph, for rules that look at a node's neighbours
 
     @property
     def op_type(self) -> str:
