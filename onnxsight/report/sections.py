@@ -20,7 +20,7 @@ from onnxsight.engine.gradcheck import runner
 from onnxsight.engine.graph import dependent_tensors
 from onnxsight.engine.model import Model
 from onnxsight.engine.targets import class_scores
-from onnxsight.errors import GradientCheckFailed, InvalidArgument
+from onnxsight.errors import GradientCheckFailed, InvalidArgument, UnsupportedOp
 from onnxsight.kernels.colors import as_rgb8, normalize, normalize_each, overlay
 from onnxsight.kernels.grids import activation_figure, filter_grid, tile
 from onnxsight.kernels.images import to_hwc
@@ -31,9 +31,12 @@ from onnxsight.methods.common import require_image, spatial_size
 from onnxsight.methods.dataset import class_saliency as class_saliency_map
 from onnxsight.methods.dataset import embedding as embed
 from onnxsight.methods.dataset import top_k_images
+from onnxsight.methods.deeplift import deeplift
 from onnxsight.methods.integrated_gradients import integrated_gradients
 from onnxsight.methods.maximize import maximize
 from onnxsight.methods.occlusion import occlusion as occlude
+from onnxsight.methods.relevance import lrp
+from onnxsight.methods.rise import rise
 from onnxsight.methods.saliency import saliency as saliency_map
 from onnxsight.report import figures
 from onnxsight.report.html import Figure, Section, Table
@@ -311,6 +314,38 @@ def smoothgrad_ig(ctx: Context) -> Section:
                    figures=(Figure(image),))
 
 
+# RISE's masks at full size; the section sizes them down to fit its time.
+RISE_MASKS = 4000
+
+
+def relevance(ctx: Context) -> Section:
+    x, target, o = ctx.x[ctx.samples], ctx.targets, ctx.options
+    masks = max(100, int(RISE_MASKS * ctx.fits(2 * RISE_MASKS * len(x))))
+    methods = {
+        "LRP (ε-z⁺-flat)": lambda: np.sum(lrp(ctx.model, x, target, rule="epsilon-plus-flat",
+                                               batch_size=o.batch_size), axis=ctx.channel_axis),
+        "DeepLIFT": lambda: deeplift(ctx.model, x, target, reduce="sum", batch_size=o.batch_size),
+        "FullGrad": lambda: gradcam(ctx.model, x, target, variant="fullgrad", batch_size=o.batch_size),
+        "RISE": lambda: rise(ctx.model, x, target, masks=masks, seed=o.seed, batch_size=o.batch_size),
+    }
+    columns, missing = {}, []
+    for name, method in methods.items():
+        try:
+            columns[name] = normalize_each(np.abs(method()))
+        except UnsupportedOp as error:  # a relevance rule the model's ops lack
+            missing.append(f"{name} ({error})")
+    cells = [[ctx.picture(i), *(overlay(ctx.picture(i), maps[r]) for maps in columns.values())]
+             for r, i in enumerate(ctx.samples)]
+    image = figures.image_grid(cells, ["input", *columns], ctx.row_labels(), colorbar_label="|attribution|, min-max per map")
+    return Section("relevance", "Relevance, DeepLIFT, FullGrad and RISE",
+                   "Four other views of the same images: LRP's relevance (z⁺ for convolutions, ε for dense layers, "
+                   "flat for the first layer) and DeepLIFT against a black image, both summed over channels; FullGrad's "
+                   f"input and bias gradients; and RISE, the class probability under {masks} random masks."
+                   + (f" Left out: {'; '.join(missing)}." if missing else "")
+                   + (ctx.sized_down(f"{masks} RISE masks") if masks < RISE_MASKS else ""),
+                   figures=(Figure(image),))
+
+
 # An occluded copy costs its forward pass and about half of one more to make it.
 OCCLUDED_PASSES = 1.5
 
@@ -520,6 +555,7 @@ SECTIONS: dict[str, tuple[Callable[[Context], Section], bool]] = {
     "saliency": (saliency, False),
     "gradcam": (cams, False),
     "smoothgrad-ig": (smoothgrad_ig, False),
+    "relevance": (relevance, False),
     "occlusion": (occlusion, False),
     "class-saliency": (class_saliency, True),
     "top-k": (top_k, False),
