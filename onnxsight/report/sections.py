@@ -332,7 +332,7 @@ def relevance(ctx: Context) -> Section:
     for name, method in methods.items():
         try:
             columns[name] = normalize_each(np.abs(method()))
-        except UnsupportedOp as error:  # a relevance rule the model's ops lack
+        except (UnsupportedOp, InvalidArgument) as error:  # a rule the model's ops lack, a fixed batch, ...
             missing.append(f"{name} ({error})")
     cells = [[ctx.picture(i), *(overlay(ctx.picture(i), maps[r]) for maps in columns.values())]
              for r, i in enumerate(ctx.samples)]
