@@ -64,7 +64,7 @@ class _Batch:
             raise InvalidArgument(f"{self.metric}: order must be one of {', '.join(ORDERS)}; got {order!r}")
         flat = self.maps.reshape(len(self.maps), -1)
         by = np.argsort(-flat if order == "morf" else flat, axis=1, kind="stable")
-        ranks = np.empty_like(by)
+        ranks = np.empty(by.shape, np.int32)
         np.put_along_axis(ranks, by, np.broadcast_to(np.arange(flat.shape[1]), by.shape), axis=1)
         return ranks.reshape(self.maps.shape)
 
