@@ -251,7 +251,7 @@ def mufidelity(
     fills = batch.fills(fill, blur_sigma)
     size = max(1, round(subset_fraction * batch.pixels))
     rng = np.random.default_rng(seed)
-    chosen = np.stack([rng.random((subsets, batch.pixels)).argpartition(size - 1, axis=1)[:, :size]
+    chosen = np.stack([rng.random((subsets, batch.pixels)).argpartition(size - 1, axis=1)[:, :size].astype(np.int32)
                        for _ in range(len(batch.x))]) if size < batch.pixels else \
         np.broadcast_to(np.arange(size), (len(batch.x), subsets, size))
     sums = np.take_along_axis(batch.maps.reshape(len(batch.x), 1, -1), chosen, axis=2).sum(axis=2)

@@ -1,5 +1,5 @@
 """ROAD's noisy linear imputation (Rong et al. 2022): each removed pixel is the weighted mean of its 8
-neighbours, solved for all removed pixels of a batch at once as one sparse linear system."""
+neighbours, solved for the removed pixels of many images at once as sparse linear systems (scipy)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import numpy as np
 
 from onnxsight.errors import MissingDependency
 
+UNKNOWNS_PER_SOLVE = 50_000  # SuperLU is faster on a few mid-sized systems than on one block-diagonal giant
 # (dy, dx) -> weight: 1/6 for an edge neighbour, 1/12 for a diagonal one (they sum to 1)
 NEIGHBOURS = {(dy, dx): (1 / 12 if dy and dx else 1 / 6) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx}
 
@@ -26,7 +27,21 @@ def noisy_linear_impute(
         raise MissingDependency("scipy", "metrics") from error
     images = np.asarray(images, np.float64)
     removed = np.asarray(removed, bool)
-    count, height, width, channels = images.shape
+    unknown = removed.reshape(len(removed), -1).sum(axis=1)
+    out = images.copy()
+    start = 0
+    while start < len(images):  # systems of about UNKNOWNS_PER_SOLVE unknowns: one per large image, many small ones
+        stop = start + max(1, int(np.searchsorted(np.cumsum(unknown[start:]), UNKNOWNS_PER_SOLVE, side="right")))
+        out[start:stop][removed[start:stop]] = _solve(images[start:stop], removed[start:stop], sparse, spsolve)
+        start = stop
+    if noise:
+        out[removed] += noise * (rng or np.random.default_rng(0)).standard_normal((int(unknown.sum()), images.shape[-1]))
+    return out
+
+
+def _solve(images: np.ndarray, removed: np.ndarray, sparse, spsolve) -> np.ndarray:
+    """(removed pixels, C): the noiseless imputed values of the removed pixels in row-major order."""
+    _, height, width, channels = images.shape
     unknown = np.flatnonzero(removed)
     variable = np.full(removed.size, -1)
     variable[unknown] = np.arange(len(unknown))
@@ -47,14 +62,11 @@ def noisy_linear_impute(
         weights.append(np.full(free.sum(), weight))
         fixed = inside & ~free
         rhs[fixed] -= weight * flat_values[neighbour[fixed]]
+    if not len(unknown):
+        return rhs
     system = sparse.csc_matrix(
         (np.concatenate([diagonal, *weights]),
          (np.concatenate([np.arange(len(unknown)), *rows]), np.concatenate([np.arange(len(unknown)), *cols]))),
         shape=(len(unknown), len(unknown)),
     )
-    solution = spsolve(system, rhs).reshape(len(unknown), channels) if len(unknown) else rhs
-    if noise:
-        solution = solution + noise * (rng or np.random.default_rng(0)).standard_normal(solution.shape)
-    out = flat_values.copy()
-    out[unknown] = solution
-    return out.reshape(images.shape)
+    return spsolve(system, rhs).reshape(len(unknown), channels)
