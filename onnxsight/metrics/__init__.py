@@ -4,3 +4,7 @@ A metric is ``metric(model, x, maps, target, **options) -> (N,) float64 scores``
 never computes them itself (metrics that re-explain perturbed inputs or randomised models take an
 ``explain(model, x, target) -> maps`` callable instead).
 """
+
+from onnxsight.metrics.complexity import complexity, pointing_game, sparseness  # noqa: F401
+from onnxsight.metrics.robustness import avg_sensitivity, infidelity, max_sensitivity  # noqa: F401
+from onnxsight.metrics.sanity import model_randomization, randomized_models, spearman, ssim  # noqa: F401
