@@ -8,7 +8,7 @@ ModelProto, and the maps it gives are compared with the original ones per image.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -78,7 +78,9 @@ def _layer_name(tensor: str, names: dict[str, str], consumers: dict[str, list[on
     return None
 
 
-def randomized_models(model: Model, *, cascading: bool = True, seed: int = 0) -> Iterator[tuple[str, Model]]:
+def randomized_models(
+    model: Model, *, cascading: bool = True, layers: Sequence[str] | None = None, seed: int = 0
+) -> Iterator[tuple[str, Model]]:
     """(layer name, randomised Model) for each weighted layer (:func:`weighted_layers`), top down.
 
     cascading (default True): each model keeps the randomisations of the layers above it (Adebayo's
@@ -86,20 +88,30 @@ def randomized_models(model: Model, *, cascading: bool = True, seed: int = 0) ->
     Each initializer is re-drawn from N(0, σ²) with σ the standard deviation of its original values
     (a zero bias stays zero), from ``numpy.random.default_rng([seed, layer position])``, so a layer
     gets the same new values in both modes. The input model is never changed.
+    layers: the names of the weighted layers to yield models for (default None: all); a cascading
+        model still has every layer above it randomised (a deep model's grid in a few models).
     """
-    layers = weighted_layers(model)
-    if not layers:
+    found = weighted_layers(model)
+    if not found:
         raise InvalidArgument(f"model randomisation: {model.source} has no Conv, Gemm or MatMul layer with constant weights")
+    known = [name for name, _ in found]
+    wanted = set(known if layers is None else [layers] if isinstance(layers, str) else layers)
+    unknown = sorted(wanted - set(known))
+    if unknown or not wanted:
+        raise InvalidArgument(f"model randomisation: no weighted layer {', '.join(map(repr, unknown)) or 'named'}; "
+                              f"choose among {', '.join(known)}")
     initializers = {t.name: t for t in model.proto.graph.initializer}
     device = "cpu" if model.providers == providers_for("cpu") else "auto"
     drawn: dict[str, np.ndarray] = {}
-    for position, (name, weights) in enumerate(layers):
+    for position, (name, weights) in enumerate(found):
         rng = np.random.default_rng([seed, position])
         new = {}
         for weight in weights:
             original = numpy_helper.to_array(initializers[weight])
             new[weight] = rng.normal(0.0, float(original.std()), original.shape).astype(original.dtype)
         drawn = {**drawn, **new} if cascading else new
+        if name not in wanted:
+            continue
         proto = onnx.ModelProto()
         proto.CopyFrom(model.proto)
         for tensor in proto.graph.initializer:
@@ -117,12 +129,13 @@ def model_randomization(
     *,
     of: str = "logits",
     cascading: bool = True,
+    layers: Sequence[str] | None = None,
     seed: int = 0,
     batch_size: int = 256,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Adebayo et al.'s model-parameter randomisation test: ``{layer: {"spearman": (N,), "ssim": (N,)}}``
-    for each randomised model of :func:`randomized_models` (top layer first), comparing per image the
+    for each randomised model of :func:`randomized_models` (top layer first; ``layers`` picks them), comparing per image the
     map ``explain(model, x, target)`` of the original model with that of the randomised one.
 
     spearman: the Spearman rank correlation of the |maps| (ties get their average rank; 0 where a
@@ -137,9 +150,9 @@ def model_randomization(
         raise InvalidArgument(f"model_randomization: explain must be a function (model, x, target) -> maps, got {explain!r}")
     indices = model.resolve_target(x, target, of, batch_size)
     original = np.abs(_explained(explain, model, x, indices, len(x), "model_randomization"))
-    models = list(randomized_models(model, cascading=cascading, seed=seed))
+    total = len(weighted_layers(model)) if layers is None else len([layers] if isinstance(layers, str) else layers)
     scores = {}
-    for done, (name, randomized) in enumerate(models, 1):
+    for done, (name, randomized) in enumerate(randomized_models(model, cascading=cascading, layers=layers, seed=seed), 1):
         maps = np.abs(_explained(explain, randomized, x, indices, len(x), "model_randomization"))
         if maps.shape != original.shape:
             raise InvalidArgument(f"model_randomization: explain returned maps of shape {maps.shape} for the "
@@ -150,7 +163,7 @@ def model_randomization(
             "ssim": ssim(_unit(original), _unit(maps), data_range=1.0) if images else np.full(len(x), np.nan),
         }
         if progress is not None:
-            progress(done, len(models))
+            progress(done, total)
     return scores
 
 
