@@ -9,7 +9,7 @@ from rich.markup import escape
 
 from onnxsight import __version__
 from onnxsight.cli import (
-    attribution, batch, convert, dataset_views, deeplift, demo, gradients, layer_attribution, layers, maximize, models,
+    attribution, batch, convert, dataset_views, deeplift, demo, evaluate, gradients, layer_attribution, layers, maximize, models,
     perturbation, relevance, report, serve,
 )
 from onnxsight.cli.options import err
@@ -88,6 +88,7 @@ app.command("kernelshap")(perturbation.kernelshap)
 app.command("lime")(perturbation.lime)
 app.command("rise")(perturbation.rise)
 app.command("lrp")(relevance.lrp)
+app.command("evaluate")(evaluate.evaluate)
 app.command("class-saliency")(dataset_views.class_saliency)
 app.command("top-k")(dataset_views.top_k)
 app.command("embed")(dataset_views.embed)
