@@ -38,6 +38,9 @@ from onnxsight.methods.occlusion import occlusion as occlude
 from onnxsight.methods.relevance import lrp
 from onnxsight.methods.rise import rise
 from onnxsight.methods.saliency import saliency as saliency_map
+from onnxsight.metrics.evaluation import METHODS as EVALUATION_METHODS
+from onnxsight.metrics.evaluation import evaluate as evaluate_methods
+from onnxsight.metrics.sanity import randomized_models, weighted_layers
 from onnxsight.report import figures
 from onnxsight.report.html import Figure, Section, Table
 
@@ -346,6 +349,53 @@ def relevance(ctx: Context) -> Section:
                    figures=(Figure(image),))
 
 
+# "Which map to trust": the methods and metrics scored, and how many randomised models the sanity grid shows.
+TRUST_METHODS = ("saliency", "gradcam", "ig", "lrp")
+TRUST_METRICS = ("deletion", "insertion", "max-sensitivity", "sparseness")
+TRUST_PASSES = 2 * 101 + 10 * 3  # per image and method: two 100-step curves, 10 re-explained copies
+RANDOMIZED_LAYERS = 4
+
+
+def trust(ctx: Context) -> Section:
+    samples = ctx.samples[:max(2, int(len(ctx.samples) * ctx.fits(len(ctx.samples) * len(TRUST_METHODS) * TRUST_PASSES)))]
+    x, target = ctx.x[samples], ctx.targets[:len(samples)]
+    methods, missing = [], []
+    for name in TRUST_METHODS:
+        try:
+            EVALUATION_METHODS[name](ctx.model, x[:1], target[:1], ctx.options.batch_size)
+            methods.append(name)
+        except (UnsupportedOp, InvalidArgument) as error:
+            missing.append(f"{name} ({error})")
+    result = evaluate_methods(ctx.model, x, target, methods=methods, metrics=TRUST_METRICS,
+                              batch_size=ctx.options.batch_size)
+    rows = [(r["method"], r["metric"], f"{r['mean']:.4g} ± {r['ci95']:.2g}", r["better"], r["rank"])
+            for r in result.table]
+    series = {name: np.stack([c.mean(axis=0) for c in per_method.values()], axis=1)
+              for name, per_method in result.curves.items()}
+    curves = figures.curves(series, methods, "mean target probability as the top pixels are removed / inserted")
+    return Section("trust", "Which map to trust",
+                   f"Each method's maps of {len(x)} images scored: deletion (lower is better) and insertion (higher) "
+                   "areas as pixels are removed or inserted in the map's order, max-sensitivity under 2 % noise "
+                   "(lower) and sparseness (higher), with 95 % confidence half-widths and a rank per metric; then "
+                   "the sanity check: saliency as the layers are randomised from the top down."
+                   + (f" Left out: {'; '.join(missing)}." if missing else ""),
+                   figures=(Figure(curves), Figure(_randomization_grid(ctx, ctx.samples[0]))),
+                   tables=(Table(("method", "metric", "mean ± 95 % CI", "better", "rank"), rows),))
+
+
+def _randomization_grid(ctx: Context, index: int) -> np.ndarray:
+    """One image's saliency on the model and on its cascade of randomised copies (Adebayo et al. 2018),
+    at most ``RANDOMIZED_LAYERS`` evenly spaced steps."""
+    x, target = ctx.x[index:index + 1], ctx.targets[:1]
+    names = [name for name, _ in weighted_layers(ctx.model)]
+    chosen = [names[i] for i in np.unique(np.linspace(0, len(names) - 1, min(RANDOMIZED_LAYERS, len(names))).astype(int))]
+    maps = {"original": saliency_map(ctx.model, x, target, normalize=True)}
+    for layer, randomized in randomized_models(ctx.model, layers=chosen, seed=ctx.options.seed):
+        maps[f"up to {layer}"] = saliency_map(randomized, x, target, normalize=True)
+    cells = [[ctx.picture(index), *(m[0] for m in maps.values())]]
+    return figures.image_grid(cells, ["input", *maps], colorbar_label="|gradient|, min-max")
+
+
 # An occluded copy costs its forward pass and about half of one more to make it.
 OCCLUDED_PASSES = 1.5
 
@@ -561,5 +611,6 @@ SECTIONS: dict[str, tuple[Callable[[Context], Section], bool]] = {
     "top-k": (top_k, False),
     "embedding": (embedding, False),
     "maximization": (maximization, False),
+    "trust": (trust, False),
     "gradcheck": (gradcheck, False),
 }
