@@ -220,7 +220,7 @@ def ig(
     from onnxsight.methods.integrated_gradients import completeness_gap, integrated_gradients
 
     choice("--reduce", reduce, ("sum", "mean", "max"))
-    chosen = _baseline(baseline)
+    chosen = parse_baseline(baseline)
     options = {"steps": steps, "baseline": baseline, "method": method_name, "reduce": reduce}
 
     def compute(m, x, t, progress):
@@ -242,15 +242,18 @@ def _reduced(attributions: np.ndarray, layout: str, reduce: str) -> np.ndarray:
     return getattr(attributions, reduce)(axis=axis) if attributions.ndim == 4 and axis else attributions
 
 
-def _baseline(text: str):
-    if text in ("black", "grey", "gray", "blur"):
+def parse_baseline(text: str, names: tuple[str, ...] = ("black", "grey", "gray", "blur"),
+                   option: str = "--baseline"):
+    """A baseline option: one of ``names``, an .npy file's array, or a number."""
+    if text in names:
         return text
     if text.endswith(".npy"):
         return np.load(text, allow_pickle=False)
     try:
         return float(text)
     except ValueError as error:
-        raise InvalidArgument(f"--baseline must be black, grey, blur, a number or an .npy file, got {text!r}") from error
+        shown = ", ".join(n for n in names if n != "gray")
+        raise InvalidArgument(f"{option} must be {shown}, a number or an .npy file, got {text!r}") from error
 
 
 def gradcam(

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from onnxsight.cli.attribution import Cmap, Count, Of, Target, _baseline, _first_repeated, _reduced, run_method
+from onnxsight.cli.attribution import Cmap, Count, Of, Target, _first_repeated, _reduced, parse_baseline, run_method
 from onnxsight.cli.options import (
     DataOpt, Device, Force, GradientBatchSize, HeadOpt, Mean, ModelArg, NamedInputs, OptionalImagesArg, OutputDir,
     Scale, Std,
@@ -42,7 +42,7 @@ def deeplift(
     from onnxsight.methods.deeplift import deeplift_gap
 
     choice("--reduce", reduce, ("sum", "mean", "max"))
-    chosen = _baseline(baseline)
+    chosen = parse_baseline(baseline)
     options = {"baseline": baseline, "eps": eps, "multipliers": multipliers, "reduce": reduce}
 
     def compute(m, x, t, progress):

@@ -9,7 +9,7 @@ import numpy as np
 import typer
 
 from onnxsight.cli.attribution import (
-    Cmap, Count, Of, Target, _baseline, _reduced, gradient_plan, run_method,
+    Cmap, Count, Of, Target, _reduced, gradient_plan, parse_baseline, run_method,
 )
 from onnxsight.cli.options import (
     DataOpt, Device, Force, GradientBatchSize, HeadOpt, Mean, ModelArg, NamedInputs, OptionalImagesArg, OutputDir,
@@ -45,7 +45,7 @@ def gradientshap(
     from onnxsight.methods.gradient_shap import gradient_shap
 
     choice("--reduce", reduce, ("sum", "mean", "max"))
-    chosen = _baselines(baselines)
+    chosen = parse_baseline(baselines, ("black",), "--baselines")
     options = {"baselines": baselines, "samples": samples, "stdevs": stdevs, "seed": seed, "reduce": reduce}
 
     def compute(m, x, t, progress):
@@ -117,7 +117,7 @@ def neuron(
     choice("--method", method, ("gradient", "ig"))
     choice("--reduce", reduce, ("sum", "mean", "max"))
     unit = _neuron(neuron_text)
-    chosen = _baseline(baseline)
+    chosen = parse_baseline(baseline)
     options = {"layer": layer, "neuron": neuron_text, "method": method, "reduce": reduce}
     if method == "ig":
         options.update(steps=steps, quadrature=quadrature, baseline=baseline)
@@ -150,7 +150,7 @@ def _layer_method(name, method, per_image, model, layer, images, data, count, ta
     from onnxsight.kernels.attribution import path_nodes
     from onnxsight.methods.layer_attribution import layer_tensor
 
-    chosen = _baseline(baseline)
+    chosen = parse_baseline(baseline)
     options = {"layer": layer, "steps": steps, "method": quadrature, "baseline": baseline}
 
     def plan(m: Model, x, indices):
@@ -183,17 +183,6 @@ def layer_pictures(m: Model, x, layer: str, maps: np.ndarray) -> np.ndarray | No
         return None
     summed = maps.sum(axis=m.channel_axis(layer))
     return upsample(summed, spatial_size(m.input_feeds(x)[m.input_name], axis))
-
-
-def _baselines(text: str):
-    if text == "black":
-        return text
-    if text.endswith(".npy"):
-        return np.load(text, allow_pickle=False)
-    try:
-        return float(text)
-    except ValueError as error:
-        raise InvalidArgument(f"--baselines must be black, a number or an .npy file, got {text!r}") from error
 
 
 def _neuron(text: str) -> int | tuple[int, ...]:

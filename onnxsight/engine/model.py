@@ -327,20 +327,7 @@ class Model:
         if key not in self._sessions:
             proto = g.fed_at(self.proto, tensor, FED + tensor, outputs, self.values)
             self._sessions[key] = open_session(proto, self.providers, self.source, self.threads)
-        session = self._sessions[key]
-        read = {i.name for i in session.get_inputs()} - {FED + tensor}
-        if read and x is None:
-            raise InvalidArgument(f"the graph from {tensor!r} on also reads {', '.join(sorted(read))}: pass x")
-        context = {n: v for n, v in self.input_feeds(self.check_input(x)).items() if n in read} if read else {}
-        fixed = self.input_shape[0]
-        step = fixed if isinstance(fixed, int) else _positive(batch_size, "batch_size")
-        chunks = []
-        for start in range(0, len(value), step):
-            run = slice(start, start + step)
-            picked = run if images is None else images[run]
-            batch = {FED + tensor: value[run], **{n: v[picked] for n, v in context.items()}}
-            chunks.append(self._run_chunk(session, list(outputs), batch, fixed))
-        return [np.concatenate(parts) for parts in zip(*chunks)]
+        return self._run_fed(self._sessions[key], tensor, list(outputs), {FED + tensor: value}, x, images, batch_size)
 
     def vjp_from(
         self, tensor: str, value: np.ndarray, of: str, cotangent: np.ndarray, x: Inputs | None = None,
@@ -365,21 +352,31 @@ class Model:
         session, vjp = self._sessions[key]
         if len(cotangent) != len(value):
             raise InvalidArgument(f"cotangent has {len(cotangent)} rows for {len(value)} values of {tensor!r}")
-        read = {i.name for i in session.get_inputs()} - {FED + tensor, vjp.cotangent}
+        rows = {FED + tensor: np.ascontiguousarray(value, dtype=self.dtype_of(tensor)),
+                vjp.cotangent: np.ascontiguousarray(cotangent, dtype=self.dtype_of(of))}
+        return self._run_fed(session, tensor, [vjp.gradients[FED + tensor]], rows, x, images, batch_size)[0]
+
+    def _run_fed(
+        self, session, tensor: str, outputs: list[str], rows: dict[str, np.ndarray], x: Inputs | None,
+        images: np.ndarray | None, batch_size: int,
+    ) -> list[np.ndarray]:
+        """``outputs`` of a session of the graph fed at ``tensor``, given its fed ``rows`` (arrays of one
+        length by input name); inputs of the model it still reads come from row ``images[r]`` (default r)
+        of ``x``, run in chunks of ``batch_size`` rows (the model's fixed batch, if it has one)."""
+        read = {i.name for i in session.get_inputs()} - set(rows)
         if read and x is None:
             raise InvalidArgument(f"the graph from {tensor!r} on also reads {', '.join(sorted(read))}: pass x")
         context = {n: v for n, v in self.input_feeds(self.check_input(x)).items() if n in read} if read else {}
-        cotangent = np.ascontiguousarray(cotangent, dtype=self.dtype_of(of))
-        value = np.ascontiguousarray(value, dtype=self.dtype_of(tensor))
         fixed = self.input_shape[0]
         step = fixed if isinstance(fixed, int) else _positive(batch_size, "batch_size")
+        count = len(next(iter(rows.values())))
         chunks = []
-        for start in range(0, len(value), step):
+        for start in range(0, count, step):
             run = slice(start, start + step)
             picked = run if images is None else images[run]
-            batch = {FED + tensor: value[run], vjp.cotangent: cotangent[run], **{n: v[picked] for n, v in context.items()}}
-            chunks.append(self._run_chunk(session, [vjp.gradients[FED + tensor]], batch, fixed)[0])
-        return np.concatenate(chunks)
+            batch = {**{n: v[run] for n, v in rows.items()}, **{n: v[picked] for n, v in context.items()}}
+            chunks.append(self._run_chunk(session, outputs, batch, fixed))
+        return [np.concatenate(parts) for parts in zip(*chunks)]
 
     def check_input(self, x: Inputs) -> Inputs:
         """``x`` in the model's input dtypes — one array for a one-input model, a dict by input name
