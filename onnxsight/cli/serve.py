@@ -13,6 +13,7 @@ from rich.table import Table
 from onnxsight.cli.options import Device, Force, HeadOpt, ModelArg, err, out
 from onnxsight.data.files import atomic_open, refuse_overwrite
 from onnxsight.engine.model import load
+from onnxsight.errors import InvalidArgument
 from onnxsight.serving.explainer import METHODS, RELEVANCE_METHODS, TARGET, export_explainer
 
 Layer = Annotated[Optional[str], typer.Option("--layer", "-l", help="CAM layer (gradcam, guided-gradcam); default: the last spatial layer.")]
@@ -64,6 +65,8 @@ def serve(
     path: Annotated[Path, typer.Argument(help="An ONNX model, or a folder of .onnx models.", show_default=False)],
     host: Annotated[str, typer.Option(help="Address to bind; the default is loopback only.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    grpc_port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="Also serve the KServe v2 gRPC protocol "
+                                                     "on this port (Triton's is 8001), same host; needs the 'grpc' extra.")] = None,
     token: Annotated[Optional[str], typer.Option(envvar="ONNXSIGHT_TOKEN", show_envvar=True,
                                                  help="Require 'Authorization: Bearer TOKEN' (all but health probes).")] = None,
     method: Annotated[Optional[list[str]], typer.Option(help=f"Explainer variants to serve (repeatable); default: {', '.join(METHODS)}; also "
@@ -92,15 +95,24 @@ def serve(
     from onnxsight.serving.repository import load_models
     from onnxsight.serving.server import Settings, create_app, run
 
+    if grpc_port is not None:
+        from onnxsight.serving.grpc_server import GrpcServer  # before the models load: a missing extra fails fast
+
+        if grpc_port == port:
+            raise InvalidArgument(f"--grpc-port and --port are both {port}; give them different ports")
+
     settings = Settings(token=token, max_body_bytes=int(max_body_mb * 2**20), max_batch=max_batch, workers=workers,
                         queue=queue, max_pending_bytes=int(max_pending_mb * 2**20), body_timeout=body_timeout)
     methods = [] if no_explainers else (method or list(METHODS))
     models = load_models(path, methods, layer=layer, device=device, samples=samples, noise=noise, seed=seed)
     app = create_app(models, settings)
+    grpc = None if grpc_port is None else GrpcServer(models, settings, app.state.runner, app.state.budget, host, grpc_port)
     if token is None and not _loopback(host):
         err.print(f"[bold yellow]warning:[/] serving on {host} without a token: anyone who reaches it can use the models")
     err.print(f"serving {len(models)} models on http://{host}:{port}/v2: {', '.join(models)}")
-    run(app, host, port, log_level=log_level)
+    if grpc is not None:
+        err.print(f"serving them over gRPC on {grpc.address}")
+    run(app, host, port, log_level=log_level, grpc=grpc)
 
 
 def _loopback(host: str) -> bool:
