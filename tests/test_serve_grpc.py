@@ -7,6 +7,7 @@ queue and the body budget shared with HTTP; graceful shutdown; ``onnxsight serve
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 import socket
 import threading
@@ -15,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import onnxsight
 
@@ -34,13 +37,14 @@ from onnxsight.errors import InvalidArgument  # noqa: E402
 
 from onnxsight.serving.explainer import TARGET, export_explainer  # noqa: E402
 from onnxsight.serving.grpc_server import GrpcServer  # noqa: E402
-from onnxsight.serving.protocol import NO_CLASSIFICATION  # noqa: E402
+from onnxsight.serving.protocol import DATATYPES, NO_CLASSIFICATION  # noqa: E402
 from onnxsight.serving.repository import load_models  # noqa: E402
 from onnxsight.serving.server import Settings, _Server, create_app  # noqa: E402
 from onnxsight.serving.triton import config_pbtxt  # noqa: E402
 from tests.test_serve import (  # noqa: E402, F401 (folder: the model folder fixture)
-    AUTH, LIBRARY, MAX_BATCH, MAX_BODY, TOKEN, TOLERANCE, folder, serve_process, upload,
+    AUTH, LIBRARY, MAX_BATCH, MAX_BODY, TOKEN, TOLERANCE, _answered, folder, serve_process, upload,
 )
+from tests.test_serve_fuzz import mostly  # noqa: E402
 
 METADATA = [("authorization", f"Bearer {TOKEN}")]
 HEADERS = {"authorization": f"Bearer {TOKEN}"}  # tritonclient.grpc sends headers as metadata
@@ -315,11 +319,10 @@ def _plain(x) -> bytes:
     return _request([_tensor("input", shape=list(x.shape))], [x.tobytes()], model="digits")
 
 
-def test_the_queue_and_the_body_budget_are_shared_with_http(blocked, folder, model, x):
-    """One worker, no queue: while an HTTP request runs, a gRPC one is refused UNAVAILABLE, then served. An HTTP
-    upload holding the whole body budget refuses gRPC messages UNAVAILABLE until it is done."""
+def test_the_queue_is_shared_with_http(blocked, model, x):
+    """One worker, no queue: while an HTTP request runs, a gRPC one is refused UNAVAILABLE, then served."""
     models, started, release = blocked
-    servers = Servers(models, Settings(workers=1, queue=0, max_body_bytes=64 * 1024, max_pending_bytes=64 * 1024))
+    servers = Servers(models, Settings(workers=1, queue=0))
     try:
         with ThreadPoolExecutor(1) as pool:
             image = httpclient.InferInput("input", [1, 28, 28, 1], "FP32")
@@ -334,10 +337,21 @@ def test_the_queue_and_the_body_budget_are_shared_with_http(blocked, folder, mod
         response = servers.infer(_plain(x[:1]), timeout=30)
         np.testing.assert_allclose(np.frombuffer(response.raw_output_contents[0], np.float32), model.predict(x[:1]).ravel(),
                                    atol=1e-6)
+    finally:
+        release.set()
+        servers.stop()
 
+
+def test_the_body_budget_is_shared_with_http(folder, x):
+    """An HTTP upload holding the whole body budget refuses gRPC messages UNAVAILABLE until it is done."""
+    models = load_models(folder / "digits.onnx", methods=[], device="cpu")
+    servers = Servers(models, Settings(max_body_bytes=64 * 1024, max_pending_bytes=64 * 1024))
+    try:
         connection = upload(servers.http_port, 64 * 1024, b" ")  # declares the whole budget, sends one byte
         deadline, details = time.monotonic() + 10, ""
         while "bytes of request bodies in progress" not in details and time.monotonic() < deadline:
+            if _answered(connection):  # refused: a message held some of the budget when the upload asked for it
+                connection = upload(servers.http_port, 64 * 1024, b" ")
             try:  # answered until the server has read the upload's headers
                 servers.infer(_plain(x[:1]), timeout=30)
                 time.sleep(0.05)
@@ -355,7 +369,6 @@ def test_the_queue_and_the_body_budget_are_shared_with_http(blocked, folder, mod
                 assert error.code() == Code.UNAVAILABLE and time.monotonic() < deadline, error.details()
                 time.sleep(0.05)
     finally:
-        release.set()
         servers.stop()
 
 
@@ -427,3 +440,92 @@ def test_a_grpc_port_in_use_or_equal_to_the_http_port_is_refused(folder):
             asyncio.run(front.start())
     refused = CliRunner().invoke(cli, ["serve", str(folder / "digits.onnx"), "--port", "8100", "--grpc-port", "8100"])
     assert refused.exit_code == 1 and "--grpc-port and --port are both 8100" in refused.output, refused.output
+
+
+# ---- test_serve_fuzz.py, as messages -------------------------------------------------------------
+INPUTS = {"digits": "input", "digits.saliency": "image", "digits.gradcam": "image", "digits.smoothgrad": "image",
+          "digits_cam2": "image"}
+FIELDS = ["bool_contents", "int_contents", "int64_contents", "uint_contents", "uint64_contents", "fp32_contents",
+          "fp64_contents", "bytes_contents"]
+NUMBERS = {"bool_contents": st.booleans(), "int_contents": st.integers(-2**31, 2**31 - 1),
+           "int64_contents": st.integers(-2**63, 2**63 - 1), "uint_contents": st.integers(0, 2**32 - 1),
+           "uint64_contents": st.integers(0, 2**64 - 1), "fp32_contents": st.floats(width=32), "fp64_contents": st.floats(),
+           "bytes_contents": st.binary(max_size=8)}
+
+
+@st.composite
+def messages(draw) -> tuple[bytes, list]:
+    """A ModelInferRequest for a served model, raw or typed, with mostly one thing changed (a name, datatype, shape,
+    the bytes, a contents field, an input added or dropped, the outputs, the model, the version), or any bytes;
+    and mostly the right token."""
+    model = draw(mostly(st.sampled_from(sorted(INPUTS)), st.text(max_size=8), odds=9))
+    rows, fill = draw(st.integers(1, 3)), draw(st.sampled_from([0.0, 0.5, 1.0, 3e38]))
+    image = np.full((rows, 28, 28, 1), fill, np.float32)
+    inputs = [_tensor(INPUTS.get(model, "image"), shape=image.shape)]
+    raw = [image.tobytes()] if draw(st.booleans()) else None
+    if raw is None:
+        inputs[0].contents.fp32_contents.extend(image.ravel().tolist())
+    if model not in ("digits", "digits_cam2") and draw(st.booleans()):
+        target = draw(st.lists(st.integers(-2, 11), min_size=1, max_size=3))
+        inputs.append(_tensor("target", "INT64", [len(target)]))
+        if raw is None:
+            inputs[-1].contents.int64_contents.extend(target)
+        else:
+            raw.append(np.array(target, np.int64).tobytes())
+    request = service_pb2.ModelInferRequest(model_name=model, inputs=inputs, raw_input_contents=raw or [],
+                                            model_version=draw(mostly(st.sampled_from(["", "1"]), st.text(max_size=3), odds=9)))
+    for _ in range(draw(mostly(st.just(1), st.integers(0, 3), odds=2))):
+        tensor = draw(st.sampled_from(list(request.inputs) or [request.inputs.add()]))
+        change = draw(st.sampled_from(["name", "datatype", "shape", "raw", "contents", "drop", "outputs"]))
+        if change == "name":
+            tensor.name = draw(st.sampled_from(["image", "input", "target", ""]) | st.text(max_size=6))
+        elif change == "datatype":
+            tensor.datatype = draw(st.sampled_from(sorted(DATATYPES) + ["BYTES", ""]))
+        elif change == "shape":
+            tensor.shape[:] = draw(st.lists(st.integers(-2, 40) | st.integers(-2**63, 2**63 - 1), max_size=5))
+        elif change == "raw" and request.raw_input_contents:
+            request.raw_input_contents[0] = draw(st.binary(max_size=64) | st.just(request.raw_input_contents[0][:-1]))
+        elif change == "contents":
+            field = draw(st.sampled_from(FIELDS))
+            getattr(tensor.contents, field).extend(draw(st.lists(NUMBERS[field], max_size=6)))
+        elif change == "drop":
+            del request.inputs[-1]
+        else:
+            output = request.outputs.add(name=draw(st.sampled_from(["output", "heatmap", "target_class", "x"])))
+            if draw(st.booleans()):
+                output.parameters[draw(st.sampled_from(["classification", "binary_data", "x"]))].int64_param = 1
+    body = draw(mostly(st.just(request.SerializeToString()), st.binary(max_size=64)))
+    token = draw(mostly(st.just(METADATA), st.sampled_from([[], [("authorization", "Bearer nope")]])))
+    return body, token
+
+
+ANSWERED = {Code.OK, Code.INVALID_ARGUMENT, Code.NOT_FOUND, Code.UNAUTHENTICATED}
+
+
+def test_fuzzed_messages_never_get_an_internal_error_and_leave_the_server_correct(servers, model, digits_data):
+    codes = []
+
+    @settings(max_examples=150, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(messages())
+    def fuzz(case):
+        body, metadata = case
+        try:
+            response = servers.infer(body, metadata=metadata, timeout=30)  # a hang fails the test
+        except grpc.RpcError as error:
+            assert error.code() in ANSWERED and "\n" not in error.details(), (error.code(), error.details())
+            codes.append(error.code())
+            return
+        for output, data in zip(response.outputs, response.raw_output_contents):
+            values = np.frombuffer(data, DATATYPES[output.datatype])
+            assert values.size == math.prod(output.shape) and np.isfinite(values).all(), output
+        codes.append(Code.OK)
+
+    fuzz()
+    assert {Code.OK, Code.INVALID_ARGUMENT}.issubset(codes), set(codes)
+    print({code.name: codes.count(code) for code in set(codes)})
+    x, chosen = digits_data.x_test[:4], np.array([3, 1, 4, 1])
+    result = servers.infer(_request([_tensor(shape=x.shape), _tensor("target", "INT64", [4])], [x.tobytes(), chosen.tobytes()]),
+                           metadata=METADATA, timeout=30)
+    heatmap = np.frombuffer(result.raw_output_contents[list(o.name for o in result.outputs).index("heatmap")], np.float32)
+    np.testing.assert_allclose(heatmap.reshape(4, 28, 28), LIBRARY["gradcam"](model, x, chosen), atol=TOLERANCE)
