@@ -299,6 +299,24 @@ def test_concurrent_grpc_and_http_clients_all_get_their_own_answers(servers, htt
         list(pool.map(client_loop, range(6)))  # re-raises the first failure
 
 
+def test_unexpected_errors_are_a_bare_internal(folder, x, caplog):
+    """A failure inside the server is logged there; the client sees no traceback or internal detail."""
+    models = load_models(folder / "digits.onnx", methods=[], device="cpu")
+
+    def broken(inputs):
+        raise RuntimeError("secret internal detail")
+
+    models["digits"].check = broken
+    servers = Servers(models, Settings())
+    try:
+        with pytest.raises(grpc.RpcError) as failed:
+            servers.infer(_plain(x[:1]), timeout=30)
+    finally:
+        servers.stop()
+    assert (failed.value.code(), failed.value.details()) == (Code.INTERNAL, "internal server error")
+    assert "secret internal detail" in caplog.text
+
+
 # ---- the worker pool and the body budget, shared with HTTP; shutdown -------------------------------------
 @pytest.fixture()
 def blocked(folder):

@@ -54,11 +54,11 @@ def _rpc(guarded: bool = True):
         @functools.wraps(method)
         async def handler(self, request, context):
             try:
-                if isinstance(request, ProtocolError):  # the message did not parse
-                    raise request
                 if guarded:
                     metadata = dict(context.invocation_metadata() or ())
                     check_bearer(metadata.get("authorization", ""), self.settings.token)
+                if isinstance(request, ProtocolError):  # the message did not parse
+                    raise request
                 return await method(self, request, context)
             except ProtocolError as error:
                 await context.abort(CODES.get(error.status, grpc.StatusCode.INTERNAL), str(error))
