@@ -87,7 +87,7 @@ def serve(
     device: Device = "cpu",
     log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
 ) -> None:
-    """Serve models and their explainers over the Open Inference Protocol (KServe v2 REST, as Triton speaks it).
+    """Serve models and their explainers over the Open Inference Protocol (KServe v2 REST; gRPC too with --grpc-port).
 
     Each FILE.onnx is served as FILE and, per explainer method, as FILE.METHOD (e.g. mnist_cnn.gradcam);
     an explainer file written by `onnxsight export` is served as it is. Needs the 'serve' extra.
