@@ -13,12 +13,14 @@ from rich.table import Table
 from onnxsight.cli.options import Device, Force, HeadOpt, ModelArg, err, out
 from onnxsight.data.files import atomic_open, refuse_overwrite
 from onnxsight.engine.model import load
+from onnxsight.errors import InvalidArgument
 from onnxsight.serving.explainer import METHODS, RELEVANCE_METHODS, TARGET, export_explainer
 
 Layer = Annotated[Optional[str], typer.Option("--layer", "-l", help="CAM layer (gradcam, guided-gradcam); default: the last spatial layer.")]
 Samples = Annotated[int, typer.Option(min=1, help="smoothgrad: noisy copies per image.")]
 Noise = Annotated[float, typer.Option(min=0, help="smoothgrad: noise std as a fraction of each image's value range.")]
 Seed = Annotated[int, typer.Option(help="smoothgrad: seed of the noise baked into the graph.")]
+ENGINES = ("onnxsight", "triton")
 
 
 def export(
@@ -83,24 +85,55 @@ def serve(
     queue: Annotated[int, typer.Option(min=0, help="Requests that may wait for a thread (503 above).")] = 64,
     device: Device = "cpu",
     log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
+    engine: Annotated[str, typer.Option(help="onnxsight (the built-in FastAPI server) or triton (a Triton Inference Server "
+                                             "through PyTriton; needs the 'triton' extra).")] = "onnxsight",
+    grpc_port: Annotated[int, typer.Option(min=1, max=65535, help="triton: gRPC port (--port is its HTTP port).")] = 8001,
+    max_delay_us: Annotated[int, typer.Option(min=0, help="triton: longest wait, in microseconds, for more requests "
+                                                          "to batch (rows up to --max-batch).")] = 2000,
+    preferred_batch: Annotated[Optional[list[int]], typer.Option(min=1, help="triton: batch sizes the batcher aims for "
+                                                                            "(repeatable).")] = None,
 ) -> None:
     """Serve models and their explainers over the Open Inference Protocol (KServe v2 REST, as Triton speaks it).
 
     Each FILE.onnx is served as FILE and, per explainer method, as FILE.METHOD (e.g. mnist_cnn.gradcam);
-    an explainer file written by `onnxsight export` is served as it is. Needs the 'serve' extra.
+    an explainer file written by `onnxsight export` is served as it is. Needs the 'serve' extra
+    (--engine triton: the 'triton' extra; Triton batches requests, so an explainer's target is one per image).
     """
     from onnxsight.serving.repository import load_models
     from onnxsight.serving.server import Settings, create_app, run
 
+    if engine not in ENGINES:
+        raise InvalidArgument(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+    if engine == "triton" and token is not None:
+        raise InvalidArgument("the triton engine does not check tokens; serve it on loopback or behind a proxy that does")
+    batching = _triton_batching(max_batch, max_delay_us, preferred_batch) if engine == "triton" else None
     settings = Settings(token=token, max_body_bytes=int(max_body_mb * 2**20), max_batch=max_batch, workers=workers,
                         queue=queue, max_pending_bytes=int(max_pending_mb * 2**20), body_timeout=body_timeout)
     methods = [] if no_explainers else (method or list(METHODS))
     models = load_models(path, methods, layer=layer, device=device, samples=samples, noise=noise, seed=seed)
+    if engine == "triton":
+        _serve_triton(models, host, port, grpc_port, batching)
+        return
     app = create_app(models, settings)
     if token is None and not _loopback(host):
         err.print(f"[bold yellow]warning:[/] serving on {host} without a token: anyone who reaches it can use the models")
     err.print(f"serving {len(models)} models on http://{host}:{port}/v2: {', '.join(models)}")
     run(app, host, port, log_level=log_level)
+
+
+def _triton_batching(max_batch: int, max_delay_us: int, preferred_batch: Optional[list[int]]):
+    from onnxsight.serving.pytriton_engine import Batching
+
+    return Batching(max_batch, max_delay_us, tuple(preferred_batch or ()))
+
+
+def _serve_triton(models, host: str, port: int, grpc_port: int, batching) -> None:
+    from onnxsight.serving.pytriton_engine import serve as serve_triton
+
+    if not _loopback(host):
+        err.print(f"[bold yellow]warning:[/] serving on {host} without a token: anyone who reaches it can use the models")
+    err.print(f"serving {len(models)} models in Triton on http://{host}:{port}/v2 and grpc {host}:{grpc_port}: {', '.join(models)}")
+    serve_triton(models, host, port, grpc_port, batching)
 
 
 def _loopback(host: str) -> bool:
