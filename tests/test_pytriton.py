@@ -65,11 +65,17 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(mnist_onnx):
-    """The CNN and its saliency and Grad-CAM explainers, by served name."""
+def served(mnist_onnx, tmp_path_factory):
+    """The CNN and its saliency and Grad-CAM explainers, by served name; and the CNN fixed to batches of
+    two images, ``mnist_cnn_pairs`` (served unbatched)."""
     from onnxsight.serving.repository import load_models
 
-    return load_models(mnist_onnx, SERVED)
+    pairs = onnx.load(mnist_onnx)
+    for value in (*pairs.graph.input, *pairs.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 2
+    path = tmp_path_factory.mktemp("pairs") / "mnist_cnn_pairs.onnx"
+    onnx.save(pairs, path)
+    return load_models(mnist_onnx, SERVED) | load_models(path, [])
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +140,17 @@ def test_the_model_equals_the_library(client, model, x):
     np.testing.assert_allclose(result.as_numpy("output"), model.predict(x), atol=TOLERANCE)
 
 
+def test_a_model_with_a_fixed_batch_is_served_unbatched(client, model, x):
+    config = client.get_model_config("mnist_cnn_pairs")
+    config = config.config if client.protocol is grpcclient else config
+    batch_size = config.max_batch_size if client.protocol is grpcclient else config["max_batch_size"]
+    assert batch_size == 0
+    result = infer(client, "mnist_cnn_pairs", {"input": x[:2]})
+    np.testing.assert_allclose(result.as_numpy("output"), model.predict(x[:2]), atol=TOLERANCE)
+    with pytest.raises(InferenceServerException, match="unexpected shape"):
+        infer(client, "mnist_cnn_pairs", {"input": x[:3]})
+
+
 @pytest.mark.parametrize("method", SERVED)
 def test_explainers_equal_the_library(client, model, x, method):
     chosen = np.array([0, 1, 2, 3, 4], np.int64)
@@ -184,7 +201,8 @@ def test_concurrent_requests_are_batched_and_split_back(ports, served, model, di
 X2 = np.zeros((2, 28, 28, 1), np.float32)
 BAD = [  # (why, model, inputs, words in Triton's message)
     ("wrong shape", "mnist_cnn.gradcam", {"image": np.zeros((2, 28, 27, 1), np.float32)}, "unexpected shape"),
-    ("wrong dtype", "mnist_cnn.gradcam", {"image": X2.astype(np.float64)}, "data-type is 'FP64', but model 'mnist_cnn.gradcam' expects 'FP32'"),
+    ("wrong dtype", "mnist_cnn.gradcam", {"image": X2.astype(np.float64)},
+     "data-type is 'FP64', but model 'mnist_cnn.gradcam' expects 'FP32'"),
     ("unknown model", "mnist_cnn.cam", {"image": X2}, "unknown model"),
     ("unknown input", "mnist_cnn.gradcam", {"pixels": X2}, "unexpected inference input 'pixels'"),
     ("one target for two images", "mnist_cnn.gradcam", {"image": X2, TARGET: np.zeros((1, 1), np.int64)},
@@ -221,7 +239,7 @@ def test_what_triton_lets_through_is_refused_and_the_server_keeps_serving(client
     np.testing.assert_allclose(infer(client, "mnist_cnn", {"input": x}).as_numpy("output"), model.predict(x), atol=TOLERANCE)
 
 
-@pytest.mark.parametrize("method", [None, *METHODS, *RELEVANCE_METHODS])
+@pytest.mark.parametrize("method", [None, *METHODS, RELEVANCE_METHODS[0]])
 def test_config_pbtxt_parses_as_tritons_model_config(model, method, tmp_path):
     """Each entry written for Triton's onnxruntime backend is a valid ModelConfig naming the graph's tensors."""
     proto = model.proto if method is None else export_explainer(model, method)
@@ -252,25 +270,31 @@ def test_config_pbtxt_gives_a_scalar_tensor_one_dim_reshaped_away():
     assert list(config.input[0].dims) == [-1, 3] and not config.input[0].HasField("reshape")
 
 
-def test_serve_command_runs_triton_until_sigterm(mnist_onnx, ports, x, model):
-    """``onnxsight serve --engine triton`` answers on its ports and stops cleanly, stubs included, on SIGTERM."""
+def test_serve_command_runs_triton_until_sigterm(mnist_onnx, ports, x, model, tmp_path):
+    """``onnxsight serve --engine triton`` answers on its ports and stops cleanly, stubs included, on SIGTERM
+    (``ports``: skipped where Triton cannot run)."""
     http_port, grpc_port = _free_port(), _free_port()
-    command = [sys.executable, "-c", "from onnxsight.cli.app import main; main()", "serve", str(mnist_onnx), "--engine", "triton", "--no-explainers",
-               "--port", str(http_port), "--grpc-port", str(grpc_port), "--max-batch", "4", "--max-delay-us", "500"]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command = [sys.executable, "-c", "from onnxsight.cli.app import main; main()", "serve", str(mnist_onnx),
+               "--engine", "triton", "--no-explainers", "--port", str(http_port), "--grpc-port", str(grpc_port),
+               "--max-batch", "4", "--max-delay-us", "500"]
+    log = tmp_path / "serve.log"
+    with open(log, "w") as output:
+        server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     try:
         connection = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
         deadline = time.monotonic() + 120
         while not _ready(connection):
-            assert server.poll() is None and time.monotonic() < deadline, server.stdout.read()[-3000:] if server.poll() is not None else "not ready"
+            if server.poll() is not None:
+                pytest.fail(f"the serve command exited with {server.returncode}: {log.read_text()[-3000:]}")
+            assert time.monotonic() < deadline, "the serve command's Triton was not ready in 120 s"
             time.sleep(0.5)
         connection.protocol = grpcclient
-        np.testing.assert_allclose(infer(connection, "mnist_cnn", {"input": x[:4]}).as_numpy("output"), model.predict(x[:4]),
-                                   atol=TOLERANCE)
+        answer = infer(connection, "mnist_cnn", {"input": x[:4]}).as_numpy("output")
+        np.testing.assert_allclose(answer, model.predict(x[:4]), atol=TOLERANCE)
         assert connection.get_model_config("mnist_cnn").config.max_batch_size == 4
         connection.close()
         server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=60) == 0
+        assert server.wait(timeout=60) == 0, log.read_text()[-3000:]
     finally:
         if server.poll() is None:
             server.kill()
@@ -302,7 +326,8 @@ def _ready(connection) -> bool:
 @pytest.mark.parametrize("arguments, words", [
     (["--engine", "tensorrt"], "unknown engine 'tensorrt'; choose from onnxsight, triton"),
     (["--engine", "triton", "--token", "secret"], "the triton engine does not check tokens"),
-    (["--engine", "triton", "--max-batch", "4", "--preferred-batch", "8"], "preferred batch size 8 is not between 1 and max_batch 4"),
+    (["--engine", "triton", "--max-batch", "4", "--preferred-batch", "8"],
+     "preferred batch size 8 is not between 1 and max_batch 4"),
 ])
 def test_serve_command_refuses_bad_engine_options(mnist_onnx, arguments, words):
     from typer.testing import CliRunner

@@ -3,8 +3,11 @@
 Each :class:`ServedModel` becomes a Triton model whose inference function runs its onnxsight session.
 Where every tensor has a dynamic first dimension, Triton's dynamic batcher merges requests row-wise
 (at most ``max_batch`` rows, waiting at most ``max_delay_us``), and every input is per row: an
-explainer's optional ``target`` is one int64 per image, and a request without it explains each
-image's predicted class. Other models are served unbatched, with their own shapes.
+explainer's optional ``target`` is one int64 per image, shape ``[rows, 1]`` as Triton has no empty
+dims (so is ``target_class``), and a request without it explains each image's predicted class.
+Other models are served unbatched, with their own shapes. What Triton lets through and onnxsight
+refuses (a class out of range, a missing image) PyTriton answers as 500/INTERNAL, to every request
+of that batch.
 
 PyTriton 0.7's Python-backend stub embeds the interpreter through its shared ``libpython`` and reads
 arrays through the numpy 1 ABI (under numpy 2 it answers empty tensors). The stub therefore loads
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import site
 import subprocess
@@ -185,24 +189,29 @@ def _stub_environment() -> Iterator[None]:
 
 def _numpy1_environment() -> Path:
     """A virtual environment holding numpy 1 and, after it, this environment's packages; made once."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    root = cache / "onnxsight" / f"pytriton-stub-{sys.implementation.cache_tag}-{hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]}"
-    packages = root / "lib" / version / "site-packages"
-    if (packages / "numpy").is_dir():
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "onnxsight"
+    key = hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]
+    root = cache / f"pytriton-stub-{sys.implementation.cache_tag}-{key}"
+    if root.is_dir():
         return root
-    packages.mkdir(parents=True, exist_ok=True)
-    (root / "bin").mkdir(exist_ok=True)
+    building = cache / f"{root.name}.{os.getpid()}"
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    packages = building / "lib" / version / "site-packages"
+    packages.mkdir(parents=True)
+    (building / "bin").mkdir()
     for name in ("python", "python3", version):
-        link = root / "bin" / name
-        if not link.is_symlink():
-            link.symlink_to(Path(sys._base_executable))
-    (root / "pyvenv.cfg").write_text(f"home = {Path(sys._base_executable).parent}\ninclude-system-site-packages = false\n"
-                                     f"version = {'.'.join(map(str, sys.version_info[:3]))}\n")
+        (building / "bin" / name).symlink_to(Path(sys._base_executable))
+    (building / "pyvenv.cfg").write_text(f"home = {Path(sys._base_executable).parent}\ninclude-system-site-packages = false\n"
+                                         f"version = {'.'.join(map(str, sys.version_info[:3]))}\n")
     (packages / "onnxsight-environment.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    installed = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
-                                str(packages), STUB_NUMPY], capture_output=True, text=True)
+    installed = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(packages),
+                                STUB_NUMPY], capture_output=True, text=True)
     if installed.returncode != 0:
-        raise OnnxsightError(f"could not install {STUB_NUMPY!r} for PyTriton's stub into {packages}: "
-                                f"{installed.stderr.strip().splitlines()[-1] if installed.stderr.strip() else 'pip failed'}")
+        shutil.rmtree(building, ignore_errors=True)
+        reason = (installed.stderr.strip() or "pip failed").splitlines()[-1]
+        raise OnnxsightError(f"could not install {STUB_NUMPY!r} for PyTriton's stub into {packages}: {reason}")
+    try:
+        building.rename(root)
+    except OSError:  # another process made it first
+        shutil.rmtree(building, ignore_errors=True)
     return root
