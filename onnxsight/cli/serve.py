@@ -97,7 +97,9 @@ def serve(
 
     Each FILE.onnx is served as FILE and, per explainer method, as FILE.METHOD (e.g. mnist_cnn.gradcam);
     an explainer file written by `onnxsight export` is served as it is. Needs the 'serve' extra
-    (--engine triton: the 'triton' extra; Triton batches requests, so an explainer's target is one per image).
+    (--engine triton: the 'triton' extra; Triton batches requests, so an explainer's target is one per image,
+    shape [N, 1]; it takes --host, --port, --grpc-port, --max-batch, --max-delay-us, --preferred-batch and the
+    model options; --token and the request-body, worker, queue and log options are the built-in server's).
     """
     from onnxsight.serving.repository import load_models
     from onnxsight.serving.server import Settings, create_app, run
