@@ -88,7 +88,7 @@ def ports(served):
     from onnxsight.serving.pytriton_engine import Batching, running
 
     http_port, grpc_port = _free_port(), _free_port()
-    with running(served, "127.0.0.1", http_port, grpc_port, Batching(MAX_BATCH, MAX_DELAY_US)):
+    with running(served, "127.0.0.1", http_port, grpc_port, Batching(MAX_BATCH, MAX_DELAY_US, (MAX_BATCH,))):
         yield http_port, grpc_port
 
 
@@ -131,8 +131,13 @@ def test_server_and_model_metadata(client):
                        "heatmap": ("FP32", [-1, 28, 28])}
     config = client.get_model_config("mnist_cnn")
     config = config.config if client.protocol is grpcclient else config
-    batch_size = config.max_batch_size if client.protocol is grpcclient else config["max_batch_size"]
-    assert batch_size == MAX_BATCH
+    if client.protocol is grpcclient:
+        batching = config.max_batch_size, config.dynamic_batching.max_queue_delay_microseconds, \
+            list(config.dynamic_batching.preferred_batch_size)
+    else:
+        batcher = config["dynamic_batching"]
+        batching = config["max_batch_size"], int(batcher["max_queue_delay_microseconds"]), batcher["preferred_batch_size"]
+    assert batching == (MAX_BATCH, MAX_DELAY_US, [MAX_BATCH])
 
 
 def test_the_model_equals_the_library(client, model, x):
