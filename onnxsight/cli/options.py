@@ -18,7 +18,7 @@ OptionalImagesArg = Annotated[Optional[list[Path]], typer.Argument(help=IMAGES_H
 DataOpt = Annotated[Optional[str], typer.Option("--data", help="Instead of images: 'digits' or 'colour-digits' (bundled), an MNIST .npz or a CIFAR-10 batches folder; its test split.")]
 OutputDir = Annotated[Path, typer.Option("--output", "-o", help="Folder for the results (created if missing).")]
 Force = Annotated[bool, typer.Option("--force", help="Replace files that already exist in the output.")]
-Device = Annotated[str, typer.Option(help="auto (CUDA when it really works, else CPU), cpu or cuda.")]
+Device = Annotated[str, typer.Option(help="auto (CUDA when it really works, else onnxruntime on the CPU), cpu, cuda or openvino (OpenVINO on the CPU, float32).")]
 BatchSize = Annotated[int, typer.Option(min=1, help="Images per onnxruntime call.")]
 GradientBatchSize = Annotated[Optional[int], typer.Option(
     min=1, help="Images per onnxruntime call (default 64, fewer when that many would fill a quarter of the free memory).")]

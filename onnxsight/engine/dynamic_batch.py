@@ -74,8 +74,7 @@ def with_dynamic_batch(model: "Model") -> "Model":
 
     if fixed_batch(model.proto) is None:
         return model
-    device = "cpu" if model.providers == CPU else "cuda"
-    return Model(dynamic_batch(model.proto, model.source), model.source, device, model.threads).with_output(model.head)
+    return Model(dynamic_batch(model.proto, model.source), model.source, model.device, model.threads).with_output(model.head)
 
 
 def _dynamic_shape(graph: onnx.GraphProto, node: onnx.NodeProto, batch: int, source: str) -> np.ndarray:

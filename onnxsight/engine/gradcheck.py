@@ -14,7 +14,7 @@ from onnxsight.engine.dynamic_batch import with_dynamic_batch
 from onnxsight.engine.model import with_outputs
 from onnxsight.engine.precision import to_float64
 from onnxsight.engine.reference import reference_evaluator
-from onnxsight.engine.session import open_session
+from onnxsight.engine.session import CPU, open_session
 from onnxsight.errors import InvalidArgument, ModelFileError
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class GradcheckReport:
 
     of: str
     precision: str
-    runtime: str  # "onnxruntime" or "onnx.reference" (float64 ops onnxruntime lacks)
+    runtime: str  # "onnxruntime", "openvino" or "onnx.reference" (float64 ops onnxruntime lacks)
     tolerance: float
     directions: int
     rows: tuple[GradcheckRow, ...]
@@ -78,7 +78,7 @@ def gradcheck(
 
     A random cotangent probes the whole Jacobian, along random unit directions. "float64"
     runs in double precision — in onnxruntime when it has every op in double, else in
-    ``onnx.reference`` — with tolerance 1e-5; "float32" runs onnxruntime as deployed, with
+    ``onnx.reference`` — with tolerance 1e-5; "float32" runs the model's runtime as deployed, with
     tolerance 5e-2. Directions whose step crosses a kink (one-sided differences disagree)
     are skipped and counted; a row fails when a smooth direction disagrees beyond the
     tolerance, and says "kink" when no direction was smooth. ``x`` and ``output`` as for the
@@ -151,14 +151,16 @@ def kinked(right, centre, left, step: float, precision: str = "float64", limit: 
 
 
 def runner(proto: onnx.ModelProto, outputs: Sequence[str], precision: str, model: "Model"):
-    """A function feeds -> outputs in ``precision``, and the runtime that serves it: onnxruntime,
-    or for float64 ops it lacks ``onnx.reference``. Feeds the model does not read are dropped."""
+    """A function feeds -> outputs in ``precision``, and the runtime that serves it: the model's, in
+    float64 onnxruntime's CPU when the model's runtime computes float64 in float32 (OpenVINO), or for
+    float64 ops onnxruntime lacks ``onnx.reference``. Feeds the model does not read are dropped."""
     elem = onnx.TensorProto.DOUBLE if precision == "float64" else onnx.TensorProto.FLOAT
     typed = {name: helper.make_tensor_value_info(name, elem, None) for name in outputs}
     proto = with_outputs(to_float64(proto) if precision == "float64" else proto, outputs, typed)
     try:
-        session = open_session(proto, model.providers, model.source, model.threads)
-        return (lambda feeds: session.run(list(outputs), _used(session, feeds))), "onnxruntime"
+        runtime = model.runtime if precision == "float32" or model.runtime.float64 else CPU
+        session = open_session(proto, runtime, model.source, model.threads)
+        return (lambda feeds: session.run(list(outputs), _used(session, feeds))), runtime.name
     except ModelFileError:
         if precision != "float64":
             raise

@@ -20,7 +20,7 @@ from onnxsight.engine.augment import Augmented, augment_model
 from onnxsight.engine.autodiff import Modifier, build_vjp
 from onnxsight.engine.exporters import torch_layer_names
 from onnxsight.engine.metadata import ModelMetadata
-from onnxsight.engine.session import first_line, open_session, providers_for
+from onnxsight.engine.session import first_line, open_session, resolve
 from onnxsight.errors import InvalidArgument, ModelFileError, OnnxsightError, UnknownName
 
 DEFAULT_BATCH_SIZE = 64
@@ -67,7 +67,7 @@ class Model:
             raise InvalidArgument(f"threads must be a positive integer (or None: one per core), got {threads!r}")
         self.proto = g.runtime_compatible(proto)
         self.source = source
-        self.providers = providers_for(device)
+        self.runtime = resolve(device)
         self.threads = threads
         self.metadata = ModelMetadata.read(proto)
         graph = proto.graph
@@ -91,6 +91,11 @@ class Model:
         self._by_name = {layer.name: layer for layer in self.layers}
         self._sessions: dict[tuple, object] = {}
         self._augmented: dict[tuple, Augmented] = {}
+
+    @property
+    def device(self) -> str:
+        """The resolved device: "cpu", "cuda" or "openvino"."""
+        return self.runtime.device
 
     # ---- names -------------------------------------------------------------------------
     @property
@@ -326,7 +331,7 @@ class Model:
         key = (FED + tensor, tuple(outputs))
         if key not in self._sessions:
             proto = g.fed_at(self.proto, tensor, FED + tensor, outputs, self.values)
-            self._sessions[key] = open_session(proto, self.providers, self.source, self.threads)
+            self._sessions[key] = open_session(proto, self.runtime, self.source, self.threads)
         return self._run_fed(self._sessions[key], tensor, list(outputs), {FED + tensor: value}, x, images, batch_size)
 
     def vjp_from(
@@ -348,7 +353,7 @@ class Model:
             vjp = build_vjp(fed, of, [FED + tensor])
             self._sessions[key] = (open_session(with_outputs(vjp.model, [vjp.gradients[FED + tensor]],
                                                              g.value_infos(vjp.model)),
-                                                self.providers, self.source, self.threads), vjp)
+                                                self.runtime, self.source, self.threads), vjp)
         session, vjp = self._sessions[key]
         if len(cotangent) != len(value):
             raise InvalidArgument(f"cotangent has {len(cotangent)} rows for {len(value)} values of {tensor!r}")
@@ -445,7 +450,7 @@ class Model:
         if key not in self._sessions:
             base = proto if proto is not None else self.proto
             values = self.values if proto is None else g.value_infos(proto)
-            self._sessions[key] = open_session(with_outputs(base, outputs, values), self.providers, self.source, self.threads)
+            self._sessions[key] = open_session(with_outputs(base, outputs, values), self.runtime, self.source, self.threads)
         return self._sessions[key]
 
     def _run_chunk(self, session, outputs, batch, fixed) -> list[np.ndarray]:
@@ -455,7 +460,7 @@ class Model:
         try:
             results = session.run(outputs, batch)
         except Exception as error:  # noqa: BLE001 - onnxruntime raises several unrelated types
-            raise OnnxsightError(f"onnxruntime failed on {self.source}: {first_line(error)}") from error
+            raise OnnxsightError(f"{self.runtime.name} failed on {self.source}: {first_line(error)}") from error
         return [r[:count] for r in results]
 
     def _read_layers(self) -> list[Layer]:
@@ -503,8 +508,9 @@ def _parameters_per_layer(graph: onnx.GraphProto, tensors: Sequence[str]) -> lis
 
 
 def load(model: str | os.PathLike | onnx.ModelProto, device: str = "auto", threads: int | None = None) -> Model:
-    """Load an ONNX classifier from a path (or a ModelProto) onto "auto", "cpu" or "cuda";
-    ``threads``: onnxruntime intra-op threads per session (default: one per core)."""
+    """Load an ONNX classifier from a path (or a ModelProto) onto "auto" (CUDA when it really works,
+    else onnxruntime's CPU), "cpu", "cuda" or "openvino" (OpenVINO's CPU plugin, float32);
+    ``threads``: intra-op threads per session (default: one per core)."""
     if isinstance(model, onnx.ModelProto):
         return Model(model, "<in-memory model>", device, threads)
     path = Path(model)

@@ -1,8 +1,15 @@
-"""onnxruntime sessions and devices: which providers really work, and how to open a session."""
+"""Runtimes and devices: which ones really work, and how to open a session on one.
+
+The only module that knows a runtime: onnxruntime (CPU, or CUDA when it really works) here, and
+OpenVINO through ``engine/openvino_session.py``. Everything above opens sessions with a
+:class:`Runtime` and uses the session's ``run(output_names, feeds)``, ``get_inputs()`` and
+``get_outputs()``.
+"""
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -12,11 +19,31 @@ from onnx import TensorProto, helper
 from onnxsight.engine.graph import runtime_compatible
 from onnxsight.errors import InvalidArgument, ModelFileError
 
-DEVICES = ("auto", "cpu", "cuda")
-CPU = ["CPUExecutionProvider"]
-CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+DEVICES = ("auto", "cpu", "cuda", "openvino")
+_CPU_PROVIDERS = ["CPUExecutionProvider"]
+_CUDA_PROVIDERS = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 _QUIET = 4  # onnxruntime's FATAL: nothing below it is printed
 _DEFAULT_SEVERITY = 3  # ERROR
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """A resolved device: "cpu" or "cuda" (onnxruntime) or "openvino" (OpenVINO on the CPU)."""
+
+    device: str
+
+    @property
+    def name(self) -> str:
+        """The runtime's name, for messages."""
+        return "openvino" if self.device == "openvino" else "onnxruntime"
+
+    @property
+    def float64(self) -> bool:
+        """Whether float64 graphs run in float64 (OpenVINO's CPU plugin computes them in float32)."""
+        return self.device != "openvino"
+
+
+CPU = Runtime("cpu")
 
 
 @functools.lru_cache(maxsize=1)
@@ -37,7 +64,7 @@ def cuda_works() -> bool:
     try:
         options = ort.SessionOptions()
         options.log_severity_level = _QUIET
-        session = ort.InferenceSession(runtime_compatible(probe).SerializeToString(), options, providers=CUDA)
+        session = ort.InferenceSession(runtime_compatible(probe).SerializeToString(), options, providers=_CUDA_PROVIDERS)
         if "CUDAExecutionProvider" not in session.get_providers():
             return False
         session.run(None, {"x": np.ones(1, np.float32)})
@@ -48,27 +75,38 @@ def cuda_works() -> bool:
         ort.set_default_logger_severity(_DEFAULT_SEVERITY)
 
 
-def providers_for(device: str) -> list[str]:
-    """onnxruntime providers for "auto", "cpu" or "cuda"; "cuda" fails clearly without CUDA."""
+def resolve(device: str) -> Runtime:
+    """The runtime for "auto" (CUDA when it really works, else onnxruntime's CPU), "cpu", "cuda"
+    or "openvino"; "cuda" fails clearly without CUDA, "openvino" without the openvino package."""
     if device not in DEVICES:
         raise InvalidArgument(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if device == "openvino":
+        from onnxsight.engine.openvino_session import require_openvino
+
+        require_openvino()
+        return Runtime("openvino")
     if device == "cpu":
         return CPU
     if cuda_works():
-        return CUDA
+        return Runtime("cuda")
     if device == "cuda":
         raise InvalidArgument("device 'cuda' requested but onnxruntime's CUDA provider does not work here")
     return CPU
 
 
-def open_session(model: onnx.ModelProto, providers: list[str], source: str, threads: int | None = None) -> ort.InferenceSession:
-    """A session for ``model`` with ``threads`` intra-op threads (None: onnxruntime's default, one
-    per core); onnxruntime's refusal becomes one line naming ``source``."""
+def open_session(model: onnx.ModelProto, runtime: Runtime, source: str, threads: int | None = None):
+    """A session for ``model`` on ``runtime`` with ``threads`` intra-op threads (None: the runtime's
+    default, one per core); the runtime's refusal becomes one line naming ``source``."""
+    if runtime.device == "openvino":
+        from onnxsight.engine.openvino_session import OpenVinoSession
+
+        return OpenVinoSession.open(model, source, threads)
     options = ort.SessionOptions()
     options.log_severity_level = _DEFAULT_SEVERITY
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    providers = _CUDA_PROVIDERS if runtime.device == "cuda" else _CPU_PROVIDERS
     try:
         return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
     except Exception as error:  # noqa: BLE001 - onnxruntime raises several unrelated types

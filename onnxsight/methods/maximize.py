@@ -248,7 +248,7 @@ class _Loop:
         self.gradient_name = vjp.gradients[model.input_name]
         self.cotangent = vjp.cotangent
         self.vjp_model = vjp.model
-        self.session = open_session(vjp.model, model.providers, model.source, model.threads)
+        self.session = open_session(vjp.model, model.runtime, model.source, model.threads)
         self._precise = None  # float64 runners of the head and of its VJP graph, built at the first check
 
     def _feeds(self, z: np.ndarray, extra: dict | None = None) -> dict:
@@ -264,7 +264,7 @@ class _Loop:
             value, gradient = self.session.run([self.head.value, self.gradient_name],
                                                self._feeds(np.ascontiguousarray(z), {self.cotangent: ones}))
         except Exception as error:  # noqa: BLE001 - onnxruntime raises several unrelated types
-            raise OnnxsightError(f"onnxruntime failed on {self.model.source}: {first_line(error)}") from error
+            raise OnnxsightError(f"{self.model.runtime.name} failed on {self.model.source}: {first_line(error)}") from error
         if not (np.isfinite(value).all() and np.isfinite(gradient).all()):
             raise InvalidArgument("the objective or its gradient is not finite; lower lr or add regularizers")
         return value, gradient

@@ -16,7 +16,6 @@ from onnx import numpy_helper
 
 from onnxsight.engine import targets
 from onnxsight.engine.model import Model
-from onnxsight.engine.session import providers_for
 from onnxsight.errors import InvalidArgument
 from onnxsight.metrics.robustness import Explain, _explained, _single_image_input
 
@@ -101,7 +100,6 @@ def randomized_models(
         raise InvalidArgument(f"model randomisation: no weighted layer {', '.join(map(repr, unknown)) or 'named'}; "
                               f"choose among {', '.join(known)}")
     initializers = {t.name: t for t in model.proto.graph.initializer}
-    device = "cpu" if model.providers == providers_for("cpu") else "auto"
     drawn: dict[str, np.ndarray] = {}
     for position, (name, weights) in enumerate(found):
         rng = np.random.default_rng([seed, position])
@@ -118,7 +116,7 @@ def randomized_models(
             if tensor.name in drawn:
                 tensor.CopyFrom(numpy_helper.from_array(drawn[tensor.name], tensor.name))
         mode = "cascading" if cascading else "independent"
-        yield name, Model(proto, f"{model.source} ({mode} randomisation down to {name})", device, model.threads)
+        yield name, Model(proto, f"{model.source} ({mode} randomisation down to {name})", model.device, model.threads)
 
 
 def model_randomization(

@@ -53,7 +53,7 @@ class Job:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     shard_size: int = 1024
-    device: str = "cpu"  # resolved: "cpu" or "cuda"
+    device: str = "cpu"  # resolved: "cpu", "cuda" or "openvino"
     threads: int = 1  # onnxruntime intra-op threads per session (results do not depend on it)
 
     def __post_init__(self):

@@ -14,7 +14,7 @@ import numpy as np
 
 from onnxsight.data.files import atomic_write
 from onnxsight.engine.model import load
-from onnxsight.engine.session import providers_for
+from onnxsight.engine.session import resolve
 from onnxsight.errors import InvalidArgument
 from onnxsight.scale import reductions as r
 from onnxsight.scale.jobs import Job, compute, unit_key
@@ -79,7 +79,7 @@ def run_batch(
         raise InvalidArgument(f"connect_timeout must be positive, got {connect_timeout}")
     checked = load(model, device="cpu")
     source = open_source(data, split, limit)
-    resolved = "cuda" if providers_for(device)[0] == "CUDAExecutionProvider" else "cpu"
+    resolved = resolve(device).device
     job = Job(
         str(Path(model).resolve()), sha256_of(Path(model)), source, str(output), method, target, of,
         dict(options or {}), tuple(layers), k, seed, batch_size, scale, _floats(mean), _floats(std), shard_size,
@@ -89,7 +89,7 @@ def run_batch(
     shards = plan(source.count, shard_size)
     manifest = Manifest(output, job.description(), force)
     pending = manifest.pending(shards)
-    count = workers if workers is not None else (max(1, len(os.sched_getaffinity(0)) // threads) if resolved == "cpu" else 1)
+    count = workers if workers is not None else (max(1, len(os.sched_getaffinity(0)) // threads) if resolved != "cuda" else 1)
     if on_start is not None:
         on_start(source.count - sum(s.stop - s.start for s in pending), source.count)
     for record in _engine(engine, job, pending, min(count, max(1, len(pending))), address, connect_timeout,

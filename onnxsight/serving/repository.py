@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from onnxsight.engine.model import load
-from onnxsight.engine.session import first_line, open_session, providers_for
+from onnxsight.engine.session import Runtime, first_line, open_session
 from onnxsight.errors import InvalidArgument, ModelFileError
 from onnxsight.serving.explainer import EXPLAINER, METHODS, TARGET, export_explainer
 from onnxsight.serving.protocol import ONNX_TYPES, ProtocolError, TensorSpec
@@ -29,10 +28,10 @@ PLATFORM = "onnxruntime_onnx"
 
 @dataclass
 class ServedModel:
-    """One named model: an onnxruntime session (thread-safe ``run``) and its protocol tensors."""
+    """One named model: a session (thread-safe ``run``) and its protocol tensors."""
 
     name: str
-    session: ort.InferenceSession
+    session: object  # an onnxruntime or OpenVINO session (engine/session.py)
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     explainer: dict | None = None  # the explainer's description (metadata), None for a plain model
@@ -55,10 +54,10 @@ class ServedModel:
                                      "(a negative target explains the predicted class)")
 
     def run(self, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        """Runs the session; onnxruntime's failure becomes an InvalidArgument naming the model."""
+        """Runs the session; the runtime's failure becomes an InvalidArgument naming the model."""
         try:
             results = self.session.run(list(outputs), inputs)
-        except Exception as error:  # noqa: BLE001 - onnxruntime raises several unrelated types
+        except Exception as error:  # noqa: BLE001 - the runtimes raise several unrelated types
             raise InvalidArgument(f"inference failed on model {self.name!r}: {first_line(error)}") from error
         return dict(zip(outputs, results))
 
@@ -78,7 +77,6 @@ def load_models(path: str | Path, methods: Sequence[str] = METHODS, layer: str |
         files = [path]
     else:
         raise ModelFileError(f"model path not found: {path}")
-    providers = providers_for(device)
     served: dict[str, ServedModel] = {}
     for file in files:
         model = load(file, device=device)
@@ -92,13 +90,13 @@ def load_models(path: str | Path, methods: Sequence[str] = METHODS, layer: str |
         for name, (proto, description) in protos.items():
             if name in served:
                 raise ModelFileError(f"two models would be served as {name!r}; rename one of the files")
-            served[name] = _served(name, proto, description, providers, str(file))
+            served[name] = _served(name, proto, description, model.runtime, str(file))
     return served
 
 
-def _served(name: str, proto: onnx.ModelProto, description: dict | None, providers: list[str],
+def _served(name: str, proto: onnx.ModelProto, description: dict | None, runtime: Runtime,
             source: str) -> ServedModel:
-    session = open_session(proto, providers, source)
+    session = open_session(proto, runtime, source)
     optional = set(description.get("optional_inputs", [])) if description else set()
     inputs = [_spec(v) for v in session.get_inputs()]
     inputs += [_spec(v, optional=True) for v in session.get_overridable_initializers() if v.name in optional]
