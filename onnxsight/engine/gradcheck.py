@@ -184,6 +184,7 @@ def _fed_at(model: "Model", tensor: str) -> onnx.ModelProto:
         for i, name in enumerate(node.input):
             if name == tensor:
                 node.input[i] = _FEED + tensor
-    elem = model.values[tensor].type.tensor_type.elem_type
-    proto.graph.input.append(helper.make_tensor_value_info(_FEED + tensor, elem, None))
+    feed = proto.graph.input.add()
+    feed.name = _FEED + tensor
+    feed.type.CopyFrom(model.values[tensor].type)  # its rank: OpenVINO compiles no input of unknown rank
     return proto

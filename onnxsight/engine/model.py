@@ -331,6 +331,8 @@ class Model:
         key = (FED + tensor, tuple(outputs))
         if key not in self._sessions:
             proto = g.fed_at(self.proto, tensor, FED + tensor, outputs, self.values)
+            feed = next(v for v in proto.graph.input if v.name == FED + tensor)
+            feed.type.CopyFrom(self.values[tensor].type)  # its rank: OpenVINO compiles no input of unknown rank
             self._sessions[key] = open_session(proto, self.runtime, self.source, self.threads)
         return self._run_fed(self._sessions[key], tensor, list(outputs), {FED + tensor: value}, x, images, batch_size)
 

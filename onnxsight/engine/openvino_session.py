@@ -5,6 +5,7 @@ Compiled in full float32 (``INFERENCE_PRECISION_HINT=f32``, ``EXECUTION_MODE_HIN
 with AVX-512 BF16 or AMX the plugin's default is bfloat16, which puts relative errors of about 1e-2 in
 forward outputs and gradients. A graph input that also has an initializer (an optional input with a
 default, e.g. an explainer's ``target``) stays an input that ``run`` fills with its default when omitted.
+OpenVINO has no MaxUnpool (which the MaxPool gradient rule emits): it becomes a ScatterElements into zeros.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxsight.engine import graph as g
+from onnxsight.engine.autodiff.builder import GraphBuilder
 from onnxsight.errors import MissingDependency, ModelFileError
 
 _ACCURATE = {"INFERENCE_PRECISION_HINT": "f32", "EXECUTION_MODE_HINT": "ACCURACY", "PERFORMANCE_HINT": "LATENCY"}
@@ -52,9 +55,10 @@ class OpenVinoSession:
     """One graph compiled for OpenVINO's CPU plugin; ``run`` is thread-safe (one infer request per
     concurrent call, reused)."""
 
-    def __init__(self, compiled, inputs: list[TensorInfo], outputs: list[TensorInfo], defaults: dict[str, np.ndarray]):
+    def __init__(self, compiled, inputs: list[TensorInfo], optional: list[TensorInfo], outputs: list[TensorInfo],
+                 defaults: dict[str, np.ndarray]):
         self._compiled = compiled
-        self._inputs, self._outputs, self._defaults = inputs, outputs, defaults
+        self._inputs, self._optional, self._outputs, self._defaults = inputs, optional, outputs, defaults
         self._ports = {name: port for port in compiled.outputs for name in port.get_names()}
         self._dtypes = {o.name: np.dtype(o.dtype) for o in outputs if o.dtype is not None}
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
@@ -66,8 +70,7 @@ class OpenVinoSession:
         graph = model.graph
         initializers = {t.name: t for t in graph.initializer}
         defaults = {v.name: numpy_helper.to_array(initializers[v.name]) for v in graph.input if v.name in initializers}
-        visible = onnx.ModelProto()
-        visible.CopyFrom(model)
+        visible = without_max_unpool(model)
         kept = [t for t in visible.graph.initializer if t.name not in defaults]  # OpenVINO folds inputs with initializers
         del visible.graph.initializer[:]
         visible.graph.initializer.extend(kept)
@@ -78,8 +81,9 @@ class OpenVinoSession:
             compiled = _core().compile_model(_core().read_model(visible.SerializeToString(), b""), "CPU", config)
         except Exception as error:  # noqa: BLE001 - OpenVINO raises RuntimeError and others
             raise ModelFileError(f"openvino cannot run {source}: {reason(error)}") from error
-        inputs = [_info(v) for v in graph.input if v.name not in initializers]
-        return cls(compiled, inputs, [_info(v) for v in graph.output], defaults)
+        inputs = [_info(v) for v in graph.input if v.name not in defaults]
+        optional = [_info(v) for v in graph.input if v.name in defaults]
+        return cls(compiled, inputs, optional, [_info(v) for v in graph.output], defaults)
 
     def get_inputs(self) -> list[TensorInfo]:
         return list(self._inputs)
@@ -89,7 +93,7 @@ class OpenVinoSession:
 
     def get_overridable_initializers(self) -> list[TensorInfo]:
         """The optional inputs: graph inputs with a default value."""
-        return [TensorInfo(name, list(value.shape), _type_name(value.dtype)) for name, value in self._defaults.items()]
+        return list(self._optional)
 
     def run(self, output_names, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The outputs ``output_names`` (None: all) for ``feeds`` by input name, as numpy arrays."""
@@ -116,10 +120,53 @@ class OpenVinoSession:
 
 
 def reason(error: BaseException) -> str:
-    """The informative line of an OpenVINO error, without its source locations and summary headers."""
+    """An OpenVINO error in one line: the summary of a failed conversion ("No conversion rule found
+    for operations: Det-17"), else its first line that is not a source location."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip() and not _LOCATION.match(line.strip())]
-    listed = [line[3:] for line in lines if line.startswith("-- ")]
-    return (listed or lines or [type(error).__name__])[0]
+    summary = lines[lines.index("Summary:") + 1:] if "Summary:" in lines else []
+    listed = [line[3:] for line in summary if line.startswith("-- ")]
+    return "; ".join(listed) if listed else (lines or [type(error).__name__])[0]
+
+
+def without_max_unpool(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` with each MaxUnpool written as a ScatterElements of its flattened input at its
+    flat indices into zeros of its output's shape (``output_shape``, else ``(in - 1)·strides + kernel - pads``)."""
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    if not any(node.op_type == "MaxUnpool" for node in model.graph.node):
+        return result
+    graph = result.graph
+    names = [*g.tensor_names(graph), *(node.name for node in graph.node)]
+    b = GraphBuilder({}, g.opset_version(model), g.free_name(names, "onnxsight/openvino"))
+    nodes = []
+    for node in graph.node:
+        if node.op_type != "MaxUnpool":
+            nodes.append(node)
+            continue
+        b.scope(node.name or node.output[0])
+        start = len(b.nodes)
+        x, index = node.input[0], node.input[1]
+        shape = node.input[2] if len(node.input) > 2 and node.input[2] else _unpooled_shape(b, node, x)
+        zeros = b.op("Reshape", b.op("CastLike", b.op("ConstantOfShape", shape), x), b.ints([-1]))
+        flat = b.op("ScatterElements", zeros, b.op("Reshape", index, b.ints([-1])), b.op("Reshape", x, b.ints([-1])), axis=0)
+        b.op("Reshape", flat, shape)
+        b.nodes[-1].output[0] = node.output[0]  # the unpooled tensor keeps its name
+        nodes.extend(b.nodes[start:])
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return result
+
+
+def _unpooled_shape(b: GraphBuilder, node: onnx.NodeProto, x: str) -> str:
+    attrs = {a.name: list(helper.get_attribute_value(a)) for a in node.attribute}
+    kernel = attrs["kernel_shape"]
+    strides = attrs.get("strides", [1] * len(kernel))
+    pads = attrs.get("pads", [0] * 2 * len(kernel))
+    extra = [k - s - p - q for k, s, p, q in zip(kernel, strides, pads[:len(kernel)], pads[len(kernel):])]
+    size = b.shape(x)
+    spatial = b.op("Slice", size, b.ints([2]), b.ints([2 + len(kernel)]))
+    return b.op("Concat", b.op("Slice", size, b.ints([0]), b.ints([2])),
+                b.op("Add", b.op("Mul", spatial, b.ints(strides)), b.ints(extra)), axis=0)
 
 
 def _info(value: onnx.ValueInfoProto) -> TensorInfo:

@@ -1,0 +1,150 @@
+"""OpenVINO as a device: every method, the explainer files and the gradient check give onnxruntime's
+numbers on the seed CNN; a model with an op OpenVINO lacks, and a missing openvino package, fail in one line.
+
+Tolerance: both runtimes compute in float32 (OpenVINO with INFERENCE_PRECISION_HINT=f32) with different
+kernels and accumulation orders, so maps differ by float32 rounding amplified through the network:
+measured about 1e-6 of the map's max here; ``RTOL`` = 1e-4 of the map's max leaves room for other CPUs
+while OpenVINO's bfloat16 default (about 1e-2 on CPUs with AMX/AVX-512 BF16) would fail it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import onnxsight
+from onnxsight.errors import MissingDependency, ModelFileError
+
+pytest.importorskip("openvino", reason="openvino is not installed (pip install 'onnxsight[openvino]')")
+
+RTOL = 1e-4  # of the map's max; see the module docstring
+
+
+@pytest.fixture(scope="module")
+def ov_model(mnist_onnx):
+    return onnxsight.load(mnist_onnx, device="openvino")
+
+
+@pytest.fixture(scope="module")
+def images(digits_data):
+    return digits_data.x_test[:6]
+
+
+def assert_close(got: np.ndarray, want: np.ndarray, what: str) -> None:
+    assert got.dtype == want.dtype and got.shape == want.shape, f"{what}: {got.dtype}{got.shape} vs {want.dtype}{want.shape}"
+    scale = float(np.abs(want).max())
+    assert scale > 0, f"{what}: the onnxruntime map is all zeros; the comparison would prove nothing"
+    error = float(np.abs(got.astype(np.float64) - want).max()) / scale
+    assert error <= RTOL, f"{what}: OpenVINO differs from onnxruntime by {error:.2e} of the map's max (limit {RTOL})"
+
+
+METHODS = {
+    "forward": lambda m, x: m.predict(x),
+    "saliency": lambda m, x: onnxsight.saliency(m, x),
+    "guided": lambda m, x: onnxsight.saliency(m, x, modifier="guided"),
+    "deconv": lambda m, x: onnxsight.saliency(m, x, modifier="deconv"),
+    "smoothgrad": lambda m, x: onnxsight.saliency(m, x, smooth_samples=4, seed=1),  # seed 0: a near-tie, see below
+    "gradient-x-input": lambda m, x: onnxsight.saliency(m, x, times_input=True, absolute=False, reduce=None),
+    "ig": lambda m, x: onnxsight.integrated_gradients(m, x, steps=8),
+    "deeplift": lambda m, x: onnxsight.deeplift(m, x),
+    "lrp-epsilon": lambda m, x: onnxsight.lrp(m, x),
+    "lrp-epsilon-plus": lambda m, x: onnxsight.lrp(m, x, rule="epsilon-plus"),
+    "occlusion": lambda m, x: onnxsight.occlusion(m, x, window=7, stride=7),
+    **{f"gradcam-{v}": (lambda v: lambda m, x: onnxsight.gradcam(m, x, variant=v, normalize=False))(v)
+       for v in ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "scorecam", "ablationcam", "eigengradcam")},
+    "guided-gradcam": lambda m, x: onnxsight.gradcam(m, x, guided=True),
+}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_gives_onnxruntimes_numbers(method, model, ov_model, images):
+    assert ov_model.device == "openvino" and model.device == "cpu"
+    assert_close(METHODS[method](ov_model, images), METHODS[method](model, images), method)
+
+
+def test_sessions_are_float32_with_the_thread_count_and_compiled_once(mnist_onnx, images):
+    m = onnxsight.load(mnist_onnx, device="openvino", threads=1)
+    m.predict(images)
+    m.predict(images[:2])
+    (session,) = m._sessions.values()  # one compiled graph, reused for another batch size
+    compiled = session._compiled
+    assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
+    assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+
+
+def test_explainer_files_give_the_same_outputs_on_openvino(model, images, tmp_path):
+    from onnxsight.serving.repository import load_models
+
+    methods = ("saliency", "gradcam", "smoothgrad", "deeplift")
+    for method in methods:
+        onnx.save(onnxsight.export_explainer(model, method, samples=4), tmp_path / f"mnist_{method}.onnx")
+    on_cpu = load_models(tmp_path, methods=(), device="cpu")
+    on_openvino = load_models(tmp_path, methods=(), device="openvino")
+    assert sorted(on_openvino) == sorted(on_cpu) and len(on_cpu) == len(methods)
+    for name, served in on_cpu.items():
+        other = on_openvino[name]
+        assert [s.metadata() for s in other.inputs] == [s.metadata() for s in served.inputs]  # with the optional target
+        assert [s.metadata() for s in other.outputs] == [s.metadata() for s in served.outputs]
+        outputs = [s.name for s in served.outputs]
+        image = {served.inputs[0].name: images}
+        for feeds in (image, {**image, "target": np.array([3, 1, 4, 1, 5, 9], np.int64)}):
+            want, got = served.run(feeds, outputs), other.run(feeds, outputs)
+            for output in outputs:
+                assert_close(got[output], want[output], f"{name} {output} ({sorted(feeds)})")
+
+
+def test_gradcheck_passes_on_openvino(ov_model, images):
+    single = onnxsight.gradcheck(ov_model, images[:2], precision="float32", wrt=["input", ov_model.layers[1].name])
+    assert single.runtime == "openvino" and single.passed, single
+    from onnxsight.engine.gradcheck import runner
+
+    _, runtime = runner(ov_model.proto, [ov_model.logits], "float64", ov_model)
+    assert runtime == "onnx.reference"  # OpenVINO computes float64 in float32; onnxruntime lacks a float64 Conv
+
+
+def _determinant_model() -> onnx.ModelProto:
+    """(N, 3, 3) -> the determinant and its square: Det runs in onnxruntime, OpenVINO has no conversion for it."""
+    graph = helper.make_graph(
+        [helper.make_node("Det", ["x"], ["det"]), helper.make_node("Mul", ["det", "det"], ["y"])], "det",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_an_op_openvino_lacks_fails_in_one_line():
+    x = np.random.default_rng(0).standard_normal((2, 3, 3)).astype(np.float32)
+    assert np.allclose(onnxsight.load(_determinant_model(), device="cpu").run(x, ["y"])[0], np.linalg.det(x) ** 2, rtol=1e-4)
+    with pytest.raises(ModelFileError) as raised:
+        onnxsight.load(_determinant_model(), device="openvino").run(x, ["y"])
+    message = str(raised.value)
+    assert message.startswith("openvino cannot run <in-memory model>: ") and "Det" in message and "\n" not in message, message
+
+
+def test_a_missing_openvino_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
+    with pytest.raises(MissingDependency, match=r"pip install 'onnxsight\[openvino\]'"):
+        onnxsight.load(_determinant_model(), device="openvino")
+
+
+def test_cli_predict_on_openvino(mnist_onnx, images, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from onnxsight.cli.app import app
+
+    np.save(tmp_path / "x.npy", images)
+    results = {}
+    for device in ("cpu", "openvino"):
+        result = CliRunner().invoke(app, ["predict", str(mnist_onnx), str(tmp_path / "x.npy"), "--device", device, "--json"])
+        assert result.exit_code == 0, result.output
+        results[device] = json.loads(result.stdout)
+    scores = {d: np.array([[c["score"] for c in image["top"]] for image in r]) for d, r in results.items()}
+    assert [[c["class"] for c in i["top"]] for i in results["openvino"]] == [[c["class"] for c in i["top"]] for i in results["cpu"]]
+    assert_close(scores["openvino"], scores["cpu"], "predict --json scores")
+    bad = CliRunner().invoke(app, ["predict", str(mnist_onnx), str(tmp_path / "x.npy"), "--device", "tpu"])
+    assert bad.exit_code != 0 and "unknown device 'tpu'" in bad.output
