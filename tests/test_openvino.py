@@ -148,3 +148,25 @@ def test_cli_predict_on_openvino(mnist_onnx, images, tmp_path):
     assert_close(scores["openvino"], scores["cpu"], "predict --json scores")
     bad = CliRunner().invoke(app, ["predict", str(mnist_onnx), str(tmp_path / "x.npy"), "--device", "tpu"])
     assert bad.exit_code != 0 and "unknown device 'tpu'" in bad.output
+
+
+@pytest.mark.parametrize("kernel, pads, size, output_shape", [
+    (2, 0, 6, False),  # the MaxPool gradient's tiling case
+    (2, 0, 5, True),  # an odd input: the unpooled size given as output_shape
+    (3, 1, 7, False),  # padded windows: (in - 1)·strides + kernel - pads
+])
+def test_max_unpool_is_lowered_to_what_onnxruntime_computes(kernel, pads, size, output_shape):
+    """OpenVINO has no MaxUnpool; its ScatterElements lowering equals onnxruntime's MaxUnpool exactly."""
+    attrs = dict(kernel_shape=[kernel] * 2, strides=[kernel] * 2, pads=[pads] * 4)
+    nodes = [helper.make_node("MaxPool", ["x"], ["y", "i"], **attrs),
+             helper.make_node("MaxUnpool", ["y", "i", *(["s"] if output_shape else [])], ["z"], **attrs)]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, size, size])]
+    initializers = [helper.make_tensor("s", TensorProto.INT64, [4], [2, 3, size, size])] if output_shape else []
+    graph = helper.make_graph(nodes, "unpool", inputs, [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+                              initializer=initializers)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
+    want = onnxsight.load(proto, device="cpu").run(x, ["z"])[0]
+    got = onnxsight.load(proto, device="openvino").run(x, ["z"])[0]
+    assert want.shape == got.shape and np.count_nonzero(want) == 2 * 3 * (size // kernel if not pads else 3) ** 2
+    np.testing.assert_array_equal(got, want)
