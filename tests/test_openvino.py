@@ -170,3 +170,16 @@ def test_max_unpool_is_lowered_to_what_onnxruntime_computes(kernel, pads, size, 
     got = onnxsight.load(proto, device="openvino").run(x, ["z"])[0]
     assert want.shape == got.shape and np.count_nonzero(want) == 2 * 3 * (size // kernel if not pads else 3) ** 2
     np.testing.assert_array_equal(got, want)
+
+
+def test_only_the_session_layer_knows_a_runtime():
+    """Above engine/session.py (and the OpenVINO module it imports) no code opens runtime sessions or
+    compares provider lists; the Keras converter checks its conversion with onnxruntime itself."""
+    from pathlib import Path
+
+    package = Path(onnxsight.__file__).parent
+    allowed = {"engine/session.py", "engine/openvino_session.py", "converters/keras.py"}
+    markers = ("InferenceSession", "ExecutionProvider", "import onnxruntime", "import openvino", "from openvino")
+    knowing = [str(path.relative_to(package)) for path in package.rglob("*.py")
+               if str(path.relative_to(package)) not in allowed and any(m in path.read_text() for m in markers)]
+    assert not knowing, f"runtime-specific code outside engine/session.py: {knowing}"
