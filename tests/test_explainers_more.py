@@ -109,6 +109,22 @@ def test_occlusion_options_are_baked_in_as_the_library_uses_them(model, x, optio
     assert description["window"] == list(window) and description["fill"] == options["fill"]
 
 
+def test_occlusion_runs_its_windows_in_steps_of_a_loop(model, x, monkeypatch):
+    """Five windows per Loop step: 36 windows in 8 steps, the last padded with windows that cover nothing."""
+    import math
+
+    from onnxsight.serving import explainer
+
+    row_bytes = sum(4 * math.prod(s[1:]) for s in model.shapes.values() if len(s) > 1 and s[0] is None and None not in s[1:])
+    monkeypatch.setattr(explainer, "OCCLUSION_CHUNK_BYTES", 5 * row_bytes)
+    proto = export_explainer(model, "occlusion", window=7, stride=4)
+    assert json.loads({p.key: p.value for p in proto.metadata_props}[EXPLAINER])["windows_per_step"] == 5
+    assert [n.op_type for n in proto.graph.node].count("Loop") == 1
+    targets = np.array([6, 0, 2])
+    want = normalize_each(onnxsight.occlusion(model, x, target=targets, window=7, stride=4))
+    np.testing.assert_allclose(run(proto, x, targets)[2], want, atol=TOLERANCE)
+
+
 @pytest.mark.parametrize(("method", "options", "message"), [
     ("ig", {"baseline": "blur"}, "baseline must be 'black', 'grey' or a finite number; got 'blur'"),
     ("ig", {"baseline": np.zeros(3)}, "got a ndarray"),

@@ -45,6 +45,7 @@ from onnxsight.kernels import occlusion as occlusion_kernels
 from onnxsight.kernels.attribution import noise_scale, smoothgrad_noise
 from onnxsight.methods.cam import check_cam_layer, default_cam_layer
 from onnxsight.methods.common import attributed_inputs, require_image
+from onnxsight.methods.occlusion import CHUNK_BYTES as OCCLUSION_CHUNK_BYTES
 from onnxsight.methods.occlusion import default_window
 from onnxsight.methods.relevance import relevance_modifier
 
@@ -222,7 +223,8 @@ def export_explainer(
     elif method == "ig":
         heatmap = _normalize(g, _integrated(g, per_copy(grads[0]), options, input_axis, elem))
     elif method == "occlusion":
-        heatmap = _normalize(g, _occlusion_drops(g, logits, cotangent, resolved, batch, copies.count, options, elem))
+        scores = _occluded_scores(g, proto, x, logits, g.op("Flatten", cotangent, axis=1), options, model, input_axis, elem)
+        heatmap = _normalize(g, _occlusion_drops(g, logits, scores, resolved, options, elem))
     else:
         heatmap = _cam(g, "gradcam" if method == "guided-gradcam" else method, cam_tensor, grads[0],
                        model.channel_axis(cam_layer), size)
@@ -280,8 +282,11 @@ def _copies(model: Model, method: str, input_axis: int, elem: int, given: dict) 
         if not (fill == "mean" or isinstance(fill, (int, float)) and not isinstance(fill, bool) and math.isfinite(fill)):
             raise InvalidArgument(f"an occlusion explainer's fill must be a finite number or 'mean'; got {fill!r}")
         rows, cols = occlusion_kernels.grid(height, width, window, stride)
-        options = {"window": list(window), "stride": list(stride), "fill": fill, "_rows": rows, "_cols": cols}
-        return _Copies(len(rows), lambda g: _occluded_copies(g, model.input_shape, input_axis, rows, cols, fill, elem)), options
+        row_bytes = sum(4 * math.prod(shape[1:]) for shape in model.shapes.values()
+                        if len(shape) > 1 and shape[0] is None and None not in shape[1:])
+        chunk = int(np.clip(OCCLUSION_CHUNK_BYTES // max(1, row_bytes), 1, len(rows)))
+        return None, {"window": list(window), "stride": list(stride), "fill": fill, "windows_per_step": chunk,
+                      "_rows": rows, "_cols": cols}
     return None, {}
 
 
@@ -428,30 +433,78 @@ def _integrated(g: GraphBuilder, gradients: str, options: dict, input_axis: int,
     return g.reduce_sum(attributions, [input_axis], keepdims=0)
 
 
-def _occluded_copies(g: GraphBuilder, input_shape, input_axis: int, rows: np.ndarray, cols: np.ndarray,
+def _occluded_copies(g: GraphBuilder, image: str, input_shape, input_axis: int, rows: str, cols: str,
                      fill: float | str, elem: int) -> str:
-    """(P·N, ...) copies, window-major: window p of ``rows`` (P, H) × ``cols`` (P, W) set to ``fill``
-    (a number, or "mean": each image's per-channel mean) in image n (``kernels.occlusion.occlude``)."""
-    inside = g.op("And", g.unsqueeze(g.const(rows), [2]), g.unsqueeze(g.const(cols), [1]))  # (P, H, W)
+    """(P·N, ...) copies, window-major: window p of the boolean ``rows`` (P, H) × ``cols`` (P, W) set to
+    ``fill`` (a number, or "mean": each image's per-channel mean) in image n (``kernels.occlusion.occlude``)."""
+    inside = g.op("And", g.unsqueeze(rows, [2]), g.unsqueeze(cols, [1]))  # (P, H, W)
     inside = g.unsqueeze(inside, [1, 1 + input_axis])  # (P, 1, ...) with the image's channel axis
     if fill == "mean":
         spatial = [axis for axis in (1, 2, 3) if axis != input_axis]
-        value = g.unsqueeze(_reduce(g, "ReduceMean", IMAGE, spatial, keepdims=1), [0])
+        value = g.unsqueeze(_reduce(g, "ReduceMean", image, spatial, keepdims=1), [0])
     else:
         value = g.const(np.asarray(fill, helper.tensor_dtype_to_np_dtype(elem)))
-    copies = g.op("Where", inside, value, g.unsqueeze(IMAGE, [0]))
+    copies = g.op("Where", inside, value, g.unsqueeze(image, [0]))
     return g.op("Reshape", copies, g.ints([-1, *input_shape[1:]]))
 
 
-def _occlusion_drops(g: GraphBuilder, logits: str, cotangent: str, resolved: str, batch: str, windows: int,
-                     options: dict, elem: int) -> str:
-    """(N, H, W): the target logit of each image minus that of each occluded copy, averaged per pixel
-    over the windows covering it (``kernels.occlusion.average_drops``)."""
-    flat = g.op("Flatten", logits, axis=1)
-    scores = g.reduce_sum(g.op("Mul", flat, g.op("Flatten", cotangent, axis=1)), [1], keepdims=0)  # copies; clean rows 0
-    occluded = g.op("Reshape", g.op("Slice", scores, batch, g.ints([np.iinfo(np.int64).max])), g.ints([windows, -1]))
-    clean = g.op("GatherElements", g.op("Slice", flat, g.ints([0]), batch), g.unsqueeze(resolved, [1]), axis=1)  # (N, 1)
-    drops = g.op("Sub", clean, g.op("Transpose", occluded, perm=[1, 0]))  # (N, P)
+def _occluded_scores(g: GraphBuilder, proto: onnx.ModelProto, x: str, logits: str, one_hot: str, options: dict,
+                     model: Model, input_axis: int, elem: int) -> str:
+    """(P, N): the target logit of every occluded copy. A ``Loop`` runs the model's forward nodes on
+    ``windows_per_step`` windows of all N images at a time (about ``OCCLUSION_CHUNK_BYTES`` of
+    activations per image), so memory does not grow with the number of windows."""
+    rows, cols, chunk = options["_rows"], options["_cols"], options["windows_per_step"]
+    steps = -(-len(rows) // chunk)
+    padded = [np.concatenate([a, np.zeros((steps * chunk - len(a), a.shape[1]), bool)]).reshape(steps, chunk, -1)
+              for a in (rows, cols)]  # the padding windows cover nothing; their scores are dropped
+    b = GraphBuilder({}, g.opset, f"{g.prefix}/windows")
+    step, condition, image, target = (f"{b.prefix}/{name}" for name in ("step", "condition", "image", "target"))
+    b.scope("copies")
+    chunk_rows, chunk_cols = (b.op("Gather", b.const(a), step, axis=0) for a in padded)
+    copies = _occluded_copies(b, image, model.input_shape, input_axis, chunk_rows, chunk_cols, options["fill"], elem)
+    forward = live_nodes(list(proto.graph.node), {logits})
+    inputs = {v.name: v for v in proto.graph.input if v.name not in {t.name for t in proto.graph.initializer}}
+    renames = {x: copies}
+    b.scope("inputs")  # the model's other inputs (outer scope), one row per copy
+    for name in inputs.keys() - {x}:
+        renames[name] = b.op("Tile", name, b.ints([chunk] + [1] * (len(model.shapes[name]) - 1)))
+    renames |= {out: f"{b.prefix}/model/{out}" for node in forward for out in node.output if out}
+    nodes = []
+    for node in forward:
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            raise InvalidArgument(f"the occlusion explainer cannot repeat a model with control flow ({node.op_type})")
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.input[:] = [renames.get(i, i) for i in node.input]
+        copy.output[:] = [renames.get(o, o) for o in node.output]
+        copy.name = f"{b.prefix}/model/{node.name or node.output[0]}"
+        nodes.append(copy)
+    b.scope("scores")
+    tiled = b.op("Tile", target, b.ints([chunk, 1]))
+    scores = b.reduce_sum(b.op("Mul", b.op("Flatten", renames[logits], axis=1), tiled), [1], keepdims=0)
+    scores = b.op("Reshape", scores, b.ints([chunk, -1]))
+    passed = [b.op("Identity", name) for name in (condition, image, target)]
+    body = helper.make_graph(
+        toposorted([*b.nodes, *nodes]), "occlusion_windows",
+        [helper.make_tensor_value_info(step, TensorProto.INT64, []),
+         helper.make_tensor_value_info(condition, TensorProto.BOOL, []),
+         helper.make_tensor_value_info(image, elem, [_BATCH, *model.input_shape[1:]]),
+         helper.make_tensor_value_info(target, elem, [_BATCH, None])],
+        [helper.make_tensor_value_info(passed[0], TensorProto.BOOL, []),
+         helper.make_tensor_value_info(passed[1], elem, [_BATCH, *model.input_shape[1:]]),
+         helper.make_tensor_value_info(passed[2], elem, [_BATCH, None]),
+         helper.make_tensor_value_info(scores, elem, [chunk, _BATCH])])
+    # an explicit condition: onnx.reference runs no step without one
+    *_, scores = g.op("Loop", g.ints(steps), g.const(np.array(True)), IMAGE, one_hot, outputs=3, body=body)
+    flat = g.op("Reshape", scores, g.ints([steps * chunk, -1]))  # (steps, chunk, N) stacked
+    return g.op("Slice", flat, g.ints([0]), g.ints([len(rows)]))
+
+
+def _occlusion_drops(g: GraphBuilder, logits: str, scores: str, resolved: str, options: dict, elem: int) -> str:
+    """(N, H, W): each image's target logit minus the (P, N) ``scores`` of its occluded copies, averaged
+    per pixel over the windows covering it (``kernels.occlusion.average_drops``)."""
+    clean = g.op("GatherElements", g.op("Flatten", logits, axis=1), g.unsqueeze(resolved, [1]), axis=1)  # (N, 1)
+    drops = g.op("Sub", clean, g.op("Transpose", scores, perm=[1, 0]))  # (N, P)
     dtype = helper.tensor_dtype_to_np_dtype(elem)
     rows, cols = options["_rows"].astype(np.float64), options["_cols"].astype(np.float64)
     counts = rows.T @ cols
