@@ -206,3 +206,27 @@ def test_export_command_bakes_the_new_options(mnist_onnx, model, x, tmp_path):
         bad = runner.invoke(app, ["export", str(mnist_onnx), "-o", str(tmp_path / "bad.onnx"), *flags])
         assert bad.exit_code == 1 and message in bad.output and "Traceback" not in bad.output, bad.output
 
+
+
+def test_occlusion_of_a_model_with_several_inputs_holds_the_others_per_copy():
+    """The Loop's body tiles the model's other inputs to the copies of their image; IG refuses such a model."""
+    import tempfile
+    from pathlib import Path
+
+    from onnxsight.converters.keras import convert_keras_model
+    from tests.test_multi_io import _multi_task_model
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "multi.onnx"
+        convert_keras_model(_multi_task_model(), path)
+        m = onnxsight.load(path, device="cpu").with_output("kind")
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.random((3, 12, 12, 3), dtype=np.float32), "meta": rng.standard_normal((3, 4)).astype(np.float32)}
+    proto = export_explainer(m, "occlusion", window=4, stride=4)
+    assert [v.name for v in proto.graph.input] == ["image", "target", "meta"]
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    heatmap = ort.InferenceSession(proto.SerializeToString(), options).run(["heatmap"], batch)[0]
+    np.testing.assert_allclose(heatmap, normalize_each(onnxsight.occlusion(m, batch, window=4, stride=4)), atol=TOLERANCE)
+    with pytest.raises(InvalidArgument, match="the ig explainer takes a model with one float input"):
+        export_explainer(m, "ig")

@@ -8,10 +8,12 @@ explains; an ONNX graph cannot reuse the input's name for an output) and ``heatm
 min-max normalised per image. Everything runs inside the graph: the one-hot cotangent, the
 gradient (onnxsight's VJP subgraphs), the CAM weighting, ReLU, bilinear ``Resize`` and the
 normalisation, so any ONNX runtime or inference server returns the map.
-Methods that need many rows per image (SmoothGrad's noisy copies, Integrated Gradients' path
-points, occluded copies) stack them along the batch inside the graph after the N images, copy-major
-(copy s of image n at row N + s·N + n), and reduce them back to N maps: one run, any N, and an
-image's map does not depend on the other images of its batch.
+Methods that need many rows per image stack them along the batch inside the graph: SmoothGrad's
+noisy copies and Integrated Gradients' path points after the N images, copy-major (copy s of image n
+at row N + s·N + n), in one VJP run; occlusion's copies (windows × N) in the steps of a ``Loop``
+that repeats the model's forward nodes, so that its memory does not grow with the number of windows.
+Every map is reduced back to N maps, for any N, and an image's map does not depend on the other
+images of its batch. Memory grows with N × samples (SmoothGrad) or N × steps (IG) rows.
 The numbers equal the library's methods with the options below (see :func:`export_explainer`).
 """
 
@@ -123,7 +125,8 @@ def export_explainer(
         (zeros), "grey" (each image's midpoint (min + max) / 2) or a number; ``quadrature`` a rule
         of :func:`onnxsight.kernels.attribution.path_nodes`.
     window, stride, fill: occlusion's windows, baked in (defaults :func:`onnxsight.methods.occlusion.default_window`);
-        ``fill`` a number or "mean" (each image's per-channel mean).
+        ``fill`` a number or "mean" (each image's per-channel mean). The copies run in Loop steps of
+        as many windows as take about ``OCCLUSION_CHUNK_BYTES`` of activations per image.
     Equal to, per image, with ``normalize_each`` the min-max scaling:
     ``onnxsight.saliency(m, x, t, modifier=None|"guided", normalize=True, [smooth_samples=samples,
     smooth_noise=noise, seed=seed])``, ``normalize_each(onnxsight.saliency(m, x, t, times_input=True,
