@@ -5,9 +5,9 @@ Default model: the seed-000 CNN (untrained, 28x28x1); ``--mobilenet`` uses keras
 96x96x3, weights=None, 10 classes; ``--model`` any ONNX classifier. Images are uniform noise in [0, 1].
 Each method's explainer runs ``--repeats`` times (after a warm-up) on one batch; the median is
 reported, and the library is timed on the same batch the same way, interleaved. Output: one JSON
-line per method. Memory: an explainer holds all its rows at once (occlusion: batch × windows copies,
-MobileNetV2 at 96x96 with the default 7-pixel window: 961 windows, about 2 GB per image), so pass
-``--window``/``--stride`` or a smaller ``--batch`` for occlusion on large inputs. Run: .venv/bin/python benchmarks/explainer_methods.py [--mobilenet] [--methods ig ...]
+line per method. Memory: the SmoothGrad and IG explainers hold batch × samples (steps) rows at once;
+occlusion runs its windows in Loop steps of about 256 MB of activations per image (``--window`` and
+``--stride`` change its windows, default the library's). Run: .venv/bin/python benchmarks/explainer_methods.py [--mobilenet] [--methods ig ...]
 """
 
 from __future__ import annotations
