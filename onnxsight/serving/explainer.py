@@ -53,7 +53,8 @@ from onnxsight.methods.relevance import relevance_modifier
 
 CAM_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam")  # onnxsight.gradcam's variant names
 # Served by default. Each explainer a server offers costs one export and one session at start-up (about 1 s
-# for the seed CNN, 15 s for MobileNetV2 on 2 loaded cores), so the others are served when asked for by name.
+# for the seed CNN, 3 to 15 s for MobileNetV2 at 96x96 on 2 loaded cores: these six about 55 s, the seven
+# newer ones 35 s more), so the others are served when asked for by name.
 METHODS = ("saliency", "guided", "gradcam", "guided-gradcam", "smoothgrad", "deeplift")
 RELEVANCE_METHODS = tuple(RELEVANCE)
 NAMED_METHODS = ("gradient-x-input", "ig", *CAM_METHODS[1:], "occlusion", *RELEVANCE_METHODS)
