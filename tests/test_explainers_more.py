@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx.reference import ReferenceEvaluator
 from typer.testing import CliRunner
 
 import onnxsight
@@ -123,6 +124,8 @@ def test_occlusion_runs_its_windows_in_steps_of_a_loop(model, x, monkeypatch):
     targets = np.array([6, 0, 2])
     want = normalize_each(onnxsight.occlusion(model, x, target=targets, window=7, stride=4))
     np.testing.assert_allclose(run(proto, x, targets)[2], want, atol=TOLERANCE)
+    reference = ReferenceEvaluator(proto).run(["heatmap"], {"image": x[:2], "target": targets[:2]})[0]
+    np.testing.assert_allclose(reference, want[:2], atol=TOLERANCE)  # the stock evaluator runs the Loop too
 
 
 @pytest.mark.parametrize(("method", "options", "message"), [
@@ -208,8 +211,10 @@ def test_export_command_bakes_the_new_options(mnist_onnx, model, x, tmp_path):
 
 
 
-def test_occlusion_of_a_model_with_several_inputs_holds_the_others_per_copy():
-    """The Loop's body tiles the model's other inputs to the copies of their image; IG refuses such a model."""
+@pytest.mark.parametrize("loop", [False, True], ids=["rows", "loop"])
+def test_occlusion_of_a_model_with_several_inputs_holds_the_others_per_copy(loop, monkeypatch):
+    """The other inputs are tiled to the copies of their image, as rows of the graph or in the Loop's
+    body (one window per step); IG refuses such a model."""
     import tempfile
     from pathlib import Path
 
@@ -222,7 +227,12 @@ def test_occlusion_of_a_model_with_several_inputs_holds_the_others_per_copy():
         m = onnxsight.load(path, device="cpu").with_output("kind")
     rng = np.random.default_rng(0)
     batch = {"image": rng.random((3, 12, 12, 3), dtype=np.float32), "meta": rng.standard_normal((3, 4)).astype(np.float32)}
+    if loop:
+        from onnxsight.serving import explainer
+
+        monkeypatch.setattr(explainer, "OCCLUSION_CHUNK_BYTES", 1)
     proto = export_explainer(m, "occlusion", window=4, stride=4)
+    assert [n.op_type for n in proto.graph.node].count("Loop") == int(loop)
     assert [v.name for v in proto.graph.input] == ["image", "target", "meta"]
     options = ort.SessionOptions()
     options.log_severity_level = 3

@@ -10,8 +10,9 @@ gradient (onnxsight's VJP subgraphs), the CAM weighting, ReLU, bilinear ``Resize
 normalisation, so any ONNX runtime or inference server returns the map.
 Methods that need many rows per image stack them along the batch inside the graph: SmoothGrad's
 noisy copies and Integrated Gradients' path points after the N images, copy-major (copy s of image n
-at row N + s·N + n), in one VJP run; occlusion's copies (windows × N) in the steps of a ``Loop``
-that repeats the model's forward nodes, so that its memory does not grow with the number of windows.
+at row N + s·N + n), in one VJP run; occlusion's copies (windows × N) the same way when they take
+less than ``OCCLUSION_CHUNK_BYTES`` of activations per image, else in the steps of a ``Loop`` that
+repeats the model's forward nodes, so that memory does not grow with the number of windows.
 Every map is reduced back to N maps, for any N, and an image's map does not depend on the other
 images of its batch. Memory grows with N × samples (SmoothGrad) or N × steps (IG) rows.
 The numbers equal the library's methods with the options below (see :func:`export_explainer`).
@@ -126,8 +127,8 @@ def export_explainer(
         (zeros), "grey" (each image's midpoint (min + max) / 2) or a number; ``quadrature`` a rule
         of :func:`onnxsight.kernels.attribution.path_nodes`.
     window, stride, fill: occlusion's windows, baked in (defaults :func:`onnxsight.methods.occlusion.default_window`);
-        ``fill`` a number or "mean" (each image's per-channel mean). The copies run in Loop steps of
-        as many windows as take about ``OCCLUSION_CHUNK_BYTES`` of activations per image.
+        ``fill`` a number or "mean" (each image's per-channel mean). Copies that take more than
+        ``OCCLUSION_CHUNK_BYTES`` of activations per image run in the steps of a Loop.
     Equal to, per image, with ``normalize_each`` the min-max scaling:
     ``onnxsight.saliency(m, x, t, modifier=None|"guided", normalize=True, [smooth_samples=samples,
     smooth_noise=noise, seed=seed])``, ``normalize_each(onnxsight.saliency(m, x, t, times_input=True,
@@ -226,6 +227,10 @@ def export_explainer(
         heatmap = _normalize(g, _reduce(g, "ReduceMax", mean, [input_axis], keepdims=0))
     elif method == "ig":
         heatmap = _normalize(g, _integrated(g, per_copy(grads[0]), options, input_axis, elem))
+    elif method == "occlusion" and copies:  # every window in one step: the copies are rows of this graph
+        rows = g.reduce_sum(g.op("Mul", g.op("Flatten", logits, axis=1), g.op("Flatten", cotangent, axis=1)), [1], keepdims=0)
+        scores = g.op("Reshape", copy_rows(rows), g.ints([copies.count, -1]))
+        heatmap = _normalize(g, _occlusion_drops(g, clean(logits), scores, resolved, options, elem))
     elif method == "occlusion":
         scores = _occluded_scores(g, proto, x, logits, g.op("Flatten", cotangent, axis=1), options, model, input_axis, elem)
         heatmap = _normalize(g, _occlusion_drops(g, logits, scores, resolved, options, elem))
@@ -289,8 +294,13 @@ def _copies(model: Model, method: str, input_axis: int, elem: int, given: dict) 
         row_bytes = sum(4 * math.prod(shape[1:]) for shape in model.shapes.values()
                         if len(shape) > 1 and shape[0] is None and None not in shape[1:])
         chunk = int(np.clip(OCCLUSION_CHUNK_BYTES // max(1, row_bytes), 1, len(rows)))
-        return None, {"window": list(window), "stride": list(stride), "fill": fill, "windows_per_step": chunk,
-                      "_rows": rows, "_cols": cols}
+        options = {"window": list(window), "stride": list(stride), "fill": fill, "windows_per_step": chunk,
+                   "_rows": rows, "_cols": cols}
+        if chunk < len(rows):  # a Loop over steps of windows, see _occluded_scores
+            return None, options
+        build = lambda g: _occluded_copies(g, IMAGE, model.input_shape, input_axis, g.const(rows), g.const(cols),  # noqa: E731
+                                           fill, elem)
+        return _Copies(len(rows), build), options
     return None, {}
 
 
@@ -456,7 +466,9 @@ def _occluded_scores(g: GraphBuilder, proto: onnx.ModelProto, x: str, logits: st
                      model: Model, input_axis: int, elem: int) -> str:
     """(P, N): the target logit of every occluded copy. A ``Loop`` runs the model's forward nodes on
     ``windows_per_step`` windows of all N images at a time (about ``OCCLUSION_CHUNK_BYTES`` of
-    activations per image), so memory does not grow with the number of windows."""
+    activations per image), so memory does not grow with the number of windows. (onnxruntime runs
+    a Loop's body slower than the same nodes in the graph itself: 1.6x on the seed CNN, so windows
+    that fit in one step are rows of the graph instead.)"""
     rows, cols, chunk = options["_rows"], options["_cols"], options["windows_per_step"]
     steps = -(-len(rows) // chunk)
     padded = [np.concatenate([a, np.zeros((steps * chunk - len(a), a.shape[1]), bool)]).reshape(steps, chunk, -1)
