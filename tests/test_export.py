@@ -17,37 +17,47 @@ import onnxsight
 from onnxsight.cli.app import app
 from onnxsight.errors import InvalidArgument
 from onnxsight.kernels.colors import normalize_each
-from onnxsight.serving.explainer import EXPLAINER, METHODS, export_explainer
+from onnxsight.serving.explainer import ALL_METHODS, EXPLAINER, RELEVANCE_METHODS, export_explainer
 from onnxsight.serving.triton import config_pbtxt, write_triton_entry
 from tests.foreign_models import nchw_cnn
 
+# Heatmaps are min-max scaled to [0, 1]; graph and library compute the same float32 gradients, the library
+# then combines them in float64 (CAM weights, IG's quadrature, occlusion's averages) where the graph stays in
+# float32: a few float32 ulps of 1 (seen: below 1e-6), so 1e-5 absolute.
 TOLERANCE = 1e-5
 SMOOTH = dict(samples=4, noise=0.2, seed=3)
+IG = dict(steps=8)
+OCCLUSION = dict(window=7, stride=4)
 
 
-def _smoothgrad(m, x, t):
-    """The library's SmoothGrad image by image: the explainer gives every image the noise of a single image."""
-    targets = m.resolve_target(x, t)  # resolved once on the clean images, as the explainer does
-    return np.concatenate([
-        onnxsight.saliency(m, x[i:i + 1], target=targets[i:i + 1], normalize=True, smooth_samples=SMOOTH["samples"],
-                           smooth_noise=SMOOTH["noise"], seed=SMOOTH["seed"])
-        for i in range(len(x))
-    ])
+def _cam(variant):
+    return lambda m, x, t: onnxsight.gradcam(m, x, target=t, variant=variant)
 
 
 # method -> (export options, the library's computation of the same maps)
 CASES = {
     "saliency": ({}, lambda m, x, t: onnxsight.saliency(m, x, target=t, normalize=True)),
     "guided": ({}, lambda m, x, t: onnxsight.saliency(m, x, target=t, modifier="guided", normalize=True)),
-    "gradcam": ({}, lambda m, x, t: onnxsight.gradcam(m, x, target=t)),
+    "gradient-x-input": ({}, lambda m, x, t: normalize_each(
+        onnxsight.saliency(m, x, target=t, times_input=True, absolute=False, reduce="sum"))),
+    "gradcam": ({}, _cam("gradcam")),
+    "gradcam++": ({}, _cam("gradcam++")),
+    "xgradcam": ({}, _cam("xgradcam")),
+    "layercam": ({}, _cam("layercam")),
+    "hirescam": ({}, _cam("hirescam")),
     "guided-gradcam": ({}, lambda m, x, t: onnxsight.gradcam(m, x, target=t, guided=True)),
-    "smoothgrad": (SMOOTH, _smoothgrad),
+    "smoothgrad": (SMOOTH, lambda m, x, t: onnxsight.saliency(
+        m, x, target=t, normalize=True, smooth_samples=SMOOTH["samples"], smooth_noise=SMOOTH["noise"], seed=SMOOTH["seed"])),
+    "ig": (IG, lambda m, x, t: normalize_each(onnxsight.integrated_gradients(m, x, target=t, reduce="sum", **IG))),
+    "occlusion": (OCCLUSION, lambda m, x, t: normalize_each(onnxsight.occlusion(m, x, target=t, **OCCLUSION))),
     "deeplift": ({}, lambda m, x, t: normalize_each(onnxsight.deeplift(m, x, target=t, reduce="sum"))),
 }
+EXPLAINED = tuple(CASES)  # the LRP rules: tests/test_cli_relevance.py
 
 
 def test_every_method_has_a_case():
-    assert set(CASES) == set(METHODS), f"add a case for: {set(METHODS) - set(CASES)}"
+    missing = set(ALL_METHODS) - set(RELEVANCE_METHODS) - set(CASES)
+    assert not missing, f"add a case for: {missing}"
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +76,7 @@ def session(proto: onnx.ModelProto) -> ort.InferenceSession:
     return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", EXPLAINED)
 def test_explainer_equals_the_library_in_onnxruntime(model, explainers, x, method):
     run = session(explainers[method]).run
     library = CASES[method][1]
@@ -86,7 +96,7 @@ def test_explainer_equals_the_library_in_onnxruntime(model, explainers, x, metho
     np.testing.assert_allclose(heatmap, library(model, x, 7), atol=TOLERANCE, err_msg=f"{method}, target 7")
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", EXPLAINED)
 def test_explainer_runs_unchanged_in_onnx_reference(explainers, x, method):
     expected = session(explainers[method]).run(None, {"image": x[:2]})
     reference = ReferenceEvaluator(explainers[method])  # the stock evaluator, no onnxsight op fixes
@@ -105,7 +115,7 @@ def test_gradcam_resize_matches_opencv_bilinear_at_every_layer_size(model, x, la
     np.testing.assert_allclose(heatmap, onnxsight.gradcam(model, x, layer=layer), atol=TOLERANCE, err_msg=layer)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", EXPLAINED)
 def test_explainer_of_an_nchw_colour_model_with_weights_listed_as_inputs(method):
     """PyTorch layout, three channels (the channel max matters), initializers also listed as graph inputs."""
     m = onnxsight.load(nchw_cnn(weights_as_inputs=True), device="cpu")
@@ -162,7 +172,7 @@ def test_explainer_of_a_model_already_using_the_public_names(model, x):
     ("method", "options", "message"),
     [
         ("lime", {}, "unknown explainer method 'lime'"),
-        ("saliency", {"layer": "conv2d_2"}, "--layer applies to gradcam"),
+        ("saliency", {"layer": "conv2d_2"}, "--layer applies to gradcam, gradcam\\+\\+"),
         ("gradcam", {"layer": "dense_1"}, "has no spatial output"),
         ("gradcam", {"layer": "conv2d_9"}, "unknown layer 'conv2d_9'"),
         ("smoothgrad", {"samples": 0}, "samples must be an integer >= 1"),

@@ -118,10 +118,11 @@ def test_non_image_inputs_ignore_the_channel_reduction():
 
 def test_noise_follows_its_documented_recipe(images):
     sigma = 0.2 * (images.max(axis=(1, 2, 3)) - images.min(axis=(1, 2, 3)))
-    draw = np.random.default_rng(5).standard_normal((3, *images.shape), dtype=np.float32)
+    draw = np.random.default_rng(5).standard_normal((3, 1, *images.shape[1:]), dtype=np.float32)  # shared by the images
     np.testing.assert_array_equal(k.smoothgrad_noise(images, 3, 0.2, "relative", seed=5),
                                   draw * sigma[:, None, None, None].astype(np.float32))
-    np.testing.assert_array_equal(k.smoothgrad_noise(images, 3, 0.2, "absolute", seed=5), draw * np.float32(0.2))
+    np.testing.assert_array_equal(k.smoothgrad_noise(images, 3, 0.2, "absolute", seed=5),
+                                  np.broadcast_to(draw * np.float32(0.2), (3, *images.shape)))
     blocks = list(k.smoothgrad_noise_chunks(images, 7, 0.2, "relative", seed=5, chunk=3))
     assert [len(b) for b in blocks] == [3, 3, 1]
     np.testing.assert_array_equal(np.concatenate(blocks), k.smoothgrad_noise(images, 7, 0.2, "relative", seed=5))

@@ -14,9 +14,9 @@ from onnxsight.cli.options import Device, Force, HeadOpt, ModelArg, err, out
 from onnxsight.data.files import atomic_open, refuse_overwrite
 from onnxsight.engine.model import load
 from onnxsight.errors import InvalidArgument
-from onnxsight.serving.explainer import METHODS, RELEVANCE_METHODS, TARGET, export_explainer
+from onnxsight.serving.explainer import ALL_METHODS, IG_BASELINES, METHODS, NAMED_METHODS, TARGET, export_explainer
 
-Layer = Annotated[Optional[str], typer.Option("--layer", "-l", help="CAM layer (gradcam, guided-gradcam); default: the last spatial layer.")]
+Layer = Annotated[Optional[str], typer.Option("--layer", "-l", help="CAM layer (gradcam, its variants and guided-gradcam); default: the last spatial layer.")]
 Samples = Annotated[int, typer.Option(min=1, help="smoothgrad: noisy copies per image.")]
 Noise = Annotated[float, typer.Option(min=0, help="smoothgrad: noise std as a fraction of each image's value range.")]
 Seed = Annotated[int, typer.Option(help="smoothgrad: seed of the noise baked into the graph.")]
@@ -27,11 +27,17 @@ TRITON_GRPC_PORT = 8001
 def export(
     model: ModelArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="The explainer ONNX file to write.")],
-    method: Annotated[str, typer.Option(help=f"Attribution method: {', '.join(METHODS + RELEVANCE_METHODS)}.")] = "gradcam",
+    method: Annotated[str, typer.Option(help=f"Attribution method: {', '.join(ALL_METHODS)}.")] = "gradcam",
     layer: Layer = None,
     samples: Samples = 20,
     noise: Noise = 0.15,
     seed: Seed = 0,
+    steps: Annotated[int, typer.Option(min=2, help="ig: path points (trapezoid rule).")] = 50,
+    baseline: Annotated[str, typer.Option(help="ig: black, grey or a number.")] = "black",
+    window: Annotated[Optional[int], typer.Option(min=1, help="occlusion: window side in pixels; default 1/14 of "
+                                                              "the shorter image side, at least 4.")] = None,
+    stride: Annotated[Optional[int], typer.Option(min=1, help="occlusion: stride in pixels; default half the window.")] = None,
+    fill: Annotated[str, typer.Option(help="occlusion: what a window shows, a number or 'mean' (per image and channel).")] = "0",
     triton: Annotated[Optional[Path], typer.Option(help="Also write a Triton model repository entry into this folder.")] = None,
     force: Force = False,
     head: HeadOpt = None,
@@ -45,7 +51,9 @@ def export(
     from onnxsight.serving.triton import write_triton_entry
 
     refuse_overwrite(output, force)
-    proto = export_explainer(load(model, device="cpu").with_output(head), method, layer=layer, samples=samples, noise=noise, seed=seed)
+    proto = export_explainer(load(model, device="cpu").with_output(head), method, layer=layer, samples=samples, noise=noise,
+                             seed=seed, steps=steps, baseline=_name_or_number(baseline, IG_BASELINES, "--baseline"),
+                             window=window, stride=stride, fill=_name_or_number(fill, ("mean",), "--fill"))
     folder = None if triton is None else write_triton_entry(proto, triton, output.stem, optional=[TARGET], force=force)
     output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(output) as handle:
@@ -73,7 +81,7 @@ def serve(
     token: Annotated[Optional[str], typer.Option(envvar="ONNXSIGHT_TOKEN", show_envvar=True,
                                                  help="Require 'Authorization: Bearer TOKEN' (all but health probes).")] = None,
     method: Annotated[Optional[list[str]], typer.Option(help=f"Explainer variants to serve (repeatable); default: {', '.join(METHODS)}; also "
-                                                               f"{', '.join(RELEVANCE_METHODS)}.")] = None,
+                                                               f"{', '.join(NAMED_METHODS)}.")] = None,
     no_explainers: Annotated[bool, typer.Option("--no-explainers", help="Serve the models only.")] = False,
     layer: Layer = None,
     samples: Samples = 20,
@@ -155,6 +163,16 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _name_or_number(text: str, names: tuple[str, ...], option: str) -> str | float:
+    """``text`` if it is one of ``names``, else the number it spells, or InvalidArgument."""
+    if text in names:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidArgument(f"{option} must be {', '.join(names)} or a number, got {text!r}") from None
 
 
 def _type_name(elem_type: int) -> str:

@@ -77,15 +77,20 @@ def smoothgrad_noise_chunks(
     chunk = samples if chunk is None else max(1, int(chunk))
     for start in range(0, samples, chunk):
         count = min(chunk, samples - start)
-        yield rng.standard_normal((count, *x.shape), dtype=np.float32) * sigma
+        yield rng.standard_normal((count, 1, *x.shape[1:]), dtype=np.float32) * sigma  # one draw for all images
 
 
 def smoothgrad_noise(x: np.ndarray, samples: int, noise: float, mode: str = "relative", seed: int = 0) -> np.ndarray:
     """SmoothGrad's additive noise, shape (samples, N, ...): noisy copy s of image n is
-    ``x[n] + result[s, n]``.
+    ``x[n] + result[s, n]`` with ``result[s, n] = σ_n · ε_s``.
 
-    Drawn as ``np.random.default_rng(seed).standard_normal((samples, *x.shape), dtype=float32)``
-    in one call, then multiplied by each image's σ (:func:`noise_scale`).
+    The unit draws ``ε = np.random.default_rng(seed).standard_normal((samples, 1, *x.shape[1:]),
+    dtype=float32)`` are made once for the shape of one image and shared by every image of the
+    batch, each scaled by its own σ (:func:`noise_scale`). Each image's map is still the SmoothGrad
+    estimate (its ``samples`` draws are independent of each other), and it does not depend on the
+    batch it is in: an image alone and the same image among others (a server's stacked requests,
+    a shard of a batch job, an explainer ONNX graph with its baked ε) get the same noise. The maps
+    of different images in one batch are not statistically independent of each other.
     """
     return next(smoothgrad_noise_chunks(x, samples, noise, mode, seed))
 

@@ -57,7 +57,8 @@ def saliency(
     SmoothGrad: ``smooth_samples`` > 0 (default 0: off) noisy copies per image, ``x + N(0, σ²)``
         with σ = ``smooth_noise`` (default 0.15) × (max − min) of each image for ``noise="relative"``
         (default, tf-keras-vis) or σ = ``smooth_noise`` for ``noise="absolute"`` (Captum's stdevs);
-        the noise is :func:`onnxsight.kernels.attribution.smoothgrad_noise` with ``seed`` (default 0).
+        the noise is :func:`onnxsight.kernels.attribution.smoothgrad_noise` with ``seed`` (default 0):
+        the same unit draws for every image, so an image's map does not depend on its batch.
         ``smooth_aggregate``: "mean" (SmoothGrad, default), "square" (SmoothGrad²: mean of g²) or
         "variance" (VarGrad: population variance of g), over the post-processed samples.
     After aggregation: ``reduce`` over the input's channel axis (from ``model.input_layout``):

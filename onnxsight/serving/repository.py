@@ -19,7 +19,7 @@ import onnx
 from onnxsight.engine.model import load
 from onnxsight.engine.session import Runtime, first_line, open_session
 from onnxsight.errors import InvalidArgument, ModelFileError
-from onnxsight.serving.explainer import EXPLAINER, METHODS, TARGET, export_explainer
+from onnxsight.serving.explainer import ALL_METHODS, CAM_METHODS, EXPLAINER, METHODS, TARGET, export_explainer
 from onnxsight.serving.protocol import ONNX_TYPES, ProtocolError, TensorSpec
 
 VERSION = "1"
@@ -66,8 +66,8 @@ def load_models(path: str | Path, methods: Sequence[str] = METHODS, layer: str |
                 device: str = "cpu", samples: int = 20, noise: float = 0.15, seed: int = 0) -> dict[str, ServedModel]:
     """Every model under ``path`` and its explainer variants, by served name."""
     for method in methods:
-        if method not in METHODS:
-            raise InvalidArgument(f"unknown explainer method {method!r}; choose from {', '.join(METHODS)}")
+        if method not in ALL_METHODS:
+            raise InvalidArgument(f"unknown explainer method {method!r}; choose from {', '.join(ALL_METHODS)}")
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.glob("*.onnx") if p.is_file())
@@ -84,7 +84,7 @@ def load_models(path: str | Path, methods: Sequence[str] = METHODS, layer: str |
         protos = {file.stem: (model.proto, described)}
         if described is None:
             for method in methods:
-                cam_layer = layer if method in ("gradcam", "guided-gradcam") else None
+                cam_layer = layer if method in (*CAM_METHODS, "guided-gradcam") else None
                 explainer = export_explainer(model, method, layer=cam_layer, samples=samples, noise=noise, seed=seed)
                 protos[f"{file.stem}.{method}"] = (explainer, _explainer_description(explainer))
         for name, (proto, description) in protos.items():
