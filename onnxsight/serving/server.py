@@ -6,7 +6,9 @@ one-line ``{"error": "..."}`` bodies as the protocol asks; inference runs on a f
 threads behind a bounded queue (503 when full, never a crash). Request bodies are bounded before
 they are read: each in size (413), all those held at once in bytes (503: being received, queued
 or in inference), and in the time a client may take to send one (408, and the connection is
-closed). On SIGINT/SIGTERM, requests not yet started are answered 503 while running ones finish.
+closed). Requests for the same model that arrive close together are stacked into one run by the
+dynamic batcher (``serving.batching``); ``GET /v2/models[/NAME]/stats`` reports the runs, as Triton's
+statistics extension does. On SIGINT/SIGTERM, requests not yet started are answered 503 while running ones finish.
 An unexpected failure is logged on the server and answered with a bare 500, never a traceback.
 """
 
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 
 from onnxsight import __version__
 from onnxsight.errors import InvalidArgument, MissingDependency, OnnxsightError
+from onnxsight.serving.batching import Batcher, ModelStats
 from onnxsight.serving.protocol import HEADER_LENGTH, Limits, ProtocolError, encode_response, parse_request
 from onnxsight.serving.repository import VERSION, ServedModel
 
@@ -75,8 +78,10 @@ class Runner:
 
     def __init__(self, workers: int, queue: int):
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onnxsight-infer")
+        self.workers = workers
         self._capacity = workers + queue
-        self._pending = 0  # touched only on the event loop's thread
+        self._pending = 0  # touched only on the event loop's thread, as are the two below
+        self._queued: set = set()  # calls (not finish) submitted and not yet answered
         self._closed = False
 
     def admit(self) -> None:
@@ -86,10 +91,23 @@ class Runner:
         if self._pending >= self._capacity:
             raise ProtocolError(503, f"server busy: {self._pending} requests in progress or queued; retry later")
 
-    async def run(self, function: Callable, *args):
+    @contextmanager
+    def slot(self):
+        """Holds one of the ``workers + queue`` places for a request's calls (503 when none is free)."""
         self.admit()
         self._pending += 1
+        try:
+            yield
+        finally:
+            self._pending -= 1
+
+    async def call(self, function: Callable, *args):
+        """``function(*args)`` on a worker thread, for a request that holds a slot; 503 once closed, or if closed
+        before it starts."""
+        if self._closed:
+            raise ProtocolError(503, SHUTTING_DOWN)
         job = self._pool.submit(function, *args)
+        self._queued.add(job)
         try:
             return await asyncio.wrap_future(job)
         except asyncio.CancelledError:
@@ -97,12 +115,21 @@ class Runner:
                 raise ProtocolError(503, SHUTTING_DOWN) from None
             raise
         finally:
-            self._pending -= 1
+            self._queued.discard(job)
+
+    async def finish(self, function: Callable, *args):
+        """As ``call``, but never refused: the last step of a request whose inference has run."""
+        return await asyncio.wrap_future(self._pool.submit(function, *args))
+
+    async def run(self, function: Callable, *args):
+        with self.slot():
+            return await self.call(function, *args)
 
     def close(self) -> None:
         """Cancels the queued calls (their callers get 503) and refuses new ones; running calls go on."""
         self._closed = True
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for job in list(self._queued):
+            job.cancel()  # refused by those already running
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True)
@@ -137,7 +164,7 @@ class BodyBudget:
 def create_app(models: dict[str, ServedModel], settings: Settings = Settings()) -> FastAPI:
     """The FastAPI application serving ``models`` (by name) under the KServe v2 REST paths."""
     runner, budget = Runner(settings.workers, settings.queue), BodyBudget(settings.max_pending_bytes)
-    limits = Limits(max_batch=settings.max_batch)
+    batcher, limits = Batcher(runner), Limits(max_batch=settings.max_batch)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -147,6 +174,7 @@ def create_app(models: dict[str, ServedModel], settings: Settings = Settings()) 
     app = FastAPI(title="onnxsight", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=lifespan)
     app.state.runner = runner  # for run(): it closes the runner when shutdown begins
+    app.state.batcher = batcher  # the entry point of every front end: ``await batcher.infer(served, inputs, outputs)``
 
     def authorize(request: Request) -> None:
         if settings.token is None:
@@ -203,6 +231,13 @@ def create_app(models: dict[str, ServedModel], settings: Settings = Settings()) 
     async def server_metadata():
         return {"name": "onnxsight", "version": __version__, "extensions": EXTENSIONS}
 
+    @app.get("/v2/models/stats", dependencies=guarded)
+    @app.get("/v2/models/{name}/stats", dependencies=guarded)
+    @app.get("/v2/models/{name}/versions/{version}/stats", dependencies=guarded)
+    async def model_stats(name: str | None = None, version: str | None = None):
+        names = list(models) if name is None else [lookup(name, version).name]
+        return {"model_stats": [batcher.stats.get(n, ModelStats()).report(n, VERSION) for n in names]}
+
     @app.get("/v2/models/{name}", dependencies=guarded)
     @app.get("/v2/models/{name}/versions/{version}", dependencies=guarded)
     async def model_metadata(name: str, version: str | None = None):
@@ -227,13 +262,16 @@ def create_app(models: dict[str, ServedModel], settings: Settings = Settings()) 
             body = await _read_body(request, declared, settings, take)
             header_length = request.headers.get(HEADER_LENGTH)
 
-            def handle():
+            def validate():
                 parsed = parse_request(body, header_length, served.inputs, served.outputs, limits)
                 served.check(parsed.inputs)
-                results = served.run(parsed.inputs, list(parsed.outputs))
-                return encode_response(served.name, VERSION, parsed.id, results, parsed.outputs)
+                return parsed
 
-            content, headers = await runner.run(handle)
+            with runner.slot():
+                parsed = await runner.call(validate)
+                results = await batcher.infer(served, parsed.inputs, list(parsed.outputs))
+                content, headers = await runner.finish(encode_response, served.name, VERSION, parsed.id, results,
+                                                     parsed.outputs)
         return Response(content, headers=headers)
 
     return app
