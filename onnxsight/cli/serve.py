@@ -79,6 +79,13 @@ def serve(
     body_timeout: Annotated[float, typer.Option(min=0.001, help="Seconds a client may take to send a request body "
                                                                "(408 after).")] = 30.0,
     max_batch: Annotated[int, typer.Option(min=1, help="Most images per request (400 above).")] = 64,
+    dynamic_batch: Annotated[int, typer.Option(min=0, help="Dynamic batching: most rows stacked into one run from requests "
+                                                           "arriving together (0 or 1: off); batching.json next to the "
+                                                           "models sets it per model.")] = 32,
+    max_delay_us: Annotated[int, typer.Option(min=0, help="Dynamic batching: microseconds a request may wait for others "
+                                                          "to stack with.")] = 500,
+    preferred_batch: Annotated[Optional[list[int]], typer.Option(min=1, help="Dynamic batching: preferred rows per run "
+                                                                             "(repeatable).")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Inference threads.")] = 2,
     queue: Annotated[int, typer.Option(min=0, help="Requests that may wait for a thread (503 above).")] = 64,
     device: Device = "cpu",
@@ -87,15 +94,19 @@ def serve(
     """Serve models and their explainers over the Open Inference Protocol (KServe v2 REST, as Triton speaks it).
 
     Each FILE.onnx is served as FILE and, per explainer method, as FILE.METHOD (e.g. mnist_cnn.gradcam);
-    an explainer file written by `onnxsight export` is served as it is. Needs the 'serve' extra.
+    an explainer file written by `onnxsight export` is served as it is. Requests for one model that arrive
+    together are stacked into one run (dynamic batching). Needs the 'serve' extra.
     """
+    from onnxsight.serving.batching import BatchPolicy
     from onnxsight.serving.repository import load_models
     from onnxsight.serving.server import Settings, create_app, run
 
     settings = Settings(token=token, max_body_bytes=int(max_body_mb * 2**20), max_batch=max_batch, workers=workers,
                         queue=queue, max_pending_bytes=int(max_pending_mb * 2**20), body_timeout=body_timeout)
     methods = [] if no_explainers else (method or list(METHODS))
-    models = load_models(path, methods, layer=layer, device=device, samples=samples, noise=noise, seed=seed)
+    batching = BatchPolicy(dynamic_batch, max_delay_us, tuple(preferred_batch or ()))
+    models = load_models(path, methods, layer=layer, device=device, samples=samples, noise=noise, seed=seed,
+                         batching=batching)
     app = create_app(models, settings)
     if token is None and not _loopback(host):
         err.print(f"[bold yellow]warning:[/] serving on {host} without a token: anyone who reaches it can use the models")

@@ -99,16 +99,22 @@ def read_policies(folder: Path, names: Sequence[str], default: BatchPolicy) -> d
 
 @dataclass
 class ModelStats:
-    """One model's runs: requests answered, rows run (``inference_count``), session runs, and per batch size
-    the runs and their nanoseconds."""
+    """One model's requests and successful runs: rows run (``inference_count``), session runs, and per batch
+    size the runs and their nanoseconds."""
 
     requests: int = 0
     inference_count: int = 0
     execution_count: int = 0
+    failed_stacks: int = 0  # stacked runs that failed, whose requests were then run one by one
     batches: dict[int, list[int]] = field(default_factory=dict)
 
-    def record(self, runs: list[tuple[int, int]]) -> None:
-        for rows, nanoseconds in runs:
+    def record(self, runs: list[tuple[int, int] | None]) -> None:
+        """Counts the successful ``runs`` (rows, nanoseconds); None marks a failed stacked run."""
+        for run in runs:
+            if run is None:
+                self.failed_stacks += 1
+                continue
+            rows, nanoseconds = run
             self.inference_count += rows
             self.execution_count += 1
             count_and_time = self.batches.setdefault(rows, [0, 0])
@@ -119,6 +125,7 @@ class ModelStats:
         """The entry of Triton's statistics extension (``GET /v2/models/NAME/stats``) for this model."""
         return {"name": name, "version": version, "request_count": self.requests,
                 "inference_count": self.inference_count, "execution_count": self.execution_count,
+                "failed_stacks": self.failed_stacks,
                 "batch_stats": [{"batch_size": rows, "compute_infer": {"count": count, "ns": ns}}
                                 for rows, (count, ns) in sorted(self.batches.items())]}
 
@@ -238,7 +245,7 @@ class Batcher:
         finally:
             self._busy -= 1
             self._dispatch()
-        self.stats[served.name].record([run])
+        self.stats[served.name].record([run] if run else [])
         if isinstance(answer, Exception):
             raise answer
         return answer
@@ -277,7 +284,7 @@ def _run_stacked(served: ServedModel, requests: list[dict[str, np.ndarray]], out
     """On a worker thread: each request's answer (or its OnnxsightError), and the runs as (rows, ns)."""
     if len(requests) == 1:
         answer, run = _run_alone(served, requests[0], outputs)
-        return [answer], [run]
+        return [answer], [run] if run else []
     rows = [len(next(iter(request.values()))) for request in requests]
     stacked = {name: np.concatenate([request[name] for request in requests]) for name in requests[0]}
     start = time.perf_counter_ns()
@@ -286,18 +293,18 @@ def _run_stacked(served: ServedModel, requests: list[dict[str, np.ndarray]], out
         answers = _split(results, rows)
     except (OnnxsightError, InternalError):  # one request spoiled the run: each gets its own answer
         alone = [_run_alone(served, request, outputs) for request in requests]
-        return [answer for answer, _ in alone], [run for _, run in alone]
+        return [answer for answer, _ in alone], [None] + [run for _, run in alone if run is not None]
     return answers, [(sum(rows), time.perf_counter_ns() - start)]
 
 
 def _run_alone(served: ServedModel, inputs: dict[str, np.ndarray], outputs: list[str]):
-    """On a worker thread: the answer (or its OnnxsightError), and the run as (rows, ns)."""
+    """On a worker thread: the answer and the run as (rows, ns); or its OnnxsightError and None."""
     rows = next((array.shape[0] for array in inputs.values() if array.ndim), 1)
     start = time.perf_counter_ns()
     try:
         answer = served.run(inputs, outputs)
     except OnnxsightError as error:
-        answer = error
+        return error, None
     return answer, (rows, time.perf_counter_ns() - start)
 
 
