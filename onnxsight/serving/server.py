@@ -41,6 +41,7 @@ except ImportError as missing:
 log = logging.getLogger("onnxsight.serve")
 EXTENSIONS = ["binary_tensor_data"]
 SHUTTING_DOWN = "server is shutting down; retry on another instance"
+INLINE_BYTES = 16 * 2**10  # requests and answers this small are parsed and encoded on the event loop: cheaper than a thread
 
 
 @dataclass(frozen=True)
@@ -268,10 +269,11 @@ def create_app(models: dict[str, ServedModel], settings: Settings = Settings()) 
                 return parsed
 
             with runner.slot():
-                parsed = await runner.call(validate)
+                parsed = validate() if len(body) <= INLINE_BYTES else await runner.call(validate)
                 results = await batcher.infer(served, parsed.inputs, list(parsed.outputs))
-                content, headers = await runner.finish(encode_response, served.name, VERSION, parsed.id, results,
-                                                     parsed.outputs)
+                answer = (served.name, VERSION, parsed.id, results, parsed.outputs)
+                small = sum(array.nbytes for array in results.values()) <= INLINE_BYTES
+                content, headers = encode_response(*answer) if small else await runner.finish(encode_response, *answer)
         return Response(content, headers=headers)
 
     return app
