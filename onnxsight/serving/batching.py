@@ -213,12 +213,13 @@ class Batcher:
                     self._due.append(key)
                 else:
                     queue.timer = loop.call_at(deadline, self._make_due, key)
+            self._busy += 1  # now, not when the task starts: this loop may start another run
             task = asyncio.get_running_loop().create_task(self._run(queue.served, queue.outputs, batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, served: ServedModel, outputs: list[str], batch: list[_Request]) -> None:
-        self._busy += 1
+        """Runs ``batch`` (counted busy by ``_dispatch``) and answers each of its requests."""
         try:
             answers, runs = await self._runner.call(_run_stacked, served, [r.inputs for r in batch], outputs)
         except Exception as error:  # noqa: BLE001 - not swallowed: every request of the batch is answered with it (e.g. 503 at shutdown)
