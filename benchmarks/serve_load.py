@@ -97,10 +97,10 @@ def _load(port: int, token: str, name: str, clients: int, requests: int, server_
     """``clients`` threads x ``requests`` single-image requests to ``name``; latencies, errors and the server's
     session runs (from its statistics) and CPU time per request (a measure that other work on the machine
     does not skew as it does throughput)."""
-    image = np.random.default_rng(0).uniform(0, 1, (1, 28, 28, 1)).astype(np.float32)
     metadata = httpclient.InferenceServerClient(f"127.0.0.1:{port}").get_model_metadata(
         name, headers={"Authorization": f"Bearer {token}"})
-    input_name = metadata["inputs"][0]["name"]
+    input_name, shape = metadata["inputs"][0]["name"], metadata["inputs"][0]["shape"]
+    image = np.random.default_rng(0).uniform(0, 1, (1, *shape[1:])).astype(np.float32)
 
     def client_loop(count: int) -> tuple[list[float], list[str]]:
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", connection_timeout=REQUEST_TIMEOUT,
