@@ -3,9 +3,9 @@
 Starts two servers as subprocesses (as a user would: ``onnxsight serve model.onnx``, bearer token on),
 one with ``--dynamic-batch 0`` and one with the default batching (or ``--dynamic-batch``/``--max-delay-us``),
 then for each served model and each client count runs that many threads, each with its own client,
-sending ``--requests`` single-image requests in all (binary tensors), after one client's warm-up pass;
-the two servers take turns on each (model, clients) cell, so that other work on the machine weighs on
-both alike. Reports throughput, latency percentiles and errors as a table on stderr and JSON on stdout.
+sending ``--requests`` single-image requests in all (binary tensors both ways, as Triton's perf_analyzer
+sends them), after one client's warm-up pass; the two servers take turns on each (model, clients) cell,
+so that other work on the machine weighs on both alike. Reports throughput, latency percentiles and errors as a table on stderr and JSON on stdout.
 Default: the plain model and its saliency explainer at 1, 8 and 32 clients, 640 requests per cell.
 Run: .venv/bin/python benchmarks/serve_load.py [--model model.onnx] [--served NAME ...] [--clients 1 --clients 8]
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import secrets
 import signal
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ import tritonclient.http as httpclient
 START_TIMEOUT = 120  # seconds for the server to load the models
 REQUEST_TIMEOUT = 60.0
 WARM_UP = 20  # requests of one client before each measurement
+CLIENT_PROCESSES = 4
 
 
 def main() -> None:
@@ -94,41 +96,22 @@ def _row(result: dict) -> str:
 
 
 def _load(port: int, token: str, name: str, clients: int, requests: int, server_pid: int) -> dict:
-    """``clients`` threads x ``requests`` single-image requests to ``name``; latencies, errors and the server's
-    session runs (from its statistics) and CPU time per request (a measure that other work on the machine
-    does not skew as it does throughput)."""
-    metadata = httpclient.InferenceServerClient(f"127.0.0.1:{port}").get_model_metadata(
-        name, headers={"Authorization": f"Bearer {token}"})
-    input_name, shape = metadata["inputs"][0]["name"], metadata["inputs"][0]["shape"]
-    image = np.random.default_rng(0).uniform(0, 1, (1, *shape[1:])).astype(np.float32)
-
-    def client_loop(count: int) -> tuple[list[float], list[str]]:
-        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", connection_timeout=REQUEST_TIMEOUT,
-                                                  network_timeout=REQUEST_TIMEOUT)
-        tensor = httpclient.InferInput(input_name, list(image.shape), "FP32").set_data_from_numpy(image, binary_data=True)
-        latencies, errors = [], []
-        for _ in range(count):
-            start = time.perf_counter()
-            try:
-                result = client.infer(name, [tensor], headers={"Authorization": f"Bearer {token}"})
-                if result.as_numpy(metadata["outputs"][0]["name"]) is None:
-                    errors.append("missing output")
-            except Exception as error:  # noqa: BLE001 - every failure counts as an error of the run
-                errors.append(str(error)[:200])
-            latencies.append(time.perf_counter() - start)
-        client.close()
-        return latencies, errors
-
-    with ThreadPoolExecutor(clients) as pool:
-        client_loop(WARM_UP)  # sessions' first runs, connections
+    """``clients`` clients x ``requests`` single-image requests to ``name``, on up to CLIENT_PROCESSES processes (one
+    Python process cannot drive 32 clients); latencies, errors, the server's session runs (from its statistics)
+    and CPU time per request (a measure that other work on the machine does not skew as it does throughput)."""
+    processes = min(clients, CLIENT_PROCESSES)
+    _clients(port, token, name, 1, WARM_UP, time.time())  # sessions' first runs
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_started, range(processes)))
         before, cpu_before = _stats(port, token, name), _cpu_seconds(server_pid)
-        start = time.perf_counter()
-        outcomes = list(pool.map(client_loop, [requests] * clients))
-    seconds = time.perf_counter() - start
+        start = time.time() + 0.2  # every process begins at once
+        shares = [clients // processes + (k < clients % processes) for k in range(processes)]
+        outcomes = list(pool.map(_clients, *zip(*[(port, token, name, share, requests, start) for share in shares])))
+    seconds = max(end for _, _, end in outcomes) - start
     after, cpu = _stats(port, token, name), _cpu_seconds(server_pid) - cpu_before
     runs = after["execution_count"] - before["execution_count"]
-    latencies = np.array([t for times, _ in outcomes for t in times]) * 1e3
-    errors = [e for _, errs in outcomes for e in errs]
+    latencies = np.array([t for times, _, _ in outcomes for t in times]) * 1e3
+    errors = [e for _, errs, _ in outcomes for e in errs]
     return {
         "model": name, "clients": clients, "requests": int(latencies.size), "errors": len(errors),
         "first_errors": errors[:3], "seconds": round(seconds, 3), "throughput_rps": round(latencies.size / seconds, 1),
@@ -137,6 +120,42 @@ def _load(port: int, token: str, name: str, clients: int, requests: int, server_
         "server_cpu_ms_per_request": round(cpu * 1e3 / latencies.size, 2),
         "rows_per_run": round((after["inference_count"] - before["inference_count"]) / max(runs, 1), 2),
     }
+
+
+def _started(_) -> None:
+    """Nothing: mapped once so that the client processes exist (and have imported) before the clock starts."""
+
+
+def _clients(port: int, token: str, name: str, threads: int, requests: int, start: float):
+    """In a client process: ``threads`` clients sending ``requests`` each from time ``start``; their latencies
+    (seconds), errors, and the time the last one finished."""
+    auth = {"Authorization": f"Bearer {token}"}
+    metadata = httpclient.InferenceServerClient(f"127.0.0.1:{port}").get_model_metadata(name, headers=auth)
+    input_name, shape = metadata["inputs"][0]["name"], metadata["inputs"][0]["shape"]
+    image = np.random.default_rng(0).uniform(0, 1, (1, *shape[1:])).astype(np.float32)
+
+    def client_loop(_) -> tuple[list[float], list[str]]:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}", connection_timeout=REQUEST_TIMEOUT,
+                                                  network_timeout=REQUEST_TIMEOUT)
+        tensor = httpclient.InferInput(input_name, list(image.shape), "FP32").set_data_from_numpy(image, binary_data=True)
+        wanted = [httpclient.InferRequestedOutput(output["name"], binary_data=True) for output in metadata["outputs"]]
+        latencies, errors = [], []
+        time.sleep(max(0.0, start - time.time()))
+        for _ in range(requests):
+            began = time.perf_counter()
+            try:
+                result = client.infer(name, [tensor], outputs=wanted, headers=auth)
+                if result.as_numpy(metadata["outputs"][0]["name"]) is None:
+                    errors.append("missing output")
+            except Exception as error:  # noqa: BLE001 - every failure counts as an error of the run
+                errors.append(str(error)[:200])
+            latencies.append(time.perf_counter() - began)
+        client.close()
+        return latencies, errors
+
+    with ThreadPoolExecutor(threads) as pool:
+        outcomes = list(pool.map(client_loop, range(threads)))
+    return [t for times, _ in outcomes for t in times], [e for _, errs in outcomes for e in errs], time.time()
 
 
 def _cpu_seconds(pid: int) -> float:

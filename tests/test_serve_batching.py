@@ -128,7 +128,8 @@ def test_concurrent_requests_of_mixed_sizes_get_their_unstacked_answers(served, 
         assert status == 200, answer
         assert_equal_answers(answer, unstacked(models[name], inputs))
         if "target" in inputs:  # the per-row target was honoured, not the first request's
-            np.testing.assert_array_equal(answer["target_class"], np.broadcast_to(inputs["target"], answer["target_class"].shape))
+            wanted = np.broadcast_to(inputs["target"], answer["target_class"].shape)
+            np.testing.assert_array_equal(answer["target_class"], wanted)
     for name in ["digits", "digits.saliency", "digits.gradcam"]:
         report = stats(served.port, name)
         assert report["request_count"] == len(sizes) and report["inference_count"] == sum(sizes), report
@@ -256,7 +257,8 @@ def test_batching_json_sets_policies_per_model(folder, tmp_path):
     with pytest.raises(ModelFileError, match=r"names models this server does not have: digits.occlusion; it has: digits, "):
         load_models(tmp_path, methods=["saliency"])
     (tmp_path / "batching.json").write_text(json.dumps({"digits": {"max_batch": 4, "preferred_batch": [8]}}))
-    with pytest.raises(ModelFileError, match=r"'digits': batching preferred_batch sizes must be integers from 1 to max_batch \(4\), got \[8\]"):
+    with pytest.raises(ModelFileError, match=r"'digits': batching preferred_batch sizes must be integers from 1 to "
+                                             r"max_batch \(4\), got \[8\]"):
         load_models(tmp_path, methods=[])
 
 

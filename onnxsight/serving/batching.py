@@ -91,7 +91,8 @@ def read_policies(folder: Path, names: Sequence[str], default: BatchPolicy) -> d
         if not isinstance(settings["preferred_batch"], (list, tuple)):
             raise ModelFileError(f"{path}: {name!r} preferred_batch must be a list of sizes")
         try:
-            policies[name] = BatchPolicy(settings["max_batch"], settings["max_delay_us"], tuple(settings["preferred_batch"]))
+            policies[name] = BatchPolicy(settings["max_batch"], settings["max_delay_us"],
+                                         tuple(settings["preferred_batch"]))
         except InvalidArgument as error:
             raise ModelFileError(f"{path}: {name!r}: {error}") from error
     return policies
@@ -162,7 +163,8 @@ class Batcher:
         self._tasks: set[asyncio.Task] = set()
         self.stats: dict[str, ModelStats] = {}
 
-    async def infer(self, served: ServedModel, inputs: dict[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+    async def infer(self, served: ServedModel, inputs: dict[str, np.ndarray],
+                    outputs: Sequence[str]) -> dict[str, np.ndarray]:
         """The ``outputs`` of ``served`` for one validated request (``served.check`` passed); the caller holds a
         runner slot. Raises the request's own error (an OnnxsightError for a failed run)."""
         outputs = list(outputs)
@@ -222,7 +224,7 @@ class Batcher:
         """Runs ``batch`` (counted busy by ``_dispatch``) and answers each of its requests."""
         try:
             answers, runs = await self._runner.call(_run_stacked, served, [r.inputs for r in batch], outputs)
-        except Exception as error:  # noqa: BLE001 - not swallowed: every request of the batch is answered with it (e.g. 503 at shutdown)
+        except Exception as error:  # noqa: BLE001 - not swallowed: each request of the batch gets it (503 at shutdown)
             for request in batch:
                 if not request.answer.done():
                     request.answer.set_exception(error)
@@ -239,7 +241,8 @@ class Batcher:
             else:
                 request.answer.set_result(answer)
 
-    async def _alone(self, served: ServedModel, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+    async def _alone(self, served: ServedModel, inputs: dict[str, np.ndarray],
+                     outputs: list[str]) -> dict[str, np.ndarray]:
         self._busy += 1
         try:
             answer, run = await self._runner.call(_run_alone, served, inputs, outputs)

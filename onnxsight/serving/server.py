@@ -8,7 +8,8 @@ they are read: each in size (413), all those held at once in bytes (503: being r
 or in inference), and in the time a client may take to send one (408, and the connection is
 closed). Requests for the same model that arrive close together are stacked into one run by the
 dynamic batcher (``serving.batching``); ``GET /v2/models[/NAME]/stats`` reports the runs, as Triton's
-statistics extension does. On SIGINT/SIGTERM, requests not yet started are answered 503 while running ones finish.
+statistics extension does. On SIGINT/SIGTERM, requests not yet started are answered 503 while running
+ones finish.
 An unexpected failure is logged on the server and answered with a bare 500, never a traceback.
 """
 
@@ -41,7 +42,9 @@ except ImportError as missing:
 log = logging.getLogger("onnxsight.serve")
 EXTENSIONS = ["binary_tensor_data"]
 SHUTTING_DOWN = "server is shutting down; retry on another instance"
-INLINE_BYTES = 16 * 2**10  # requests and answers this small are parsed and encoded on the event loop: cheaper than a thread
+# Requests and answers with this little JSON and data are parsed and encoded on the event loop (a thread hop costs
+# more); JSON costs about 2.5 microseconds a value, so a heat map in JSON goes to a worker thread.
+INLINE_JSON_BYTES, INLINE_VALUES, INLINE_BYTES = 2048, 256, 64 * 2**10
 
 
 @dataclass(frozen=True)
@@ -269,14 +272,26 @@ def create_app(models: dict[str, ServedModel], settings: Settings = Settings()) 
                 return parsed
 
             with runner.slot():
-                parsed = validate() if len(body) <= INLINE_BYTES else await runner.call(validate)
+                parsed = validate() if _small_request(body, header_length) else await runner.call(validate)
                 results = await batcher.infer(served, parsed.inputs, list(parsed.outputs))
                 answer = (served.name, VERSION, parsed.id, results, parsed.outputs)
-                small = sum(array.nbytes for array in results.values()) <= INLINE_BYTES
-                content, headers = encode_response(*answer) if small else await runner.finish(encode_response, *answer)
+                if _small_answer(results, parsed.outputs):
+                    content, headers = encode_response(*answer)
+                else:
+                    content, headers = await runner.finish(encode_response, *answer)
         return Response(content, headers=headers)
 
     return app
+
+
+def _small_request(body: bytes, header_length: str | None) -> bool:
+    json_size = int(header_length) if header_length is not None and header_length.isdigit() else len(body)
+    return len(body) <= INLINE_BYTES and json_size <= INLINE_JSON_BYTES
+
+
+def _small_answer(results: dict, binary: dict[str, bool]) -> bool:
+    values = sum(array.size for name, array in results.items() if not binary.get(name, False))
+    return values <= INLINE_VALUES and sum(array.nbytes for array in results.values()) <= INLINE_BYTES
 
 
 def _too_large(limit: int) -> ProtocolError:
