@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
@@ -285,8 +286,12 @@ def create_app(models: dict[str, ServedModel], settings: Settings = Settings()) 
 
 
 def _small_request(body: bytes, header_length: str | None) -> bool:
-    json_size = int(header_length) if header_length is not None and header_length.isdigit() else len(body)
-    return len(body) <= INLINE_BYTES and json_size <= INLINE_JSON_BYTES
+    """Whether the body is small with little JSON (a malformed header length goes to a thread, to be refused there)."""
+    if len(body) > INLINE_BYTES:
+        return False
+    if header_length is None:
+        return len(body) <= INLINE_JSON_BYTES
+    return re.fullmatch(r"[0-9]{1,5}", header_length) is not None and int(header_length) <= INLINE_JSON_BYTES
 
 
 def _small_answer(results: dict, binary: dict[str, bool]) -> bool:
