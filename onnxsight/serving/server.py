@@ -24,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
+import numpy as np
+
 from onnxsight import __version__
 from onnxsight.errors import InvalidArgument, MissingDependency, OnnxsightError
 from onnxsight.serving.batching import Batcher, ModelStats
@@ -166,6 +168,32 @@ class BodyBudget:
             self.held -= taken
 
 
+def check_bearer(authorization: str, token: str | None) -> None:
+    """401 unless ``authorization`` is ``Bearer <token>`` (compared in constant time); anything goes without a token."""
+    if token is None:
+        return
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not credentials:
+        raise ProtocolError(401, "missing bearer token: send 'Authorization: Bearer <token>'")
+    if not hmac.compare_digest(credentials.strip().encode(), token.encode()):
+        raise ProtocolError(401, "invalid bearer token")
+
+
+def find_model(models: dict[str, ServedModel], name: str, version: str | None) -> ServedModel:
+    """The model served as ``name`` (any version when ``version`` is None); 404 naming the known ones otherwise."""
+    if name not in models:
+        raise ProtocolError(404, f"unknown model {name!r}; this server has: {', '.join(models)}")
+    if version is not None and version != VERSION:
+        raise ProtocolError(404, f"model {name!r} has no version {version!r}; versions: {VERSION}")
+    return models[name]
+
+
+def predict(served: ServedModel, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+    """One inference as both front ends (HTTP, gRPC) run it on a worker thread: the model's checks, then its session."""
+    served.check(inputs)
+    return served.run(inputs, outputs)
+
+
 def create_app(models: dict[str, ServedModel], settings: Settings = Settings()) -> FastAPI:
     """The FastAPI application serving ``models`` (by name) under the KServe v2 REST paths."""
     runner, budget = Runner(settings.workers, settings.queue), BodyBudget(settings.max_pending_bytes)
@@ -174,28 +202,19 @@ def create_app(models: dict[str, ServedModel], settings: Settings = Settings()) 
     @asynccontextmanager
     async def lifespan(app):
         yield
-        runner.shutdown()  # uvicorn has stopped taking requests; finish the running ones
+        await asyncio.to_thread(runner.shutdown)  # uvicorn has stopped taking requests; finish the running ones
 
     app = FastAPI(title="onnxsight", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=lifespan)
     app.state.runner = runner  # for run(): it closes the runner when shutdown begins
+    app.state.budget = budget  # shared with the gRPC front end
     app.state.batcher = batcher  # the entry point of every front end: ``await batcher.infer(served, inputs, outputs)``
 
     def authorize(request: Request) -> None:
-        if settings.token is None:
-            return
-        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not credentials:
-            raise ProtocolError(401, "missing bearer token: send 'Authorization: Bearer <token>'")
-        if not hmac.compare_digest(credentials.strip().encode(), settings.token.encode()):
-            raise ProtocolError(401, "invalid bearer token")
+        check_bearer(request.headers.get("authorization", ""), settings.token)
 
     def lookup(name: str, version: str | None) -> ServedModel:
-        if name not in models:
-            raise ProtocolError(404, f"unknown model {name!r}; this server has: {', '.join(models)}")
-        if version is not None and version != VERSION:
-            raise ProtocolError(404, f"model {name!r} has no version {version!r}; versions: {VERSION}")
-        return models[name]
+        return find_model(models, name, version)
 
     def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
@@ -269,7 +288,7 @@ def create_app(models: dict[str, ServedModel], settings: Settings = Settings()) 
 
             def validate():
                 parsed = parse_request(body, header_length, served.inputs, served.outputs, limits)
-                served.check(parsed.inputs)
+                served.check(parsed.inputs)  # before the request joins a batch: its errors are its own
                 return parsed
 
             with runner.slot():
@@ -337,23 +356,33 @@ async def _read_body(request, declared: int | None, settings: Settings, take: Ca
 
 
 class _Server(uvicorn.Server):
-    """uvicorn that closes the app's runner as shutdown begins: queued requests get 503, running ones finish."""
+    """uvicorn that closes the app's runner as shutdown begins: queued requests get 503, running ones finish.
+    ``grpc`` (a ``grpc_server.GrpcServer`` on the same runner), if any, starts first and stops alongside."""
 
-    def __init__(self, config: uvicorn.Config, runner: Runner):
+    def __init__(self, config: uvicorn.Config, runner: Runner, grpc=None):
         super().__init__(config)
         self._runner = runner
+        self._grpc = grpc
+
+    async def startup(self, sockets=None):
+        if self._grpc is not None:
+            await self._grpc.start()
+        await super().startup(sockets)
 
     async def shutdown(self, sockets=None):
         self._runner.close()
-        await super().shutdown(sockets)
+        grpc = [] if self._grpc is None else [self._grpc.stop(self.config.timeout_graceful_shutdown)]
+        await asyncio.gather(super().shutdown(sockets), *grpc)
 
 
-def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", graceful_seconds: int = 10) -> None:
-    """Serves ``app`` with uvicorn until SIGINT/SIGTERM; then requests not yet started get 503 and the running
-    ones have ``graceful_seconds`` to finish (graceful shutdown)."""
+def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", graceful_seconds: int = 10,
+        grpc=None) -> None:
+    """Serves ``app`` with uvicorn (and ``grpc``, a ``grpc_server.GrpcServer``, on the same event loop) until
+    SIGINT/SIGTERM; then requests not yet started get 503 and the running ones have ``graceful_seconds`` to
+    finish (graceful shutdown)."""
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, server_header=False,
                             timeout_graceful_shutdown=graceful_seconds)
     try:
-        _Server(config, app.state.runner).run()  # exits with uvicorn's status 3 if it cannot bind
+        _Server(config, app.state.runner, grpc).run()  # exits with uvicorn's status 3 if it cannot bind
     except KeyboardInterrupt:  # uvicorn re-raises SIGINT once it has shut down
         pass

@@ -2,7 +2,8 @@
 
 The configuration names every tensor with its type and dims (``-1`` for dynamic ones) and
 ``max_batch_size: 0``: the batch dimension is part of the dims, which Triton's onnxruntime
-backend requires for inputs backed by an initializer (an explainer's optional ``target``).
+backend requires for inputs backed by an initializer (an explainer's optional ``target``). A scalar
+tensor is declared with dims ``[1]`` reshaped to ``[]``, since Triton refuses empty dims.
 """
 
 from __future__ import annotations
@@ -70,7 +71,9 @@ def _tensor_entry(value: onnx.ValueInfoProto, optional: bool) -> str:
     if not tensor_type.HasField("shape"):
         raise InvalidArgument(f"tensor {value.name!r} has no declared shape; Triton needs its dims")
     dims = ", ".join(str(d.dim_value) if d.HasField("dim_value") else "-1" for d in tensor_type.shape.dim)
-    fields = [f"name: {json.dumps(value.name)}", f"data_type: {TRITON_TYPES[tensor_type.elem_type]}", f"dims: [ {dims} ]"]
+    fields = [f"name: {json.dumps(value.name)}", f"data_type: {TRITON_TYPES[tensor_type.elem_type]}", f"dims: [ {dims or 1} ]"]
+    if not dims:  # Triton refuses empty dims: a scalar is declared [1] and reshaped to []
+        fields.append("reshape: { shape: [ ] }")
     if optional:
         fields.append("optional: true")
     return "  {\n" + "".join(f"    {field}\n" for field in fields) + "  }"
