@@ -31,7 +31,7 @@ import tritonclient.http as httpclient
 
 START_TIMEOUT = 120  # seconds for the server to load the models
 REQUEST_TIMEOUT = 60.0
-WARM_UP = 20  # requests of one client before each measurement
+WARM_UP = 100  # requests of one client before each measurement (fewer left the first cell slow)
 CLIENT_PROCESSES = 4
 
 
