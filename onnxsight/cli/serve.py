@@ -94,8 +94,10 @@ def serve(
     log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
     engine: Annotated[str, typer.Option(help="onnxsight (the built-in FastAPI server) or triton (a Triton Inference Server "
                                              "through PyTriton; needs the 'triton' extra).")] = "onnxsight",
-    max_delay_us: Annotated[int, typer.Option(min=0, help="Longest wait, in microseconds, for more requests to batch "
-                                                          "(rows up to --dynamic-batch; triton: --max-batch).")] = 2000,
+    max_delay_us: Annotated[Optional[int], typer.Option(min=0, help="Longest wait, in microseconds, for more requests to "
+                                                                    "batch (rows up to --dynamic-batch; triton: --max-batch); "
+                                                                    "default: onnxsight 0 (requests still stack while the "
+                                                                    "workers are busy), triton 2000.")] = None,
     preferred_batch: Annotated[Optional[list[int]], typer.Option(min=1, help="Batch sizes the batcher aims for "
                                                                             "(repeatable).")] = None,
 ) -> None:
@@ -121,8 +123,9 @@ def serve(
         raise InvalidArgument(f"--grpc-port and --port are both {port}; give them different ports")
     if grpc_port is not None and engine == "onnxsight":
         from onnxsight.serving.grpc_server import GrpcServer  # before the models load: a missing extra fails fast
-    batching = _triton_batching(max_batch, max_delay_us, preferred_batch) if engine == "triton" else None
-    policy = BatchPolicy(dynamic_batch, max_delay_us, tuple(preferred_batch or ())) if engine == "onnxsight" else BatchPolicy(0)
+    delay = {"onnxsight": 0, "triton": 2000}[engine] if max_delay_us is None else max_delay_us
+    batching = _triton_batching(max_batch, delay, preferred_batch) if engine == "triton" else None
+    policy = BatchPolicy(dynamic_batch, delay, tuple(preferred_batch or ())) if engine == "onnxsight" else BatchPolicy(0)
     settings = Settings(token=token, max_body_bytes=int(max_body_mb * 2**20), max_batch=max_batch, workers=workers,
                         queue=queue, max_pending_bytes=int(max_pending_mb * 2**20), body_timeout=body_timeout)
     methods = [] if no_explainers else (method or list(METHODS))

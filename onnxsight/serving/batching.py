@@ -39,7 +39,7 @@ class BatchPolicy:
     largest preferred size it can form (all it has when none)."""
 
     max_batch: int = 32
-    max_delay_us: int = 500
+    max_delay_us: int = 0  # still stacks the requests that arrive while the workers are busy
     preferred_batch: tuple[int, ...] = ()
 
     def __post_init__(self):
