@@ -93,25 +93,33 @@ def serve(
     body_timeout: Annotated[float, typer.Option(min=0.001, help="Seconds a client may take to send a request body "
                                                                "(408 after).")] = 30.0,
     max_batch: Annotated[int, typer.Option(min=1, help="Most images per request (400 above).")] = 64,
+    dynamic_batch: Annotated[int, typer.Option(min=0, help="onnxsight engine: most rows stacked into one run from requests "
+                                                           "arriving together (0 or 1: no dynamic batching); "
+                                                           "batching.json next to the models sets it per model.")] = 32,
     workers: Annotated[int, typer.Option(min=1, help="Inference threads.")] = 2,
     queue: Annotated[int, typer.Option(min=0, help="Requests that may wait for a thread (503 above).")] = 64,
     device: Device = "cpu",
     log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
     engine: Annotated[str, typer.Option(help="onnxsight (the built-in FastAPI server) or triton (a Triton Inference Server "
                                              "through PyTriton; needs the 'triton' extra).")] = "onnxsight",
-    max_delay_us: Annotated[int, typer.Option(min=0, help="triton: longest wait, in microseconds, for more requests "
-                                                          "to batch (rows up to --max-batch).")] = 2000,
-    preferred_batch: Annotated[Optional[list[int]], typer.Option(min=1, help="triton: batch sizes the batcher aims for "
+    max_delay_us: Annotated[Optional[int], typer.Option(min=0, help="Longest wait, in microseconds, for more requests to "
+                                                                    "batch (rows up to --dynamic-batch; triton: --max-batch); "
+                                                                    "default: onnxsight 0 (requests still stack while the "
+                                                                    "workers are busy), triton 2000.")] = None,
+    preferred_batch: Annotated[Optional[list[int]], typer.Option(min=1, help="Batch sizes the batcher aims for "
                                                                             "(repeatable).")] = None,
 ) -> None:
     """Serve models and their explainers over the Open Inference Protocol (KServe v2 REST; gRPC too with --grpc-port).
 
     Each FILE.onnx is served as FILE and, per explainer method, as FILE.METHOD (e.g. mnist_cnn.gradcam);
-    an explainer file written by `onnxsight export` is served as it is. Needs the 'serve' extra
+    an explainer file written by `onnxsight export` is served as it is. Requests for one model that arrive
+    together are stacked into one run (dynamic batching). Needs the 'serve' extra
     (--engine triton: the 'triton' extra; Triton batches requests, so an explainer's target is one per image,
     shape [N, 1]; it takes --host, --port, --grpc-port, --max-batch, --max-delay-us, --preferred-batch and the
-    model options; --token and the request-body, worker, queue and log options are the built-in server's).
+    model options; --token, --dynamic-batch and the request-body, worker, queue and log options are the built-in
+    server's).
     """
+    from onnxsight.serving.batching import BatchPolicy
     from onnxsight.serving.repository import load_models
     from onnxsight.serving.server import Settings, create_app, run
 
@@ -123,11 +131,14 @@ def serve(
         raise InvalidArgument(f"--grpc-port and --port are both {port}; give them different ports")
     if grpc_port is not None and engine == "onnxsight":
         from onnxsight.serving.grpc_server import GrpcServer  # before the models load: a missing extra fails fast
-    batching = _triton_batching(max_batch, max_delay_us, preferred_batch) if engine == "triton" else None
+    delay = {"onnxsight": 0, "triton": 2000}[engine] if max_delay_us is None else max_delay_us
+    batching = _triton_batching(max_batch, delay, preferred_batch) if engine == "triton" else None
+    policy = BatchPolicy(dynamic_batch, delay, tuple(preferred_batch or ())) if engine == "onnxsight" else BatchPolicy(0)
     settings = Settings(token=token, max_body_bytes=int(max_body_mb * 2**20), max_batch=max_batch, workers=workers,
                         queue=queue, max_pending_bytes=int(max_pending_mb * 2**20), body_timeout=body_timeout)
     methods = [] if no_explainers else (method or list(METHODS))
-    models = load_models(path, methods, layer=layer, device=device, samples=samples, noise=noise, seed=seed)
+    models = load_models(path, methods, layer=layer, device=device, samples=samples, noise=noise, seed=seed,
+                         batching=policy)
     if engine == "triton":
         _serve_triton(models, host, port, grpc_port or TRITON_GRPC_PORT, batching)
         return

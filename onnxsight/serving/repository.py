@@ -4,6 +4,8 @@ A path is an ONNX file or a folder of ``.onnx`` files (not searched recursively)
 ``<stem>.onnx`` is served as ``<stem>`` (its own inputs and outputs) and, per explainer method,
 as ``<stem>.<method>`` (e.g. ``mnist_cnn.gradcam``), built with :func:`export_explainer`. A file
 that already is an explainer (written by ``onnxsight export``) is served as it is, as ``<stem>``.
+Each served model has a dynamic batching policy: the server's default, or its entry in a
+``batching.json`` next to the models (see :func:`onnxsight.serving.batching.read_policies`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import onnx
 from onnxsight.engine.model import load
 from onnxsight.engine.session import Runtime, first_line, open_session
 from onnxsight.errors import InvalidArgument, ModelFileError
+from onnxsight.serving.batching import BatchPolicy, read_policies
 from onnxsight.serving.explainer import ALL_METHODS, CAM_METHODS, EXPLAINER, METHODS, TARGET, export_explainer
 from onnxsight.serving.protocol import ONNX_TYPES, ProtocolError, TensorSpec
 
@@ -28,13 +31,23 @@ PLATFORM = "onnxruntime_onnx"
 
 @dataclass
 class ServedModel:
-    """One named model: a session (thread-safe ``run``) and its protocol tensors."""
+    """One named model: a session (thread-safe ``run``), its protocol tensors and batching policy."""
 
     name: str
     session: object  # an onnxruntime or OpenVINO session (engine/session.py)
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     explainer: dict | None = None  # the explainer's description (metadata), None for a plain model
+    batching: BatchPolicy = BatchPolicy()
+
+    @property
+    def stackable(self) -> bool:
+        """Whether requests may be stacked into one run: every tensor has a dynamic batch axis, and a row's answer
+        does not depend on the other rows. SmoothGrad explainers (their description has ``samples``) are kept out
+        until their noise no longer depends on an image's position in the batch; then drop that condition."""
+        if self.explainer is not None and self.explainer.get("samples") is not None:
+            return False
+        return all(spec.shape and spec.shape[0] == -1 for spec in self.inputs + self.outputs)
 
     def metadata(self) -> dict:
         """The protocol's model metadata response."""
@@ -63,8 +76,10 @@ class ServedModel:
 
 
 def load_models(path: str | Path, methods: Sequence[str] = METHODS, layer: str | None = None,
-                device: str = "cpu", samples: int = 20, noise: float = 0.15, seed: int = 0) -> dict[str, ServedModel]:
-    """Every model under ``path`` and its explainer variants, by served name."""
+                device: str = "cpu", samples: int = 20, noise: float = 0.15, seed: int = 0,
+                batching: BatchPolicy = BatchPolicy()) -> dict[str, ServedModel]:
+    """Every model under ``path`` and its explainer variants, by served name; each batched by ``batching`` unless
+    ``batching.json`` in the models' folder says otherwise."""
     for method in methods:
         if method not in ALL_METHODS:
             raise InvalidArgument(f"unknown explainer method {method!r}; choose from {', '.join(ALL_METHODS)}")
@@ -91,6 +106,9 @@ def load_models(path: str | Path, methods: Sequence[str] = METHODS, layer: str |
             if name in served:
                 raise ModelFileError(f"two models would be served as {name!r}; rename one of the files")
             served[name] = _served(name, proto, description, model.runtime, str(file))
+    policies = read_policies(path if path.is_dir() else path.parent, list(served), batching)
+    for name, model in served.items():
+        model.batching = policies[name]
     return served
 
 

@@ -6,7 +6,10 @@ one-line ``{"error": "..."}`` bodies as the protocol asks; inference runs on a f
 threads behind a bounded queue (503 when full, never a crash). Request bodies are bounded before
 they are read: each in size (413), all those held at once in bytes (503: being received, queued
 or in inference), and in the time a client may take to send one (408, and the connection is
-closed). On SIGINT/SIGTERM, requests not yet started are answered 503 while running ones finish.
+closed). Requests for the same model that arrive close together are stacked into one run by the
+dynamic batcher (``serving.batching``); ``GET /v2/models[/NAME]/stats`` reports the runs, as Triton's
+statistics extension does. On SIGINT/SIGTERM, requests not yet started are answered 503 while running
+ones finish.
 An unexpected failure is logged on the server and answered with a bare 500, never a traceback.
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
@@ -24,6 +28,7 @@ import numpy as np
 
 from onnxsight import __version__
 from onnxsight.errors import InvalidArgument, MissingDependency, OnnxsightError
+from onnxsight.serving.batching import Batcher, ModelStats
 from onnxsight.serving.protocol import HEADER_LENGTH, Limits, ProtocolError, encode_response, parse_request
 from onnxsight.serving.repository import VERSION, ServedModel
 
@@ -40,6 +45,9 @@ except ImportError as missing:
 log = logging.getLogger("onnxsight.serve")
 EXTENSIONS = ["binary_tensor_data"]
 SHUTTING_DOWN = "server is shutting down; retry on another instance"
+# Requests and answers with this little JSON and data are parsed and encoded on the event loop (a thread hop costs
+# more); JSON costs about 2.5 microseconds a value, so a heat map in JSON goes to a worker thread.
+INLINE_JSON_BYTES, INLINE_VALUES, INLINE_BYTES = 2048, 256, 64 * 2**10
 
 
 @dataclass(frozen=True)
@@ -77,8 +85,10 @@ class Runner:
 
     def __init__(self, workers: int, queue: int):
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onnxsight-infer")
+        self.workers = workers
         self._capacity = workers + queue
-        self._pending = 0  # touched only on the event loop's thread
+        self._pending = 0  # touched only on the event loop's thread, as are the two below
+        self._queued: set = set()  # calls (not finish) submitted and not yet answered
         self._closed = False
 
     def admit(self) -> None:
@@ -88,10 +98,23 @@ class Runner:
         if self._pending >= self._capacity:
             raise ProtocolError(503, f"server busy: {self._pending} requests in progress or queued; retry later")
 
-    async def run(self, function: Callable, *args):
+    @contextmanager
+    def slot(self):
+        """Holds one of the ``workers + queue`` places for a request's calls (503 when none is free)."""
         self.admit()
         self._pending += 1
+        try:
+            yield
+        finally:
+            self._pending -= 1
+
+    async def call(self, function: Callable, *args):
+        """``function(*args)`` on a worker thread, for a request that holds a slot; 503 once closed, or if closed
+        before it starts."""
+        if self._closed:
+            raise ProtocolError(503, SHUTTING_DOWN)
         job = self._pool.submit(function, *args)
+        self._queued.add(job)
         try:
             return await asyncio.wrap_future(job)
         except asyncio.CancelledError:
@@ -99,12 +122,21 @@ class Runner:
                 raise ProtocolError(503, SHUTTING_DOWN) from None
             raise
         finally:
-            self._pending -= 1
+            self._queued.discard(job)
+
+    async def finish(self, function: Callable, *args):
+        """As ``call``, but never refused: the last step of a request whose inference has run."""
+        return await asyncio.wrap_future(self._pool.submit(function, *args))
+
+    async def run(self, function: Callable, *args):
+        with self.slot():
+            return await self.call(function, *args)
 
     def close(self) -> None:
         """Cancels the queued calls (their callers get 503) and refuses new ones; running calls go on."""
         self._closed = True
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for job in list(self._queued):
+            job.cancel()  # refused by those already running
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True)
@@ -165,7 +197,7 @@ def predict(served: ServedModel, inputs: dict[str, np.ndarray], outputs: list[st
 def create_app(models: dict[str, ServedModel], settings: Settings = Settings()) -> FastAPI:
     """The FastAPI application serving ``models`` (by name) under the KServe v2 REST paths."""
     runner, budget = Runner(settings.workers, settings.queue), BodyBudget(settings.max_pending_bytes)
-    limits = Limits(max_batch=settings.max_batch)
+    batcher, limits = Batcher(runner), Limits(max_batch=settings.max_batch)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -176,6 +208,7 @@ def create_app(models: dict[str, ServedModel], settings: Settings = Settings()) 
                   lifespan=lifespan)
     app.state.runner = runner  # for run(): it closes the runner when shutdown begins
     app.state.budget = budget  # shared with the gRPC front end
+    app.state.batcher = batcher  # the entry point of every front end: ``await batcher.infer(served, inputs, outputs)``
 
     def authorize(request: Request) -> None:
         check_bearer(request.headers.get("authorization", ""), settings.token)
@@ -222,6 +255,13 @@ def create_app(models: dict[str, ServedModel], settings: Settings = Settings()) 
     async def server_metadata():
         return {"name": "onnxsight", "version": __version__, "extensions": EXTENSIONS}
 
+    @app.get("/v2/models/stats", dependencies=guarded)
+    @app.get("/v2/models/{name}/stats", dependencies=guarded)
+    @app.get("/v2/models/{name}/versions/{version}/stats", dependencies=guarded)
+    async def model_stats(name: str | None = None, version: str | None = None):
+        names = list(models) if name is None else [lookup(name, version).name]
+        return {"model_stats": [batcher.stats.get(n, ModelStats()).report(n, VERSION) for n in names]}
+
     @app.get("/v2/models/{name}", dependencies=guarded)
     @app.get("/v2/models/{name}/versions/{version}", dependencies=guarded)
     async def model_metadata(name: str, version: str | None = None):
@@ -246,15 +286,36 @@ def create_app(models: dict[str, ServedModel], settings: Settings = Settings()) 
             body = await _read_body(request, declared, settings, take)
             header_length = request.headers.get(HEADER_LENGTH)
 
-            def handle():
+            def validate():
                 parsed = parse_request(body, header_length, served.inputs, served.outputs, limits)
-                results = predict(served, parsed.inputs, list(parsed.outputs))
-                return encode_response(served.name, VERSION, parsed.id, results, parsed.outputs)
+                served.check(parsed.inputs)  # before the request joins a batch: its errors are its own
+                return parsed
 
-            content, headers = await runner.run(handle)
+            with runner.slot():
+                parsed = validate() if _small_request(body, header_length) else await runner.call(validate)
+                results = await batcher.infer(served, parsed.inputs, list(parsed.outputs))
+                answer = (served.name, VERSION, parsed.id, results, parsed.outputs)
+                if _small_answer(results, parsed.outputs):
+                    content, headers = encode_response(*answer)
+                else:
+                    content, headers = await runner.finish(encode_response, *answer)
         return Response(content, headers=headers)
 
     return app
+
+
+def _small_request(body: bytes, header_length: str | None) -> bool:
+    """Whether the body is small with little JSON (a malformed header length goes to a thread, to be refused there)."""
+    if len(body) > INLINE_BYTES:
+        return False
+    if header_length is None:
+        return len(body) <= INLINE_JSON_BYTES
+    return re.fullmatch(r"[0-9]{1,5}", header_length) is not None and int(header_length) <= INLINE_JSON_BYTES
+
+
+def _small_answer(results: dict, binary: dict[str, bool]) -> bool:
+    values = sum(array.size for name, array in results.items() if not binary.get(name, False))
+    return values <= INLINE_VALUES and sum(array.nbytes for array in results.values()) <= INLINE_BYTES
 
 
 def _too_large(limit: int) -> ProtocolError:
