@@ -1,7 +1,7 @@
 """Dynamic batching in ``onnxsight serve``, on a real uvicorn on loopback: concurrent requests of mixed sizes get
 the answers of their own unstacked runs (plain model, saliency and Grad-CAM with per-row targets); the server's
-statistics show the stacking; oversized, failing, differently shaped and SmoothGrad requests are not stacked
-with the others; the queue delay is honoured; per-model settings come from batching.json."""
+statistics show the stacking (SmoothGrad's too); oversized, failing and differently shaped requests are not
+stacked with the others; the queue delay is honoured; per-model settings come from batching.json."""
 
 from __future__ import annotations
 
@@ -137,15 +137,16 @@ def test_concurrent_requests_of_mixed_sizes_get_their_unstacked_answers(served, 
         assert max(b["batch_size"] for b in report["batch_stats"]) > max(sizes), report
 
 
-def test_smoothgrad_requests_are_never_stacked(served, models, images):
-    """Until SmoothGrad's noise is independent of an image's place in the batch, a stack would change answers."""
-    assert not models["digits.smoothgrad"].stackable and models["digits.saliency"].stackable
+def test_smoothgrad_requests_are_stacked_without_changing_their_noise(served, models, images):
+    """SmoothGrad gives every image the same unit noise wherever it sits in a batch, so its requests are stacked
+    and each still gets the map of its own run alone."""
+    assert models["digits.smoothgrad"].stackable
     answers = together([lambda k=k: infer(served.port, "digits.smoothgrad", {"image": images[k:k + 1]}) for k in range(4)])
     for k, (status, answer) in enumerate(answers):
         assert status == 200, answer
         assert_equal_answers(answer, unstacked(models["digits.smoothgrad"], {"image": images[k:k + 1]}))
     report = stats(served.port, "digits.smoothgrad")
-    assert report["execution_count"] == 4 and [b["batch_size"] for b in report["batch_stats"]] == [1], report
+    assert report["execution_count"] < 4 and max(b["batch_size"] for b in report["batch_stats"]) > 1, report
 
 
 def test_a_request_larger_than_the_batch_runs_alone(served, models, images):

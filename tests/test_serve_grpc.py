@@ -60,7 +60,7 @@ class Servers:
     def __init__(self, models, settings: Settings):
         app = create_app(models, settings)
         self.runner = app.state.runner
-        self.grpc = GrpcServer(models, settings, self.runner, app.state.budget, port=0)
+        self.grpc = GrpcServer(models, settings, app.state, port=0)
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
         self.http_port = listener.getsockname()[1]
@@ -324,11 +324,14 @@ def blocked(folder):
     models = load_models(folder / "digits.onnx", methods=[], device="cpu")
     started, release = threading.Event(), threading.Event()
 
-    def check(inputs):
+    run = models["digits"].run
+
+    def blocked_run(inputs, outputs):
         started.set()
         release.wait(20)
+        return run(inputs, outputs)
 
-    models["digits"].check = check
+    models["digits"].run = blocked_run
     yield models, started, release
     release.set()
 
@@ -453,7 +456,7 @@ def test_a_grpc_port_in_use_or_equal_to_the_http_port_is_refused(folder):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        front = GrpcServer(models, Settings(), app.state.runner, app.state.budget, port=port)
+        front = GrpcServer(models, Settings(), app.state, port=port)
         with pytest.raises(InvalidArgument, match=f"cannot serve gRPC on 127.0.0.1:{port}"):
             asyncio.run(front.start())
     refused = CliRunner().invoke(cli, ["serve", str(folder / "digits.onnx"), "--port", "8100", "--grpc-port", "8100"])

@@ -143,7 +143,7 @@ def serve(
         _serve_triton(models, host, port, grpc_port or TRITON_GRPC_PORT, batching)
         return
     app = create_app(models, settings)
-    grpc = None if grpc_port is None else GrpcServer(models, settings, app.state.runner, app.state.budget, host, grpc_port)
+    grpc = None if grpc_port is None else GrpcServer(models, settings, app.state, host, grpc_port)
     if token is None and not _loopback(host):
         err.print(f"[bold yellow]warning:[/] serving on {host} without a token: anyone who reaches it can use the models")
     err.print(f"serving {len(models)} models on http://{host}:{port}/v2: {', '.join(models)}")

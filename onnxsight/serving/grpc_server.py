@@ -20,12 +20,13 @@ import numpy as np
 
 from onnxsight import __version__
 from onnxsight.errors import InvalidArgument, MissingDependency, OnnxsightError
+from onnxsight.serving.batching import Batcher
 from onnxsight.serving.protocol import (
     DATATYPES, NO_CLASSIFICATION, InferRequest, InputTensor, Limits, ProtocolError, check_finite, check_output,
     datatype_of, decode_inputs,
 )
 from onnxsight.serving.repository import PLATFORM, VERSION, ServedModel
-from onnxsight.serving.server import BodyBudget, Runner, Settings, check_bearer, find_model, predict
+from onnxsight.serving.server import BodyBudget, Runner, Settings, check_bearer, find_model
 
 try:  # the ``grpc`` extra: grpcio and the service classes generated for tritonclient
     import grpc
@@ -76,8 +77,9 @@ def _rpc(guarded: bool = True):
 class _Service:
     """The implemented methods of ``GRPCInferenceService``, on the HTTP server's models, runner and budget."""
 
-    def __init__(self, models: dict[str, ServedModel], settings: Settings, runner: Runner, budget: BodyBudget):
-        self.models, self.settings, self.runner, self.budget = models, settings, runner, budget
+    def __init__(self, models: dict[str, ServedModel], settings: Settings, runner: Runner, budget: BodyBudget,
+                 batcher: Batcher):
+        self.models, self.settings, self.runner, self.budget, self.batcher = models, settings, runner, budget, batcher
         self.limits = Limits(max_batch=settings.max_batch)
 
     @_rpc(guarded=False)
@@ -124,13 +126,16 @@ class _Service:
         served = find_model(self.models, request.model_name, request.model_version or None)
         with self.budget.lease() as take:
             take(request.ByteSize())
-            return await self.runner.run(self._infer, served, request)
+            with self.runner.slot():  # as an HTTP request: decoded on a worker, run by the dynamic batcher
+                parsed = await self.runner.call(self._decode, served, request)
+                results = await self.batcher.infer(served, parsed.inputs, list(parsed.outputs))
+                return await self.runner.finish(encode_response, served.name, parsed.id, results)
 
-    def _infer(self, served: ServedModel, request) -> service_pb2.ModelInferResponse:
-        """Decode, run and encode one request, on a worker thread."""
+    def _decode(self, served: ServedModel, request) -> InferRequest:
+        """One request's inputs, checked (also by the model) before it joins a batch: its errors are its own."""
         parsed = decode_request(request, served, self.limits)
-        results = predict(served, parsed.inputs, list(parsed.outputs))
-        return encode_response(served.name, parsed.id, results)
+        served.check(parsed.inputs)
+        return parsed
 
 
 def decode_request(request, served: ServedModel, limits: Limits) -> InferRequest:
@@ -186,11 +191,12 @@ def _output_name(output, served: ServedModel) -> str:
 
 class GrpcServer:
     """The gRPC front end on ``host:port`` (0: a free port, read from ``port`` once started), serving ``models``
-    with the HTTP server's ``runner`` and ``budget``; messages over ``settings.max_body_bytes`` are refused."""
+    with the HTTP app's runner, body budget and dynamic batcher (``state``: ``app.state`` of
+    ``server.create_app``); messages over ``settings.max_body_bytes`` are refused."""
 
-    def __init__(self, models: dict[str, ServedModel], settings: Settings, runner: Runner, budget: BodyBudget,
-                 host: str = "127.0.0.1", port: int = 8001):
-        self.service = _Service(models, settings, runner, budget)
+    def __init__(self, models: dict[str, ServedModel], settings: Settings, state, host: str = "127.0.0.1",
+                 port: int = 8001):
+        self.service = _Service(models, settings, state.runner, state.budget, state.batcher)
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.port = port
         self._server = None

@@ -42,11 +42,8 @@ class ServedModel:
 
     @property
     def stackable(self) -> bool:
-        """Whether requests may be stacked into one run: every tensor has a dynamic batch axis, and a row's answer
-        does not depend on the other rows. SmoothGrad explainers (their description has ``samples``) are kept out
-        until their noise no longer depends on an image's position in the batch; then drop that condition."""
-        if self.explainer is not None and self.explainer.get("samples") is not None:
-            return False
+        """Whether requests may be stacked into one run: every tensor has a dynamic batch axis (a row's answer never
+        depends on the other rows: SmoothGrad gives every image the same unit noise, wherever it sits)."""
         return all(spec.shape and spec.shape[0] == -1 for spec in self.inputs + self.outputs)
 
     def metadata(self) -> dict:

@@ -24,7 +24,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
-import numpy as np
 
 from onnxsight import __version__
 from onnxsight.errors import InvalidArgument, MissingDependency, OnnxsightError
@@ -186,12 +185,6 @@ def find_model(models: dict[str, ServedModel], name: str, version: str | None) -
     if version is not None and version != VERSION:
         raise ProtocolError(404, f"model {name!r} has no version {version!r}; versions: {VERSION}")
     return models[name]
-
-
-def predict(served: ServedModel, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-    """One inference as both front ends (HTTP, gRPC) run it on a worker thread: the model's checks, then its session."""
-    served.check(inputs)
-    return served.run(inputs, outputs)
 
 
 def create_app(models: dict[str, ServedModel], settings: Settings = Settings()) -> FastAPI:
