@@ -10,7 +10,8 @@ median and min–max in ms per image. Ratios: TensorFlow ÷ onnxsight per runtim
 forward on each runtime. Targets (issue 18) with ✓/✗: saliency ≤ 2.5× forward at batch 64 on the
 seed CNN, ≤ 3× on the others; every method ≥ 1.5× faster than TensorFlow at batch 64 and ≥ 3× at
 batch 1, on the faster onnxsight runtime. A cell (model, batch, method, runtime) whose estimated
-time (forward time per row × the method's forward-pass equivalents × rows × calls) exceeds
+time (the time per row of a forward pass or of saliency's gradient × the passes the method needs per
+image × rows × calls) exceeds
 ``--cell-budget`` seconds is skipped and says so. Run:
 .venv/bin/python benchmarks/runtimes.py [--models cnn,mobilenetv2] [--methods saliency,ig] [--batches 1,64] [--repeats 3]
 """
@@ -34,22 +35,24 @@ from timing import spread, timed
 
 MODELS = ("cnn", "mobilenetv2", "efficientnetb0", "resnet50", "vit")
 RUNTIMES = {"onnxruntime": "cpu", "openvino": "openvino"}
-# Forward-pass equivalents per image (a backward pass counts as two forward passes); "channels" and
-# "positions" are the CAM layer's channels and the occlusion windows, plus one clean pass.
+# Cost per image for the time estimate: gradients (forward+backward passes, timed by saliency) or
+# forward passes ("channels": the CAM layer's, "positions": occlusion's windows, each plus one clean pass).
 METHODS = {
-    "saliency": (lambda m, x, t, o: onnxsight.saliency(m, x, target=t), 3),
-    "gradient_x_input": (lambda m, x, t, o: onnxsight.saliency(m, x, target=t, times_input=True), 3),
-    "guided_backprop": (lambda m, x, t, o: onnxsight.saliency(m, x, target=t, modifier="guided"), 3),
-    "smoothgrad_20": (lambda m, x, t, o: onnxsight.saliency(m, x, target=t, smooth_samples=20), 60),
-    "integrated_gradients_50": (lambda m, x, t, o: onnxsight.integrated_gradients(m, x, target=t, steps=50), 150),
-    "gradcam": (lambda m, x, t, o: onnxsight.gradcam(m, x, target=t, layer=o["layer"], normalize=False), 3),
+    "saliency": (lambda m, x, t, o: onnxsight.saliency(m, x, target=t), ("gradient", 1)),
+    "gradient_x_input": (lambda m, x, t, o: onnxsight.saliency(m, x, target=t, times_input=True), ("gradient", 1)),
+    "guided_backprop": (lambda m, x, t, o: onnxsight.saliency(m, x, target=t, modifier="guided"), ("gradient", 1)),
+    "smoothgrad_20": (lambda m, x, t, o: onnxsight.saliency(m, x, target=t, smooth_samples=20), ("gradient", 20)),
+    "integrated_gradients_50": (lambda m, x, t, o: onnxsight.integrated_gradients(m, x, target=t, steps=50),
+                                ("gradient", 50)),
+    "gradcam": (lambda m, x, t, o: onnxsight.gradcam(m, x, target=t, layer=o["layer"], normalize=False),
+                ("gradient", 1)),
     "gradcam++": (lambda m, x, t, o: onnxsight.gradcam(m, x, target=t, layer=o["layer"], variant="gradcam++",
-                                                       normalize=False), 3),
+                                                       normalize=False), ("gradient", 1)),
     "scorecam": (lambda m, x, t, o: onnxsight.gradcam(m, x, target=t, layer=o["layer"], variant="scorecam",
-                                                      normalize=False), "channels"),
+                                                      normalize=False), ("forward", "channels")),
     "occlusion": (lambda m, x, t, o: onnxsight.occlusion(m, x, target=t, window=o["window"], stride=o["stride"]),
-                  "positions"),
-    "deeplift": (lambda m, x, t, o: onnxsight.deeplift(m, x, target=t), 6),
+                  ("forward", "positions")),
+    "deeplift": (lambda m, x, t, o: onnxsight.deeplift(m, x, target=t), ("gradient", 2)),
 }
 CLASSES = 10
 
@@ -118,14 +121,16 @@ def measure(name: str, args) -> list[dict]:
         x = np.resize(images, (batch, *images.shape[1:]))
         target = np.arange(batch) % CLASSES
         per_row = {}
-        for engine, model in engines.items():  # forward: the reference of every ratio, and of every estimate
+        for engine, model in engines.items():  # forward: the reference of every ratio; with a gradient, of every estimate
             run = (lambda m=model: m.predict(x)) if engine != "tensorflow" else (lambda f=model: f["forward"](x, target))
             times = timed(run, max(3, args.repeats))
-            per_row[engine] = min(times) / batch
+            gradient = (lambda m=model: METHODS["saliency"][0](m, x, target, options)) if engine != "tensorflow" \
+                else (lambda f=model: f["saliency"](x, target))
+            per_row[engine] = {"forward": min(times) / batch, "gradient": min(timed(gradient, 1)) / batch}
             results.append({"model": name, "batch": batch, "method": "forward", "engine": engine,
                             **spread(times, 1e3 / batch)})
         for method in args.methods:
-            compute, cost = METHODS[method]
+            compute, (kind, cost) = METHODS[method]
             passes = {"channels": channels + 1, "positions": positions}.get(cost, cost)
             for engine, model in engines.items():
                 if engine == "tensorflow":
@@ -134,7 +139,7 @@ def measure(name: str, args) -> list[dict]:
                     run = lambda f=model[method]: f(x, target)
                 else:
                     run = lambda m=model, c=compute: c(m, x, target, options)
-                estimate = per_row[engine] * passes * batch * (args.repeats + 1)
+                estimate = per_row[engine][kind] * passes * batch * (args.repeats + 1)
                 results.append({"model": name, "batch": batch, "method": method, "engine": engine,
                                 **cell(run, batch, args.repeats, estimate, args.cell_budget)})
                 print(f"  {name} batch {batch} {method} {engine}: {_text(results[-1])}", file=sys.stderr, flush=True)
@@ -221,10 +226,11 @@ def main() -> None:
 
     start = time.perf_counter()
     results = []
-    for name in args.models:
-        results += measure(name, args)
-    engines = [e for e in args.engines if any(r["engine"] == e for r in results)]
-    print("\n".join(table(results, engines)))
+    for name in args.models:  # a table per model, as soon as it is measured
+        rows = measure(name, args)
+        engines = [e for e in args.engines if any(r["engine"] == e for r in rows)]
+        print("\n".join(table(rows, engines)), flush=True)
+        results += rows
     print(f"total time: {time.perf_counter() - start:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
