@@ -72,3 +72,15 @@ def test_inputs_are_still_checked_once_per_call(model, digits_data):
                  lambda: onnxsight.saliency(model, x, target=1), lambda: onnxsight.occlusion(model, x, target=1)):
         with pytest.raises(InvalidArgument, match="NaN or Inf"):
             call()
+
+
+def test_one_hot_cotangent_of_class_scores_matches_the_identity_rows():
+    from onnxsight.engine import targets
+
+    indices = np.array([3, 0, 9, 3])
+    for dtype in (np.float32, np.float64):
+        onehot = targets.cotangent((4, 10), indices, 1, dtype)
+        assert onehot.dtype == dtype
+        np.testing.assert_array_equal(onehot, np.eye(10, dtype=dtype)[indices])  # exact: zeros and ones
+    # A 4-D score tensor (N, C, 1, 1) still takes the general path: the same one-hot, reshaped.
+    np.testing.assert_array_equal(targets.cotangent((4, 10, 1, 1), indices, 1), np.eye(10)[indices][:, :, None, None])

@@ -318,7 +318,13 @@ class Model:
 
     def dtype_of(self, tensor: str) -> np.dtype:
         """The numpy dtype of a tensor of the model."""
-        return np.dtype(helper.tensor_dtype_to_np_dtype(self.values[tensor].type.tensor_type.elem_type))
+        if tensor not in self._dtypes:
+            self._dtypes[tensor] = np.dtype(helper.tensor_dtype_to_np_dtype(self.values[tensor].type.tensor_type.elem_type))
+        return self._dtypes[tensor]
+
+    @functools.cached_property
+    def _dtypes(self) -> dict[str, np.dtype]:
+        return {}
 
     def run(
         self,
