@@ -11,8 +11,8 @@ forward on each runtime. Targets (issue 18) with ✓/✗: saliency ≤ 2.5× for
 seed CNN, ≤ 3× on the others; every method ≥ 1.5× faster than TensorFlow at batch 64 and ≥ 3× at
 batch 1, on the faster onnxsight runtime. A cell (model, batch, method, runtime) whose estimated
 time (the time per row of a forward pass or of saliency's gradient × the passes the method needs per
-image × rows × calls) exceeds
-``--cell-budget`` seconds is skipped and says so. Run:
+image × rows × calls) exceeds its allowance is skipped and says so: ``--cell-budget`` seconds, less when the cells still to come
+would not fit in what is left of ``--total-budget`` (default 13 min for the whole run) at that pace. Run:
 .venv/bin/python benchmarks/runtimes.py [--models cnn,mobilenetv2] [--methods saliency,ig] [--batches 1,64] [--repeats 3]
 """
 
@@ -91,17 +91,29 @@ def runtimes(path: Path, wanted: list[str]) -> dict[str, onnxsight.Model]:
     return loaded
 
 
+class Budget:
+    """Seconds a cell may take: ``--cell-budget``, less when the cells still to come would not fit in
+    what is left of ``--total-budget`` at that pace."""
+
+    def __init__(self, cell: float, total: float, cells: int):
+        self.cell, self.deadline, self.cells = cell, time.perf_counter() + total, cells
+
+    def allowance(self) -> float:
+        self.cells = max(1, self.cells - 1)
+        return min(self.cell, max(0.0, self.deadline - time.perf_counter()) / self.cells)
+
+
 def cell(run, rows: int, repeats: int, estimate: float, budget: float) -> dict:
     """Timing of ``run`` in ms per image (median, min, max), or why it was skipped."""
     if estimate > budget:
-        return {"skipped": f"estimated {estimate:.0f} s > --cell-budget {budget:.0f} s"}
+        return {"skipped": f"estimated {estimate:.1f} s > {budget:.1f} s allowed"}
     try:
         return spread(timed(run, repeats), 1e3 / rows)
     except OnnxsightError as error:
         return {"skipped": str(error).splitlines()[0]}
 
 
-def measure(name: str, args) -> list[dict]:
+def measure(name: str, args, budget: Budget) -> list[dict]:
     """Rows of results for one model: one per (batch, method)."""
     keras_model, images = build(name, args.size)
     with tempfile.TemporaryDirectory() as folder:
@@ -141,7 +153,7 @@ def measure(name: str, args) -> list[dict]:
                     run = lambda m=model, c=compute: c(m, x, target, options)
                 estimate = per_row[engine][kind] * passes * batch * (args.repeats + 1)
                 results.append({"model": name, "batch": batch, "method": method, "engine": engine,
-                                **cell(run, batch, args.repeats, estimate, args.cell_budget)})
+                                **cell(run, batch, args.repeats, estimate, budget.allowance())})
                 print(f"  {name} batch {batch} {method} {engine}: {_text(results[-1])}", file=sys.stderr, flush=True)
     return results
 
@@ -217,6 +229,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=96, help="image side of the keras.applications models and the ViT")
     parser.add_argument("--cell-budget", type=float, default=20.0,
                         help="skip a cell whose estimated time (warm-up and repeats) exceeds this many seconds")
+    parser.add_argument("--total-budget", type=float, default=780.0,
+                        help="seconds for the whole run, model building included (default 13 min, so that a full "
+                             "run ends within 15 min); a cell gets at most its share of what is left")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args()
     args.models, args.methods = _names(args.models, MODELS), _names(args.methods, METHODS)
@@ -226,8 +241,9 @@ def main() -> None:
 
     start = time.perf_counter()
     results = []
+    budget = Budget(args.cell_budget, args.total_budget, len(args.models) * len(args.batches) * len(args.methods) * len(args.engines))
     for name in args.models:  # a table per model, as soon as it is measured
-        rows = measure(name, args)
+        rows = measure(name, args, budget)
         engines = [e for e in args.engines if any(r["engine"] == e for r in rows)]
         print("\n".join(table(rows, engines)), flush=True)
         results += rows
