@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 
 def timed(run, repeats: int) -> list[float]:
     """Seconds of each of ``repeats`` calls of ``run()``, after one warm-up call."""
@@ -19,3 +21,9 @@ def timed(run, repeats: int) -> list[float]:
 def best_of(run, repeats: int) -> float:
     """The fastest of ``repeats`` timed calls of ``run()``, in seconds."""
     return min(timed(run, repeats))
+
+
+def spread(times: list[float], scale: float = 1.0) -> dict[str, float]:
+    """Median, min and max of ``times`` multiplied by ``scale`` (e.g. 1e3 / images: ms per image)."""
+    values = np.asarray(times) * scale
+    return {"median": float(np.median(values)), "min": float(values.min()), "max": float(values.max())}

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import TypeVar, Union
 
 import numpy as np
 import onnx
@@ -31,6 +32,7 @@ _CHANNELWISE = {"Relu", "LeakyRelu", "Elu", "Selu", "Sigmoid", "Tanh", "Clip", "
                 "Softplus", "PRelu", "Add", "Mul", "Identity", "Transpose", "BatchNormalization", "Dropout"}
 # A batch for the model: one array for a model with one input, a dict by input name for several.
 Inputs = Union[np.ndarray, Mapping[str, np.ndarray]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -102,11 +104,18 @@ class Model:
     def head(self) -> str:
         """The graph output that "output" and "logits" refer to: the one chosen by ``with_output``,
         else the first that ends in a Softmax, else the first 2-D one, else the first."""
-        if self._head is not None:
-            return self._head
-        softmax = [name for name in self.output_names if g.softmax_input(self.proto.graph, name) != name]
+        return self._default_head if self._head is None else self._head
+
+    @functools.cached_property
+    def _default_head(self) -> str:
+        softmax = [name for name in self.output_names if self._softmax_inputs[name] != name]
         flat = [name for name in self.output_names if len(self.shapes.get(name) or ()) == 2]
         return [*softmax, *flat, self.output_names[0]][0]
+
+    @functools.cached_property
+    def _softmax_inputs(self) -> dict[str, str]:
+        """Each graph output's ``graph.softmax_input``, found once (targets resolve it on every call)."""
+        return {name: g.softmax_input(self.proto.graph, name) for name in self.output_names}
 
     @property
     def logits(self) -> str:
@@ -120,7 +129,7 @@ class Model:
             return recorded
         if output == self.output_names[0] and self.metadata.logits:
             return self.metadata.logits
-        return g.softmax_input(self.proto.graph, output)
+        return self._softmax_inputs[output] if output in self._softmax_inputs else g.softmax_input(self.proto.graph, output)
 
     def with_output(self, output: str | None) -> "Model":
         """This model with "output", "logits" and every method's default ``of`` referring to the head
@@ -236,9 +245,9 @@ class Model:
         tensor = self.tensor(of)
         static = self.shapes.get(tensor)
         shape = (rows(x), *static[1:]) if static is not None and None not in static[1:] else \
-            (rows(x), *self.run(take(x, slice(0, 1)), [tensor])[0].shape[1:])
+            (rows(x), *self._run(take(x, slice(0, 1)), [tensor])[0].shape[1:])
         cotangent = targets.cotangent(shape, indices, self.channel_axis(of), self.dtype_of(tensor))
-        return self.vjp(x, of, cotangent, wrt, modifier, outputs, batch_size)
+        return self._vjp(x, of, cotangent, wrt, modifier, outputs, batch_size)
 
     def vjp(
         self,
@@ -251,13 +260,17 @@ class Model:
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> Backward:
         """``d(sum(of * cotangent))/d(wrt)`` for an explicit ``cotangent`` shaped like ``of``."""
-        x = self.check_input(x)
+        return self._vjp(self.check_input(x), of, cotangent, wrt, modifier, outputs, batch_size)
+
+    def _vjp(self, x: Inputs, of: str, cotangent: np.ndarray, wrt: Sequence[str], modifier: str | Modifier | None,
+             outputs: Sequence[str], batch_size: int) -> Backward:
+        """``vjp`` of a checked batch."""
         augmented = self.augmented(of, wrt, modifier, outputs)
         if len(cotangent) != rows(x):
             raise InvalidArgument(f"cotangent has {len(cotangent)} rows for {rows(x)} images")
         tensors = [*augmented.gradients.values(), *augmented.activations.values()]
         cotangent = np.ascontiguousarray(cotangent, dtype=self.dtype_of(augmented.of))
-        results = self.run(x, tensors, batch_size, augmented.model, {augmented.cotangent: cotangent})
+        results = self._run(x, tensors, batch_size, augmented.model, {augmented.cotangent: cotangent})
         count = len(augmented.gradients)
         return Backward(dict(zip(augmented.gradients, results[:count])), dict(zip(augmented.activations, results[count:])))
 
@@ -289,9 +302,34 @@ class Model:
             self._augmented[key] = augment_model(self, of, wrt, modifier, outputs)
         return self._augmented[key]
 
+    def memo(self, key: tuple, compute: Callable[[], T]) -> T:
+        """``compute()``, computed once per ``key`` for this model (and its ``with_output`` views): for
+        facts found by walking the graph (a default layer) that methods would otherwise redo per call.
+        The key must name everything the fact depends on besides the graph (e.g. ``self.head``)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    @functools.cached_property
+    def _memo(self) -> dict[tuple, object]:
+        return {}
+
+    @functools.cached_property
+    def bytes_per_row(self) -> int:
+        """Bytes one batch row takes in every batched tensor of static shape (float32), what a forward
+        pass keeps per row for its backward pass."""
+        return sum(4 * int(np.prod(shape[1:])) for shape in self.shapes.values()
+                   if len(shape) > 1 and shape[0] is None and None not in shape[1:])
+
     def dtype_of(self, tensor: str) -> np.dtype:
         """The numpy dtype of a tensor of the model."""
-        return np.dtype(helper.tensor_dtype_to_np_dtype(self.values[tensor].type.tensor_type.elem_type))
+        if tensor not in self._dtypes:
+            self._dtypes[tensor] = np.dtype(helper.tensor_dtype_to_np_dtype(self.values[tensor].type.tensor_type.elem_type))
+        return self._dtypes[tensor]
+
+    @functools.cached_property
+    def _dtypes(self) -> dict[str, np.dtype]:
+        return {}
 
     def run(
         self,
@@ -306,7 +344,13 @@ class Model:
         ``proto`` is an augmented version of this model (same data inputs); sessions are
         cached per (model, outputs). A model with a fixed batch size runs in chunks of it.
         """
-        x = self.check_input(x)
+        return self._run(self.check_input(x), outputs, batch_size, proto, feeds)
+
+    def _run(
+        self, x: Inputs, outputs: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE,
+        proto: onnx.ModelProto | None = None, feeds: Mapping[str, np.ndarray] | None = None,
+    ) -> list[np.ndarray]:
+        """``run`` of a checked batch."""
         count = rows(x)
         feeds = {**self.input_feeds(x), **(feeds or {})}
         for name, value in feeds.items():

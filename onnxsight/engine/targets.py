@@ -118,6 +118,10 @@ def cotangent(shape: Sequence[int], indices: Resolved, channel_axis: int, dtype=
         return np.ones(shape, dtype)
     if indices.dtype.kind == "f":
         return np.ascontiguousarray(indices, dtype=dtype)
+    if len(shape) == 2:  # one-hot classes: the general case below, without its axis moves
+        onehot = np.zeros(shape, dtype)
+        onehot[np.arange(shape[0]), indices] = 1.0
+        return onehot
     channel_axis = class_axis(shape, channel_axis)
     moved = np.zeros((shape[0], *np.delete(shape[1:], channel_axis - 1), shape[channel_axis]), dtype)
     spread = int(np.prod(moved.shape[1:-1]))

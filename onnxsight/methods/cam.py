@@ -306,7 +306,12 @@ def default_cam_layer(model: Model) -> str:
     4×4; for a torchvision ResNet ``layer4``. Of several names for one tensor the last listed
     (the outermost module) is taken. A model whose attention follows that layer (a vision
     transformer) gets the token stream entering its last attention block instead (see ``_token_layer``).
+    Found once per model and head (``Model.memo``).
     """
+    return model.memo(("default_cam_layer", model.head), lambda: _find_default_cam_layer(model))
+
+
+def _find_default_cam_layer(model: Model) -> str:
     trunk = bottlenecks(model.proto.graph, model.input_name, model.tensor("logits"))
     chosen = None
     for layer in model.layers:

@@ -121,8 +121,7 @@ def gradient_batch_size(model: Model) -> int:
     """Rows per gradient run when none is given: DEFAULT_BATCH_SIZE, fewer when that many rows'
     activations (every batched tensor of the model, kept for the backward pass, and as many
     gradients) would take more than a quarter of the available memory."""
-    per_row = 2 * sum(4 * int(np.prod(shape[1:])) for shape in model.shapes.values()
-                      if len(shape) > 1 and shape[0] is None and None not in shape[1:])
+    per_row = 2 * model.bytes_per_row
     available = available_memory()
     if available is None or per_row == 0:
         return DEFAULT_BATCH_SIZE

@@ -52,7 +52,8 @@ def occlusion(
         sigma = window / 2 per axis, cv2.GaussianBlur).
     batch_size: rows per onnxruntime run (default 256). All occluded copies of all images go
         through the model in large batches, built in chunks of at most ``CHUNK_BYTES``.
-    progress: called with (occluded copies scored, copies in all) after each onnxruntime run.
+    progress: called with (copies scored, copies in all: the occluded ones and each clean image)
+        after each onnxruntime run.
 
     Returns float32 (N, H, W) at the input's size: score(x) − score(occluded x), averaged per pixel.
     """
@@ -64,15 +65,16 @@ def occlusion(
     fills = k.fill_values(x, fill, axis, sigma=(window[0] / 2, window[1] / 2))
     rows, cols = k.grid(height, width, window, stride, last_window)
     indices = model.resolve_target(with_context(model, x, context), target, of, batch_size)
-    clean = copy_scores(model, x, 1, lambda r: x[r], indices, of, batch_size, context=context)
-    positions = len(rows)
+    # Copy 0 of each image hides nothing: the clean score comes from the same batched runs.
+    hide_rows, hide_cols = np.vstack([np.zeros((1, height), bool), rows]), np.vstack([np.zeros((1, width), bool), cols])
+    copies = len(hide_rows)
 
     def occluded(r: np.ndarray) -> np.ndarray:
-        image, where = r // positions, r % positions
-        return k.occlude(x[image], fills[image], rows[where], cols[where], axis)
+        image, where = r // copies, r % copies
+        return k.occlude(x[image], fills[image], hide_rows[where], hide_cols[where], axis)
 
-    scores = copy_scores(model, x, positions, occluded, indices, of, batch_size, progress, context)
-    drops = clean[:, None] - scores.reshape(len(x), positions)
+    scores = copy_scores(model, x, copies, occluded, indices, of, batch_size, progress, context).reshape(len(x), copies)
+    drops = scores[:, :1] - scores[:, 1:]
     return k.average_drops(drops, rows, cols).astype(np.float32)
 
 
