@@ -123,8 +123,10 @@ class GraphBuilder:
         return self.op("Where", cond, a, b)
 
     def mask(self, cond: str, like: str) -> str:
-        """A boolean condition as 0/1 in ``like``'s type."""
-        return self.op("CastLike", cond, like)
+        """A boolean condition as 0/1 in ``like``'s type (multiplying by it is faster in onnxruntime
+        than ``Where``)."""
+        known = self.elem_type(like)
+        return self.op("CastLike", cond, like) if known == TensorProto.UNDEFINED else self.op("Cast", cond, to=known)
 
     def reduce_sum(self, x: str, axes: Sequence[int] | str | None, keepdims: int = 1) -> str:
         """``ReduceSum`` over ``axes`` (a list or an int64 tensor name); ``None`` reduces all."""

@@ -73,13 +73,13 @@ def relu(g: GraphBuilder, n: Node):
     if routed is not None and routed.onto == n.y:
         mask = g.mask(_positive(g, routed.maxima), routed.values)
         return [routed.place(g.op("Mul", routed.values, mask))]
-    return [g.where(_positive(g, n.x), n.gy, 0.0)]
+    return [g.op("Mul", n.gy, g.mask(_positive(g, n.x), n.gy))]
 
 
 @rule("Relu", modifier="guided")
 def relu_guided(g: GraphBuilder, n: Node):
     """Guided backprop: only positive gradients through positive activations."""
-    return [g.where(g.op("And", _positive(g, n.x), _positive(g, n.gy)), n.gy, 0.0)]
+    return [g.op("Mul", g.op("Relu", n.gy), g.mask(_positive(g, n.x), n.gy))]
 
 
 @rule("Relu", modifier="deconv")
@@ -105,14 +105,11 @@ def prelu(g: GraphBuilder, n: Node):
 
 @rule("Clip")
 def clip(g: GraphBuilder, n: Node):
-    """Gradient passes where ``min <= x <= max`` (as TensorFlow's clip_by_value)."""
+    """Gradient passes where ``min <= x <= max`` (as TensorFlow's clip_by_value), that is where
+    the output equals the input: one comparison, whatever bounds are given."""
     n.constant(1, 2)
-    inside = None
-    for i, op in ((1, "GreaterOrEqual"), (2, "LessOrEqual")):
-        if n.input(i) is not None:
-            test = g.op(op, n.x, g.op("CastLike", n.input(i), n.x))
-            inside = test if inside is None else g.op("And", inside, test)
-    dx = n.gy if inside is None else g.where(inside, n.gy, 0.0)
+    clipped = n.input(1) is not None or n.input(2) is not None
+    dx = g.op("Mul", n.gy, g.mask(g.op("Equal", n.y, n.x), n.gy)) if clipped else n.gy
     return [dx] + [None] * (len(n.inputs) - 1)
 
 
