@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+from onnx import TensorProto, helper
+
 from .builder import FLOAT_TYPES, GraphBuilder
 from .registry import Node, rule
+
+
+FLOAT_NUMPY = {t: helper.tensor_dtype_to_np_dtype(t) for t in FLOAT_TYPES if t != TensorProto.BFLOAT16}  # numpy has no bfloat16
 
 
 def _positive(g: GraphBuilder, x: str) -> str:
@@ -25,9 +31,20 @@ def sub(g: GraphBuilder, n: Node):
     return [g.unbroadcast(n.gy, a, n.y), g.unbroadcast(g.op("Neg", n.gy), b, n.y)]
 
 
+def _sigmoid_of(n: Node, a: str, b: str) -> bool:
+    """Whether ``b`` is ``Sigmoid(a)`` in the forward graph (``a · b`` is then a swish)."""
+    return n.graph is not None and any(p.op_type == "Sigmoid" and p.output[0] == b and p.input[0] == a
+                                       for p in n.graph.node)
+
+
 @rule("Mul")
 def mul(g: GraphBuilder, n: Node):
+    """Swish ``x · Sigmoid(x)`` in one rule: dx = dy (s + y (1 - s)), four passes instead of six."""
     a, b = n.inputs
+    for x, s, order in ((a, b, 1), (b, a, -1)):
+        if _sigmoid_of(n, x, s):
+            slope = g.op("Add", s, g.op("Mul", n.y, g.op("Sub", g.const(1.0, like=s), s)))
+            return [g.op("Mul", n.gy, slope), None][::order]
     return [g.unbroadcast(g.op("Mul", n.gy, b), a, n.y), g.unbroadcast(g.op("Mul", n.gy, a), b, n.y)]
 
 
@@ -73,7 +90,7 @@ def relu(g: GraphBuilder, n: Node):
     if routed is not None and routed.onto == n.y:
         mask = g.mask(_positive(g, routed.maxima), routed.values)
         return [routed.place(g.op("Mul", routed.values, mask))]
-    return [g.op("Mul", n.gy, g.mask(_positive(g, n.x), n.gy))]
+    return [g.op("Mul", n.gy, g.mask(_positive(g, n.y), n.gy))]
 
 
 @rule("Relu", modifier="guided")
@@ -103,32 +120,48 @@ def prelu(g: GraphBuilder, n: Node):
     return [g.unbroadcast(dx, x, n.y), g.unbroadcast(dslope, slope, n.y)]
 
 
+Bound = str | float | None  # a tensor name, a number, or no bound
+
+
+def _inside(g: GraphBuilder, n: Node, y: str, low: Bound, high: Bound) -> str:
+    """0/1 in ``y``'s type: 1 where ``low < y < high``. With static bounds this is
+    ``Clip(y, next float above low, next float below high) == y``: three passes over ``y`` instead
+    of four (two comparisons, And, Cast)."""
+    values = [b if b is None or not isinstance(b, str) else n.constants.get(b) for b in (low, high)]
+    dtype = FLOAT_NUMPY.get(g.elem_type(y))
+    if dtype is not None and all(v is not None or b is None for v, b in zip(values, (low, high))):
+        bounds = [None if v is None else g.const(np.nextafter(np.asarray(v, dtype), np.asarray(toward, dtype)), like=y)
+                  for v, toward in zip(values, (np.inf, -np.inf))]
+        return g.mask(g.op("Equal", g.op("Clip", y, *bounds), y), y)
+    tests = [g.op(op, y, g.op("CastLike", b, y) if isinstance(b, str) else g.const(b, like=y))
+             for b, op in ((low, "Greater"), (high, "Less")) if b is not None]
+    return g.mask(tests[0] if len(tests) == 1 else g.op("And", *tests), y)
+
+
 @rule("Clip")
 def clip(g: GraphBuilder, n: Node):
-    """Gradient passes where ``min <= x <= max`` (as TensorFlow's clip_by_value), that is where
-    the output equals the input: one comparison, whatever bounds are given."""
+    """Gradient passes where ``min < x < max`` (as TensorFlow's relu6), read from the output alone
+    so that onnxruntime keeps the forward Clip fused into the convolution before it."""
     n.constant(1, 2)
-    clipped = n.input(1) is not None or n.input(2) is not None
-    dx = g.op("Mul", n.gy, g.mask(g.op("Equal", n.y, n.x), n.gy)) if clipped else n.gy
-    return [dx] + [None] * (len(n.inputs) - 1)
+    if n.input(1) is None and n.input(2) is None:
+        return [n.gy] + [None] * (len(n.inputs) - 1)
+    return [g.op("Mul", n.gy, _inside(g, n, n.y, n.input(1), n.input(2)))] + [None] * (len(n.inputs) - 1)
 
 
 @rule("HardSigmoid")
 def hard_sigmoid(g: GraphBuilder, n: Node):
-    alpha = n.attr("alpha", 0.2)
-    z = g.op("Add", g.op("Mul", n.x, g.const(alpha, like=n.x)), g.const(n.attr("beta", 0.5), like=n.x))
-    inside = g.op("And", g.op("Greater", z, g.const(0.0, like=z)), g.op("Less", z, g.const(1.0, like=z)))
-    return [g.where(inside, g.op("Mul", n.gy, g.const(alpha, like=n.x)), 0.0)]
+    """Slope alpha where the output is strictly between 0 and 1."""
+    slope = g.op("Mul", _inside(g, n, n.y, 0.0, 1.0), g.const(n.attr("alpha", 0.2), like=n.x))
+    return [g.op("Mul", n.gy, slope)]
 
 
 @rule("HardSwish")
 def hard_swish(g: GraphBuilder, n: Node):
-    """y = x·clip(x/6 + 1/2, 0, 1): slope x/3 + 1/2 on (-3, 3), 1 above, 0 below."""
+    """y = x·h(x), h = clip(x/6 + 1/2, 0, 1): slope h(x) + x/6 on (-3, 3), h(x) elsewhere (as
+    TensorFlow's x·relu6(x + 3)/6)."""
     x = n.x
-    slope = g.op("Add", g.op("Div", x, g.const(3.0, like=x)), g.const(0.5, like=x))
-    slope = g.where(g.op("Greater", x, g.const(3.0, like=x)), g.const(1.0, like=x), slope)
-    slope = g.where(g.op("Less", x, g.const(-3.0, like=x)), g.const(0.0, like=x), slope)
-    return [g.op("Mul", n.gy, slope)]
+    ramp = g.op("Mul", g.op("Mul", x, g.const(1 / 6, like=x)), _inside(g, n, x, -3.0, 3.0))
+    return [g.op("Mul", n.gy, g.op("Add", g.op("HardSigmoid", x, alpha=1 / 6, beta=0.5), ramp))]
 
 
 # -- smooth activations -------------------------------------------------------------------
