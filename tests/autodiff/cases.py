@@ -261,6 +261,8 @@ CASES: list[Case] = [
          tf=lambda tf, x, *_: x[:, 1:-1, -4:], note="unit-steps"),
     Case("Slice", (X(4, 6), C(np.array([1, 0], I64)), C(np.array([3, 4], I64)), ABSENT, C(np.array([1, 1], I64))),
          tf=lambda tf, x, *_: x[1:3, 0:4], note="steps-one"),
+    Case("Slice", (X(4, 3), C(np.array([1], I64)), C(np.array([99], I64)), C(np.array([0], I64))),
+         tf=lambda tf, x, *_: x[1:], note="dynamic-axis"),
     Case("Pad", (X(2, 3, 3), C(np.array([0, 1, 2, 0, 2, 1], I64))), {"mode": "constant"},
          tf=lambda tf, x, p: tf.pad(x, [[0, 0], [1, 2], [2, 1]])),
     Case("Pad", (X(2, 3, 4), C(np.array([2, 1, 0, 3], I64)), ABSENT, C(np.array([-1, 1], I64))),
