@@ -137,3 +137,35 @@ def test_a_padded_strided_depthwise_relu6_block_backpropagates_without_scatter_o
         t = tf.pad(tf.transpose(t, [0, 2, 3, 1]), [[0, 0], [0, 1], [0, 1], [0, 0]])
         return tf.transpose(tf.nn.relu6(tf.nn.depthwise_conv2d(t, kernel, [1, 2, 2, 1], "VALID")), [0, 3, 1, 2])
     assert relative_error(got, _tf_gradient(tf, block, x, cot)) < 1e-5  # a float32 sum of 9 products per element
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc-and-back"])
+def test_a_batch_norm_factor_after_a_conv_is_folded_into_its_kernel(layout, tf):
+    """tf2onnx's inference batch norm is a Mul by a (1, C, 1, 1) constant (after the converter's
+    NHWC round trip); its gradient scales the Conv's kernel, not the cotangent."""
+    rng = np.random.default_rng(4)
+    w, bias = rng.standard_normal((6, 3, 3, 3)), rng.standard_normal(6)
+    scale = rng.uniform(0.5, 2, (1, 6, 1, 1))
+    nodes = [("conv", "Conv", ["x", "w", "b"], ["c"], {"pads": [1, 1, 1, 1], "strides": [2, 2]})]
+    if layout == "nhwc-and-back":
+        nodes += [("to_nhwc", "Transpose", ["c"], ["h"], {"perm": [0, 2, 3, 1]}),
+                  ("back", "Transpose", ["h"], ["c2"], {"perm": [0, 3, 1, 2]})]
+    nodes += [("bn", "Mul", ["c2" if layout != "nchw" else "c", "scale"], ["y"], {})]
+    for dtype, np_dtype in ((D, np.float64), (TensorProto.FLOAT, np.float32)):
+        weights = {"w": w.astype(np_dtype), "b": bias.astype(np_dtype), "scale": scale.astype(np_dtype)}
+        model = make_model(nodes, {"x": ["N", 3, 7, 7]}, {"y": ["N", 6, 4, 4]}, weights, dtype=dtype)
+        vjp = build_vjp(model, "y", ["x"])
+        assert not [n for n in vjp.model.graph.node if n.name.startswith("onnxsight/vjp/bn/")
+                    and n.op_type == "Mul"], "the factor multiplies the cotangent"
+        x = rng.standard_normal((2, 3, 7, 7)).astype(np_dtype)
+        cot = rng.standard_normal((2, 6, 4, 4)).astype(np_dtype)
+        got = gradients(vjp, {"x": x}, cot, ref_run if np_dtype == np.float64 else ort_run)["x"]
+        kernel = np.transpose(w, (2, 3, 1, 0))
+
+        def forward(t):
+            t = tf.pad(tf.transpose(t, [0, 2, 3, 1]), [[0, 0], [1, 1], [1, 1], [0, 0]])
+            c = tf.nn.conv2d(t, kernel, 2, "VALID") + bias
+            return tf.transpose(c, [0, 3, 1, 2]) * scale
+        # float64 (ReferenceEvaluator: onnxruntime has no float64 ConvTranspose): rounding only;
+        # float32 (onnxruntime): sums of 54 products in float32
+        assert relative_error(got, _tf_gradient(tf, forward, x, cot)) < (1e-12 if np_dtype == np.float64 else 1e-5)

@@ -47,6 +47,17 @@ class Product:
     dims: tuple[int, ...] | None = None
 
 
+@dataclass(frozen=True)
+class Scaled:
+    """A cotangent ``base · scale`` with ``scale`` a constant vector along ``axis`` (a batch norm's
+    factor): a Conv whose output channels lie along ``axis`` folds ``scale`` into its kernel (a
+    constant: onnxruntime folds it at load) instead of multiplying the cotangent at run time."""
+
+    base: str
+    scale: str
+    axis: int
+
+
 class GraphBuilder:
     """Appends nodes to a list; knows the types and static shapes inferred for the forward graph."""
 
@@ -59,6 +70,7 @@ class GraphBuilder:
         self._counter: dict[str, int] = {}
         self.routed: dict[str, Routed] = {}  # cotangent name -> how a max pool placed it
         self.products: dict[str, Product] = {}  # cotangent name -> the constant matrix product it is
+        self.scaled: dict[str, Scaled] = {}  # cotangent name -> the constant per-axis scaling it is
 
     # -- naming -------------------------------------------------------------------------
     def scope(self, name: str) -> None:

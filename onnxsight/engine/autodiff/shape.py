@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
-from .builder import GraphBuilder, Product, Routed
+from .builder import GraphBuilder, Product, Routed, Scaled
 from .registry import Node, rule
 
 
@@ -44,6 +44,10 @@ def transpose(g: GraphBuilder, n: Node):
         right = g.op("Gather", product.right, g.ints(columns.ravel()), axis=1)
         return [g.reshape_like(g.op("MatMul", product.left, right), n.x)]
     dx = g.op("Transpose", n.gy, perm=inverse)
+    scaled = g.scaled.get(n.gy)
+    if scaled is not None:  # moved along: gy's axis a is dx's axis perm[a]
+        axis = g.rank(n.y) - 1 - scaled.axis if perm is None else int(perm[scaled.axis])
+        g.scaled[dx] = Scaled(g.op("Transpose", scaled.base, perm=inverse), scaled.scale, axis)
     routed = g.routed.get(n.gy)
     if routed is not None:  # a max pool's placement, moved along (the maxima keep their values)
         g.routed[dx] = Routed(routed.values, routed.maxima, n.x,
