@@ -163,11 +163,18 @@ class GraphBuilder:
         """Sums ``grad`` over the axes along which ``like`` was broadcast; result has ``like``'s shape.
 
         ``shaped`` names a forward tensor known to have ``grad``'s shape (usually the node's
-        output). Statically equal shapes need nothing; otherwise the axes are found at run time
-        (``Shape`` comparisons + ``NonZero``), so a dynamic batch dimension works.
+        output). Statically equal shapes need nothing; axes that shape inference tells apart are
+        summed directly; otherwise the axes are found at run time (``Shape`` comparisons +
+        ``NonZero``), so a dynamic batch dimension works.
         """
         if self.same_type_shape(shaped or grad, like):
             return grad
+        axes = self._broadcast_axes(shaped or grad, like)
+        if axes == []:  # every dim matched
+            return grad
+        if axes is not None:
+            summed = self.op("ReduceSum", grad, self.ints(axes), keepdims=1)
+            return summed if self.rank(like) == self.rank(shaped or grad) else self.reshape_like(summed, like)
         g_shape, x_shape = self.shape(grad), self.shape(like)
         pad = self.op("Sub", self.op("Size", g_shape), self.op("Size", x_shape))
         ones = self.op("ConstantOfShape", self.op("Reshape", pad, self.ints([1])),
@@ -176,6 +183,27 @@ class GraphBuilder:
         axes = self.op("Reshape", self.op("NonZero", self.op("Not", self.op("Equal", g_shape, padded))), self.ints([-1]))
         summed = self.op("ReduceSum", grad, axes, keepdims=1, noop_with_empty_axes=1)
         return self.op("Reshape", summed, x_shape)
+
+    def _broadcast_axes(self, wide: str, like: str) -> list[int] | None:
+        """The axes of ``wide`` along which ``like`` was broadcast, when shape inference tells:
+        ``like``'s missing leading axes and its static 1s (summing a size-1 axis changes nothing);
+        None when a pair of dims is neither (unknown sizes that may differ)."""
+        a, b = (self.infos.get(t) for t in (wide, like))
+        if a is None or b is None or not (a.type.tensor_type.HasField("shape") and b.type.tensor_type.HasField("shape")):
+            return None
+        da, db = a.type.tensor_type.shape.dim, b.type.tensor_type.shape.dim
+        extra = len(da) - len(db)
+        if extra < 0:
+            return None
+        axes = list(range(extra))
+        for axis, (x, y) in enumerate(zip(da[extra:], db), start=extra):
+            if y.HasField("dim_value") and y.dim_value == 1:
+                if not (x.HasField("dim_value") and x.dim_value == 1):
+                    axes.append(axis)
+            elif not ((x.HasField("dim_value") and y.HasField("dim_value") and x.dim_value == y.dim_value)
+                      or (x.HasField("dim_param") and y.HasField("dim_param") and x.dim_param == y.dim_param)):
+                return None
+        return axes
 
     def iota_like(self, x: str) -> str:
         """The flat index of every element of ``x``, shaped like ``x`` (int64)."""

@@ -282,7 +282,12 @@ def average_pool(g: GraphBuilder, n: Node):
 
 @rule("GlobalAveragePool")
 def global_average_pool(g: GraphBuilder, n: Node):
-    count = g.op("CastLike", g.op("Div", g.op("Size", n.x), g.op("Size", n.y)), n.x)
+    """dy spread over each window, divided by its size (a constant when the spatial dims are static)."""
+    shape = g.static_shape(n.x)
+    if shape is not None and None not in shape[2:]:
+        count = g.const(float(np.prod(shape[2:])), like=n.x)
+    else:
+        count = g.op("CastLike", g.op("Div", g.op("Size", n.x), g.op("Size", n.y)), n.x)
     return [g.op("Div", g.op("Expand", n.gy, g.shape(n.x)), count)]
 
 
