@@ -3,7 +3,9 @@
 Ops that pick elements (Slice, Pad, Gather) are differentiated by running the same op on the
 flat indices of their input and scatter-adding the gradient back to those indices, so every
 attribute (steps, negative starts, reflect padding, repeated indices) is honoured by
-construction.
+construction. The common cases that keep one block of the input (constant padding, unit-step
+slices, with static bounds) take a Slice or a zero Pad instead: onnxruntime's ScatterElements is
+slow on whole feature maps.
 """
 
 from __future__ import annotations
