@@ -187,7 +187,8 @@ class GraphBuilder:
     def _broadcast_axes(self, wide: str, like: str) -> list[int] | None:
         """The axes of ``wide`` along which ``like`` was broadcast, when shape inference tells:
         ``like``'s missing leading axes and its static 1s (summing a size-1 axis changes nothing);
-        None when a pair of dims is neither (unknown sizes that may differ)."""
+        None when a pair of dims is neither. Equal symbols prove nothing: ONNX's broadcast
+        inference names (n0, 1) + (n1, 3) as (n1, 3)."""
         a, b = (self.infos.get(t) for t in (wide, like))
         if a is None or b is None or not (a.type.tensor_type.HasField("shape") and b.type.tensor_type.HasField("shape")):
             return None
@@ -200,8 +201,7 @@ class GraphBuilder:
             if y.HasField("dim_value") and y.dim_value == 1:
                 if not (x.HasField("dim_value") and x.dim_value == 1):
                     axes.append(axis)
-            elif not ((x.HasField("dim_value") and y.HasField("dim_value") and x.dim_value == y.dim_value)
-                      or (x.HasField("dim_param") and y.HasField("dim_param") and x.dim_param == y.dim_param)):
+            elif not (x.HasField("dim_value") and y.HasField("dim_value") and x.dim_value == y.dim_value):
                 return None
         return axes
 
