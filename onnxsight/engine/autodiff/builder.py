@@ -47,6 +47,17 @@ class Product:
     dims: tuple[int, ...] | None = None
 
 
+@dataclass(frozen=True)
+class Scaled:
+    """A cotangent ``base · scale`` with ``scale`` a constant vector along ``axis`` (a batch norm's
+    factor): a Conv whose output channels lie along ``axis`` folds ``scale`` into its kernel (a
+    constant: onnxruntime folds it at load) instead of multiplying the cotangent at run time."""
+
+    base: str
+    scale: str
+    axis: int
+
+
 class GraphBuilder:
     """Appends nodes to a list; knows the types and static shapes inferred for the forward graph."""
 
@@ -59,6 +70,7 @@ class GraphBuilder:
         self._counter: dict[str, int] = {}
         self.routed: dict[str, Routed] = {}  # cotangent name -> how a max pool placed it
         self.products: dict[str, Product] = {}  # cotangent name -> the constant matrix product it is
+        self.scaled: dict[str, Scaled] = {}  # cotangent name -> the constant per-axis scaling it is
 
     # -- naming -------------------------------------------------------------------------
     def scope(self, name: str) -> None:
@@ -123,8 +135,10 @@ class GraphBuilder:
         return self.op("Where", cond, a, b)
 
     def mask(self, cond: str, like: str) -> str:
-        """A boolean condition as 0/1 in ``like``'s type."""
-        return self.op("CastLike", cond, like)
+        """A boolean condition as 0/1 in ``like``'s type (multiplying by it is faster in onnxruntime
+        than ``Where``)."""
+        known = self.elem_type(like)
+        return self.op("CastLike", cond, like) if known == TensorProto.UNDEFINED else self.op("Cast", cond, to=known)
 
     def reduce_sum(self, x: str, axes: Sequence[int] | str | None, keepdims: int = 1) -> str:
         """``ReduceSum`` over ``axes`` (a list or an int64 tensor name); ``None`` reduces all."""
@@ -149,11 +163,18 @@ class GraphBuilder:
         """Sums ``grad`` over the axes along which ``like`` was broadcast; result has ``like``'s shape.
 
         ``shaped`` names a forward tensor known to have ``grad``'s shape (usually the node's
-        output). Statically equal shapes need nothing; otherwise the axes are found at run time
-        (``Shape`` comparisons + ``NonZero``), so a dynamic batch dimension works.
+        output). Statically equal shapes need nothing; axes that shape inference tells apart are
+        summed directly; otherwise the axes are found at run time (``Shape`` comparisons +
+        ``NonZero``), so a dynamic batch dimension works.
         """
         if self.same_type_shape(shaped or grad, like):
             return grad
+        axes = self._broadcast_axes(shaped or grad, like)
+        if axes == []:  # every dim matched
+            return grad
+        if axes is not None:
+            summed = self.op("ReduceSum", grad, self.ints(axes), keepdims=1)
+            return summed if self.rank(like) == self.rank(shaped or grad) else self.reshape_like(summed, like)
         g_shape, x_shape = self.shape(grad), self.shape(like)
         pad = self.op("Sub", self.op("Size", g_shape), self.op("Size", x_shape))
         ones = self.op("ConstantOfShape", self.op("Reshape", pad, self.ints([1])),
@@ -162,6 +183,27 @@ class GraphBuilder:
         axes = self.op("Reshape", self.op("NonZero", self.op("Not", self.op("Equal", g_shape, padded))), self.ints([-1]))
         summed = self.op("ReduceSum", grad, axes, keepdims=1, noop_with_empty_axes=1)
         return self.op("Reshape", summed, x_shape)
+
+    def _broadcast_axes(self, wide: str, like: str) -> list[int] | None:
+        """The axes of ``wide`` along which ``like`` was broadcast, when shape inference tells:
+        ``like``'s missing leading axes and its static 1s (summing a size-1 axis changes nothing);
+        None when a pair of dims is neither. Equal symbols prove nothing: ONNX's broadcast
+        inference names (n0, 1) + (n1, 3) as (n1, 3)."""
+        a, b = (self.infos.get(t) for t in (wide, like))
+        if a is None or b is None or not (a.type.tensor_type.HasField("shape") and b.type.tensor_type.HasField("shape")):
+            return None
+        da, db = a.type.tensor_type.shape.dim, b.type.tensor_type.shape.dim
+        extra = len(da) - len(db)
+        if extra < 0:
+            return None
+        axes = list(range(extra))
+        for axis, (x, y) in enumerate(zip(da[extra:], db), start=extra):
+            if y.HasField("dim_value") and y.dim_value == 1:
+                if not (x.HasField("dim_value") and x.dim_value == 1):
+                    axes.append(axis)
+            elif not (x.HasField("dim_value") and y.HasField("dim_value") and x.dim_value == y.dim_value):
+                return None
+        return axes
 
     def iota_like(self, x: str) -> str:
         """The flat index of every element of ``x``, shaped like ``x`` (int64)."""

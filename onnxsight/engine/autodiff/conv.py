@@ -113,12 +113,17 @@ def conv(g: GraphBuilder, n: Node):
     group = n.attr("group", 1)
     w_shape = g.static_shape(w) or (None,)
     pads = window.flipped_pads()
+    gy, scaled = n.gy, g.scaled.get(n.gy)
+    if scaled is not None and scaled.axis == 1:  # a per-channel factor after the Conv: into the kernel
+        gy, folded = scaled.base, g.op("Mul", w, g.op("Reshape", scaled.scale, g.ints([-1] + [1] * (len(kernel) + 1))))
+        g.record(folded, like=w)
+        w = folded
     wide = None not in w_shape and group * w_shape[1] >= _WIDE_CHANNELS
     if set(window.strides) == {1} and min(pads) >= 0 and wide:
-        dx = g.op("Conv", n.gy, _flipped_kernel(g, w, group), group=group, kernel_shape=list(kernel),
+        dx = g.op("Conv", gy, _flipped_kernel(g, w, group), group=group, kernel_shape=list(kernel),
                   dilations=window.dilations, pads=pads)
     else:
-        dx = g.op("ConvTranspose", n.gy, w, group=group, kernel_shape=list(kernel), **window.transpose_attrs())
+        dx = g.op("ConvTranspose", gy, w, group=group, kernel_shape=list(kernel), **window.transpose_attrs())
     grads = [dx, None]
     if n.input(2) is not None:
         grads.append(_channel_sum(g, n.gy, g.rank(n.x)))
@@ -277,7 +282,12 @@ def average_pool(g: GraphBuilder, n: Node):
 
 @rule("GlobalAveragePool")
 def global_average_pool(g: GraphBuilder, n: Node):
-    count = g.op("CastLike", g.op("Div", g.op("Size", n.x), g.op("Size", n.y)), n.x)
+    """dy spread over each window, divided by its size (a constant when the spatial dims are static)."""
+    shape = g.static_shape(n.x)
+    if shape is not None and None not in shape[2:]:
+        count = g.const(float(np.prod(shape[2:])), like=n.x)
+    else:
+        count = g.op("CastLike", g.op("Div", g.op("Size", n.x), g.op("Size", n.y)), n.x)
     return [g.op("Div", g.op("Expand", n.gy, g.shape(n.x)), count)]
 
 
