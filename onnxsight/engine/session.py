@@ -103,6 +103,9 @@ def open_session(model: onnx.ModelProto, runtime: Runtime, source: str, threads:
         return OpenVinoSession.open(model, source, threads)
     options = ort.SessionOptions()
     options.log_severity_level = _DEFAULT_SEVERITY
+    # idle threads sleep instead of spinning: measured faster on 2 cores alone (MobileNetV2 input gradient at
+    # batch 1: 7.7 vs 11.2 ms; seed CNN at batch 64: 13-18 vs 22-29 ms) and far faster beside other work
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
