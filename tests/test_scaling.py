@@ -70,8 +70,9 @@ def test_occlusion_reports_every_occluded_copy(model, x):
     calls = []
     maps = occlusion(model, x, window=11, stride=4, batch_size=50, progress=lambda done, total: calls.append((done, total)))
     positions = 6 * 6  # starts 0, 4, 8, 12, 16 and the flush 17, on each axis
-    assert calls[-1] == (3 * positions, 3 * positions) and len(calls) == 3  # 108 copies, 50 rows per run
-    assert [done for done, _ in calls] == [50, 100, 108]
+    rows = 3 * (positions + 1)  # each image's occluded copies and its clean copy, scored in the same runs
+    assert calls[-1] == (rows, rows) and len(calls) == 3  # 111 rows, 50 per run
+    assert [done for done, _ in calls] == [50, 100, 111]
     np.testing.assert_array_equal(maps, occlusion(model, x, window=11, stride=4, batch_size=50))
 
 
