@@ -183,3 +183,32 @@ def test_only_the_session_layer_knows_a_runtime():
     knowing = [str(path.relative_to(package)) for path in package.rglob("*.py")
                if str(path.relative_to(package)) not in allowed and any(m in path.read_text() for m in markers)]
     assert not knowing, f"runtime-specific code outside engine/session.py: {knowing}"
+
+
+@pytest.mark.parametrize(("wide", "narrow", "sizes"), [
+    (["N", 37, 32], ["N", 37, 1], ((3, 37, 32), (3, 37, 1))),  # a layer norm's moments
+    (["N", 4, 4, 3], ["M", 1, 1, 3], ((2, 4, 4, 3), (2, 1, 1, 3))),  # a squeeze-excite scale
+    (["N", 2, 4, 3], ["M", 4, 3], ((5, 2, 4, 3), (2, 4, 3))),  # a batched MatMul's broadcast operand
+])
+def test_gradients_summed_over_symbolic_broadcast_axes_run_on_openvino(wide, narrow, sizes):
+    """Where shape inference cannot tell whether an axis was broadcast, the gradient is summed with static
+    axes (OpenVINO refuses a ReduceSum whose axes have unknown length): equal to numpy on both runtimes."""
+    from onnxsight.engine.autodiff.builder import GraphBuilder
+    from onnxsight.engine.session import open_session, resolve
+
+    infos = {"g": helper.make_tensor_value_info("g", TensorProto.FLOAT, wide),
+             "x": helper.make_tensor_value_info("x", TensorProto.FLOAT, narrow)}
+    builder = GraphBuilder(infos, 17, "t/")
+    summed = builder.unbroadcast("fresh", "x", rank=len(wide))  # "fresh": a tensor shape inference never saw
+    graph = helper.make_graph([helper.make_node("Identity", ["g"], ["fresh"]), *builder.nodes], "unbroadcast",
+                              list(infos.values()), [helper.make_tensor_value_info(summed, TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert not any(node.op_type == "NonZero" for node in model.graph.node)
+    g = np.random.default_rng(0).normal(size=sizes[0]).astype(np.float32)
+    x = np.zeros(sizes[1], np.float32)
+    extra = g.ndim - x.ndim
+    axes = tuple(range(extra)) + tuple(a for a in range(extra, g.ndim) if x.shape[a - extra] == 1 < g.shape[a])
+    want = g.astype(np.float64).sum(axis=axes).reshape(x.shape)
+    for device in ("cpu", "openvino"):
+        got = open_session(model, resolve(device), "unbroadcast").run([summed], {"g": g, "x": x})[0]
+        np.testing.assert_allclose(got, want, atol=1e-5, err_msg=device)  # float32 sums of ≤ 32 normal values

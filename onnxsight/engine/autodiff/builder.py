@@ -159,13 +159,15 @@ class GraphBuilder:
         return self.op("Reshape", x, self.shape(like))
 
     # -- broadcasting and scattering -----------------------------------------------------
-    def unbroadcast(self, grad: str, like: str, shaped: str | None = None) -> str:
+    def unbroadcast(self, grad: str, like: str, shaped: str | None = None, rank: int | None = None) -> str:
         """Sums ``grad`` over the axes along which ``like`` was broadcast; result has ``like``'s shape.
 
         ``shaped`` names a forward tensor known to have ``grad``'s shape (usually the node's
-        output). Statically equal shapes need nothing; axes that shape inference tells apart are
-        summed directly; otherwise the axes are found at run time (``Shape`` comparisons +
-        ``NonZero``), so a dynamic batch dimension works.
+        output); ``rank`` is ``grad``'s rank where shape inference does not know it. Statically
+        equal shapes need nothing; axes that shape inference tells apart are summed directly; otherwise, with both ranks known, each axis of ``grad`` is split at run
+        time into (``like``'s size, the rest) and the rests are summed: one Reshape and a ReduceSum
+        over static axes (OpenVINO refuses axes of unknown length); with a rank unknown, the axes
+        are found at run time (``Shape`` comparisons + ``NonZero``). A dynamic batch works in both.
         """
         if self.same_type_shape(shaped or grad, like):
             return grad
@@ -173,9 +175,20 @@ class GraphBuilder:
         if axes == []:  # every dim matched
             return grad
         if axes is not None:
-            summed = self.op("ReduceSum", grad, self.ints(axes), keepdims=1)
+            summed = self.op("ReduceSum", grad, self.ints(axes), keepdims=0)
             return summed if self.rank(like) == self.rank(shaped or grad) else self.reshape_like(summed, like)
         g_shape, x_shape = self.shape(grad), self.shape(like)
+        wide, narrow = self.static_shape(shaped or grad), self.static_shape(like)
+        wide = len(wide) if wide is not None else rank
+        if wide is not None and narrow is not None and wide >= len(narrow):
+            padded = x_shape if wide == len(narrow) else \
+                self.op("Concat", self.ints([1] * (wide - len(narrow))), x_shape, axis=0)
+            rest = self.op("Div", g_shape, self.op("Max", padded, self.ints([1])))  # like's size is 1 or grad's
+            column = self.ints([1])
+            pairs = self.op("Concat", self.op("Unsqueeze", padded, column), self.op("Unsqueeze", rest, column), axis=1)
+            split = self.op("Reshape", grad, self.op("Reshape", pairs, self.ints([-1])))
+            summed = self.op("ReduceSum", split, self.ints(list(range(1, 2 * wide, 2))), keepdims=0)
+            return self.op("Reshape", summed, x_shape)
         pad = self.op("Sub", self.op("Size", g_shape), self.op("Size", x_shape))
         ones = self.op("ConstantOfShape", self.op("Reshape", pad, self.ints([1])),
                        value=numpy_helper.from_array(np.array([1], np.int64)))

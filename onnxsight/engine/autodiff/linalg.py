@@ -31,7 +31,8 @@ def matmul(g: GraphBuilder, n: Node):
         if not n.active[1]:
             g.products[da] = Product(gy, bt)
         return [da, db]
-    return [g.reshape_like(g.unbroadcast(da, a2), a), g.reshape_like(g.unbroadcast(db, b2), b)]
+    rank = max(ra, rb, 2)  # dA and dB have the batch dims of both operands
+    return [g.reshape_like(g.unbroadcast(da, a2, rank=rank), a), g.reshape_like(g.unbroadcast(db, b2, rank=rank), b)]
 
 
 @rule("Gemm")
