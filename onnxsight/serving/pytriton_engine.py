@@ -88,11 +88,6 @@ def serve(models: dict[str, ServedModel], host: str = "127.0.0.1", http_port: in
         signal.signal(signal.SIGTERM, previous)
 
 
-def batched(model: ServedModel) -> bool:
-    """Whether Triton may batch ``model``: every tensor's first dimension is dynamic."""
-    return all(len(s.shape) > 0 and s.shape[0] == -1 for s in model.inputs + model.outputs)
-
-
 def _triton(host: str, http_port: int, grpc_port: int):
     try:
         from pytriton.triton import Triton, TritonConfig
@@ -106,7 +101,7 @@ def _triton(host: str, http_port: int, grpc_port: int):
 def _bind(triton, name: str, model: ServedModel, batching: Batching) -> None:
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 
-    rows = batched(model)
+    rows = model.stackable  # every tensor has a dynamic batch axis: Triton may batch it
     inputs = [Tensor(name=s.name, dtype=DATATYPES[s.datatype], shape=_triton_shape(s, rows), optional=s.optional)
               for s in model.inputs]
     outputs = [Tensor(name=s.name, dtype=DATATYPES[s.datatype], shape=_triton_shape(s, rows)) for s in model.outputs]
