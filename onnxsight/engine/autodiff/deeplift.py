@@ -21,10 +21,12 @@ Every rule below satisfies ``Δy = Σᵢ mᵢ·Δxᵢ`` exactly, so the attribut
   a product; ``Δ(x²) = (x + x₀)·Δx``);
 - Div by a data-dependent denominator, ``a · (1/b)``: the product's split with the reciprocal's
   quotient, ``Δ(a/b) = mean(1/b)·Δa − mean(a)·Δb/(b·b₀)``;
-- Softmax and LogSoftmax inside the network (attention): decomposed as ``e = exp(z − c)``,
-  ``S = Σe``, ``e · (1/S)`` (``z − c − log S``), each part by the rules above. The shift ``c``, the
-  larger of the two halves' maxima, is one constant for both halves, so ``Δ(z − c) = Δz`` and both
-  halves are computed exactly (and no exponential overflows); the multipliers do not depend on it;
+- Softmax and LogSoftmax inside the network (attention): decomposed as ``exp(u)`` (``u``) with
+  ``u = z − c − log S`` and ``S = Σ exp(z − c)``: the three exponentials/logs rescaled, the sum and
+  differences kept. The shift ``c``, the larger of the two halves' maxima, is one constant for both
+  halves, so ``Δ(z − c) = Δz``, both halves are computed exactly and nothing overflows; the
+  multipliers do not depend on it. (Splitting ``e · (1/S)`` as a product is exact too, but its
+  contributions grow like ``S/S₀`` and cancel; through the log they grow like ``log(S/S₀)``.)
 - LayerNormalization (constant scale and bias): decomposed into its mean, centring ``x − μ``,
   variance ``mean(c·c)`` (product), ``(var + ε)^(−1/2)`` (its exact quotient
   ``−r·r₀/(√s + √s₀)``) and ``c · r`` (product);
@@ -184,34 +186,33 @@ def convolution(g: GraphBuilder, n: Node):
     return RULES[n.op_type](g, n)
 
 
-def _reduce_max(g: GraphBuilder, x: str, axis: int) -> str:
+def _reduce(g: GraphBuilder, op_type: str, x: str, axis: int) -> str:
     if g.opset >= 18:
-        return g.op("ReduceMax", x, g.ints([axis]), keepdims=1)
-    return g.op("ReduceMax", x, axes=[axis], keepdims=1)
+        return g.op(op_type, x, g.ints([axis]), keepdims=1)
+    return g.op(op_type, x, axes=[axis], keepdims=1)
 
 
 @rule("Softmax", "LogSoftmax", modifier=MODIFIER)
 def softmax(g: GraphBuilder, n: Node):
-    """Inside the network: ``e = exp(z − c)`` (rescaled), ``S = Σe`` (a sum), then ``e · (1/S)``
-    (the Div rule's split) or ``z − c − log S`` (log rescaled); ``c`` is one constant for both
-    halves (see the module docstring). On the scored tensor: refused."""
+    """Inside the network, ``exp(u)`` (Softmax) or ``u`` (LogSoftmax) with ``u = z − c − log S``,
+    ``S = Σ exp(z − c)``: the exponentials and the log rescaled, the sum and differences kept; ``c``
+    is one constant for both halves (see the module docstring). On the scored tensor: refused."""
     if n.gy.startswith(COTANGENT_PREFIX):
         raise UnsupportedOp(f"no deeplift rule for op {n.op_type} on the scored output (node {n.name!r}): "
                             "attribute the logits before it (of='logits')")
     axis = n.attr("axis", -1)  # the model is at opset >= 13 (backward.MIN_OPSET)
-    shifted = g.op("Sub", n.x, _reduce_max(g, g.op("Max", n.x, swap(g, n.x)), axis))
+    shifted = g.op("Sub", n.x, _reduce(g, "ReduceMax", g.op("Max", n.x, swap(g, n.x)), axis))
     e = g.op("Exp", shifted)
     total = g.reduce_sum(e, [axis])
+    log_total = _reduce(g, "ReduceLogSumExp", shifted, axis)  # finite where a half's total underflows
+    grad_u = n.gy
     if n.op_type == "Softmax":
-        inverse = g.op("Reciprocal", total)
-        through_total = g.reduce_sum(g.op("Mul", n.gy, mean(g, e)), [axis])
-        grad_e = g.op("Sub", g.op("Mul", n.gy, mean(g, inverse)),
-                      g.op("Mul", through_total, g.op("Mul", inverse, swap(g, inverse))))
-    else:
-        per_total = _rescaled(g, n, difference(g, g.op("Log", total)), difference(g, total), g.op("Reciprocal", total))
-        grad_e = g.op("Neg", g.op("Mul", g.reduce_sum(n.gy, [axis]), per_total))
-    grad_z = _rescaled(g, n, g.op("Mul", grad_e, difference(g, e)), difference(g, n.x), g.op("Mul", grad_e, e))
-    return [grad_z if n.op_type == "Softmax" else g.op("Add", n.gy, grad_z)]
+        u = g.op("Sub", shifted, log_total)
+        grad_u = _rescaled(g, n, g.op("Mul", n.gy, difference(g, n.y)), difference(g, u), g.op("Mul", n.gy, n.y))
+    per_total = _rescaled(g, n, difference(g, log_total), difference(g, total), g.op("Reciprocal", total))
+    grad_e = g.op("Neg", g.op("Mul", g.reduce_sum(grad_u, [axis]), per_total))
+    return [g.op("Add", grad_u, _rescaled(g, n, g.op("Mul", grad_e, difference(g, e)), difference(g, n.x),
+                                          g.op("Mul", grad_e, e)))]
 
 
 @rule("LayerNormalization", modifier=MODIFIER)
