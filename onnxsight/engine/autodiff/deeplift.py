@@ -146,8 +146,9 @@ def max_pool(g: GraphBuilder, n: Node):
 
 
 def _means(g: GraphBuilder, n: Node) -> Node:
-    """The node with each data-dependent operand replaced by its mean over the two halves."""
-    inputs = [mean(g, name) if active else name for name, active in zip(n.inputs, n.active)]
+    """The node with each data-dependent operand replaced by its mean over the two halves (once for ``x·x``)."""
+    means = {name: mean(g, name) for name, active in zip(n.inputs, n.active) if active}
+    inputs = [means.get(name, name) for name in n.inputs]
     proto = helper.make_node(n.op_type, inputs, n.outputs, name=n.proto.name)
     proto.attribute.extend(n.proto.attribute)
     return dataclasses.replace(n, proto=proto)
