@@ -24,8 +24,9 @@ Every rule below satisfies ``Δy = Σᵢ mᵢ·Δxᵢ`` exactly, so the attribut
 - Softmax and LogSoftmax inside the network (attention): decomposed as ``exp(u)`` (``u``) with
   ``u = z − c − log S`` and ``S = Σ exp(z − c)``: the three exponentials/logs rescaled, the sum and
   differences kept. The shift ``c``, the larger of the two halves' maxima, is one constant for both
-  halves, so ``Δ(z − c) = Δz``, both halves are computed exactly and nothing overflows; the
-  multipliers do not depend on it. (Splitting ``e · (1/S)`` as a product is exact too, but its
+  halves, so ``Δ(z − c) = Δz``, both halves are computed exactly and nothing overflows (``log S``
+  stays finite, by ReduceLogSumExp, where the other half's maximum is so far above that S underflows);
+  the multipliers do not depend on ``c``. (Splitting ``e · (1/S)`` as a product is exact too, but its
   contributions grow like ``S/S₀`` and cancel; through the log they grow like ``log(S/S₀)``.)
 - LayerNormalization (constant scale and bias): decomposed into its mean, centring ``x − μ``,
   variance ``mean(c·c)`` (product), ``(var + ε)^(−1/2)`` (its exact quotient
@@ -210,7 +211,10 @@ def softmax(g: GraphBuilder, n: Node):
     if n.op_type == "Softmax":
         u = g.op("Sub", shifted, log_total)
         grad_u = _rescaled(g, n, g.op("Mul", n.gy, difference(g, n.y)), difference(g, u), g.op("Mul", n.gy, n.y))
-    per_total = _rescaled(g, n, difference(g, log_total), difference(g, total), g.op("Reciprocal", total))
+    # log's gradient 1/S serves where |ΔS| < eps, so S ≈ S₀ ≥ 1 (c is the larger half's maximum): clamped at
+    # eps, a total that underflowed in the other half gives no 0·inf
+    exact = g.op("Reciprocal", g.op("Max", total, _eps(g, n, total)))
+    per_total = _rescaled(g, n, difference(g, log_total), difference(g, total), exact)
     grad_e = g.op("Neg", g.op("Mul", g.reduce_sum(grad_u, [axis]), per_total))
     return [g.op("Add", grad_u, _rescaled(g, n, g.op("Mul", grad_e, difference(g, e)), difference(g, n.x),
                                           g.op("Mul", grad_e, e)))]
