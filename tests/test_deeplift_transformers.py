@@ -131,7 +131,8 @@ def test_a_data_dependent_denominator_is_the_product_with_the_reciprocal(tmp_pat
     wo, io = dense(rng, "out", 8, 5)
     half = numpy_helper.from_array(np.float32(0.5), "half")
     nodes = [gemm("a", "x"), gemm("zb", "x"), helper.make_node("Softplus", ["zb"], ["sb"], name="softplus"),
-             helper.make_node("Add", ["sb", "half"], ["b"], name="plus"), helper.make_node("Div", ["a", "b"], ["q"], name="div"),
+             helper.make_node("Add", ["sb", "half"], ["b"], name="plus"),
+             helper.make_node("Div", ["a", "b"], ["q"], name="div"),
              gemm("out", "q"), helper.make_node("Identity", ["out"], ["logits"], name="logits")]
     model = save(tmp_path / "div.onnx", nodes, ia + ib + io + [half])
     x, x0 = pairs()
@@ -247,7 +248,8 @@ def test_a_fused_layer_norm_is_its_decomposition(tmp_path):
 # -- a Keras ViT (decomposed LayerNorm, attention Softmax, Q·Kᵀ and A·V, GELU) ------------------------
 @pytest.fixture(scope="module")
 def keras_vit(tmp_path_factory):
-    path = onnxsight.convert_keras(vit(image=48, patch=8, width=32, depth=2), tmp_path_factory.mktemp("vit") / "vit.onnx")
+    path = tmp_path_factory.mktemp("vit") / "vit.onnx"
+    onnxsight.convert_keras(vit(image=48, patch=8, width=32, depth=2), path)
     return path, onnxsight.load(path, device="cpu")
 
 
@@ -290,7 +292,8 @@ def test_deeplift_shap_and_the_explainer_work_on_a_vit(keras_vit, vit_images):
     baselines = np.stack([x0[0], x0[1] * 0.5])
     shap = deeplift_shap(model, x[:2], [1, 3], baselines=baselines)
     assert (deeplift_shap_gap(model, x[:2], shap, [1, 3], baselines=baselines) <= gap_bound(shap)).all()
-    session = ort.InferenceSession(export_explainer(model, "deeplift").SerializeToString(), providers=["CPUExecutionProvider"])
+    explainer = export_explainer(model, "deeplift").SerializeToString()
+    session = ort.InferenceSession(explainer, providers=["CPUExecutionProvider"])
     _, _, heatmap = session.run(None, {"image": x[:2], "target": np.array([1, 3])})
     np.testing.assert_allclose(heatmap, normalize_each(deeplift(model, x[:2], [1, 3], reduce="sum")), rtol=0, atol=1e-5)
 
