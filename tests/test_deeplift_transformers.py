@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 import onnxsight
 from onnxsight.cli.app import app
+from onnxsight.errors import UnsupportedOp
 from onnxsight.kernels.colors import normalize_each
 from onnxsight.methods.deeplift import deeplift, deeplift_gap, deeplift_shap, deeplift_shap_gap
 from tests.test_deeplift import EPS, RTOL, onnx_mlp, ours_target, reference_mlp, relative_error, sigmoid
@@ -270,6 +271,13 @@ def test_a_vit_keeps_summation_to_delta_per_image_and_target(keras_vit, vit_imag
     assert (deeplift_gap(model, x, black, target) <= gap_bound(black)).all()
     gradient = model.gradient(x, target=target, wrt=[model.input_name])[model.input_name]
     assert relative_error(ours, (x - x0) * gradient) > 0.1  # not gradient × Δx: the rules did something
+
+
+def test_a_vit_scored_on_its_probabilities_is_refused(keras_vit, vit_images):
+    """The attention softmaxes are decomposed; the classifier's own softmax, when scored, is not."""
+    _, model = keras_vit
+    with pytest.raises(UnsupportedOp, match="op Softmax on the scored output.*of='logits'"):
+        deeplift(model, vit_images[0][:2], of="output")
 
 
 def test_a_vit_reference_equal_to_the_image_gives_the_gradient(keras_vit, vit_images):
