@@ -18,7 +18,8 @@ Every rule below satisfies ``Δy = Σᵢ mᵢ·Δxᵢ`` exactly, so the attribut
 - Mul, MatMul and Gemm of two data-dependent operands (Swish ``x·σ(x)``, squeeze-and-excitation
   gates, attention's ``Q·Kᵀ`` and ``A·V``, a variance's ``x·x``): each operand's cotangent uses the
   other operand's mean over the two halves, ``Δ(ab) = ā·Δb + b̄·Δa`` exactly (the Shapley split of
-  a product; ``Δ(x²) = (x + x₀)·Δx``);
+  a product; ``Δ(x²) = (x + x₀)·Δx``); with the Sigmoid's rescale this is the rescale multiplier of
+  Swish as one activation, with no pattern pass;
 - Div by a data-dependent denominator, ``a · (1/b)``: the product's split with the reciprocal's
   quotient, ``Δ(a/b) = mean(1/b)·Δa − mean(a)·Δb/(b·b₀)``;
 - Softmax and LogSoftmax inside the network (attention): decomposed as ``exp(u)`` (``u``) with
