@@ -8,7 +8,8 @@ Every rule below satisfies ``Δy = Σᵢ mᵢ·Δxᵢ`` exactly, so the attribut
 
 - univariate nonlinearities (Relu, LeakyRelu, PRelu with a constant slope, Elu, Selu, Sigmoid,
   Tanh, Softplus, Clip (ReLU6), HardSigmoid, HardSwish, Gelu, Erf, Exp, Log, Abs, Pow with a
-  constant exponent): the rescale multiplier ``gy · Δy/Δx``, and the exact gradient of each half
+  constant exponent, and the unary math of ``unary.py``: Mish, Swish, Softsign, trigonometric, the
+  piecewise-constant Sign/Round/Floor/Ceil, ...): the rescale multiplier ``gy · Δy/Δx``, and the exact gradient of each half
   where ``|Δx| < eps`` (``Modifier("deeplift", eps=1e-10)``, Captum's default); Sqrt and Reciprocal
   use the closed forms of ``Δy/Δx``, ``1/(√x + √x₀)`` and ``−1/(x·x₀)`` (no cancellation; the
   gradient itself at Δx = 0);
@@ -64,9 +65,13 @@ KEPT = (
     "ReduceSum", "ReduceMean", "Add", "Sub", "Sum", "Neg", "Identity", "Dropout",
     "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Expand", "Concat", "Split", "Slice", "Pad", "Resize",
     "Gather",
+    "DepthToSpace", "SpaceToDepth", "Tile", "CumSum", "Trilu", "ReverseSequence", "Mean", "GatherElements", "GatherND",
+    "Compress", "ScatterElements", "ScatterND",
 )
 RESCALED = ("Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "Tanh", "Softplus", "Clip", "HardSigmoid",
-            "HardSwish", "Gelu", "Erf", "Exp", "Log", "Abs", "Pow")
+            "HardSwish", "Gelu", "Erf", "Exp", "Log", "Abs", "Pow",
+            "Mish", "Swish", "Softsign", "Celu", "ThresholdedRelu", "Shrink", "Sin", "Cos", "Tan", "Sinh", "Cosh",
+            "Asin", "Acos", "Atan", "Asinh", "Acosh", "Atanh", "Sign", "Round", "Floor", "Ceil")
 
 strict(MODIFIER, keeps=KEPT)
 
