@@ -21,13 +21,13 @@ def upgrade(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
         return copy
     if current < 7:
         _per_channel_prelu_slopes(copy)
-    resized = {n.output[0]: n.op_type for n in copy.graph.node if n.op_type in ("Upsample", "Resize")} if current < 11 else {}
+    resized = {n.output[0] for n in copy.graph.node if n.op_type in ("Upsample", "Resize")} if current < 11 else set()
     try:
         upgraded = version_converter.convert_version(copy, target)
     except Exception as error:  # noqa: BLE001 - the converter raises bare RuntimeErrors from C++
         raise UnsupportedOp(f"the model's opset {current} could not be converted to opset {target}: {error}") from error
     upgraded.ir_version = max(upgraded.ir_version, _IR_FOR_UPGRADES)
-    _asymmetric_resizes(upgraded, set(resized))
+    _asymmetric_resizes(upgraded, resized)
     return upgraded
 
 

@@ -268,15 +268,17 @@ def test_deeplift_sums_to_delta_through_the_new_ops(tmp_path):
     np.testing.assert_allclose(attributions.reshape(3, -1).sum(axis=1), scores, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("node, shape, message", [
-    (helper.make_node("ScatterElements", ["x", "i", "x"], ["y"], reduction="mul"), [2, 2], "reduction=mul"),
-    (helper.make_node("LpNormalization", ["x"], ["y"], p=3), [2, 2], "p=3"),
-    (helper.make_node("ReduceL2", ["x"], ["y"], noop_with_empty_axes=1), [2, 2], "noop_with_empty_axes"),
-], ids=["scatter-mul", "lp-normalization-p3", "reduce-noop"])
-def test_unsupported_configurations_name_the_problem(node, shape, message):
-    inits = [numpy_helper.from_array(np.array([[0, 1], [1, 0]], np.int64), "i")]
+@pytest.mark.parametrize("node, shape, opset, message", [
+    (helper.make_node("ScatterElements", ["x", "i", "x"], ["y"], reduction="mul"), [2, 2], 18, "reduction=mul"),
+    (helper.make_node("LpNormalization", ["x"], ["y"], p=3), [2, 2], 18, "p=3"),
+    (helper.make_node("ReduceL2", ["x"], ["y"], noop_with_empty_axes=1), [2, 2], 18, "noop_with_empty_axes"),
+    (helper.make_node("GroupNormalization", ["x", "s", "s"], ["y"], num_groups=2), [1, 2, 2], 18, "before opset 21"),
+], ids=["scatter-mul", "lp-normalization-p3", "reduce-noop", "group-normalization-opset18"])
+def test_unsupported_configurations_name_the_problem(node, shape, opset, message):
+    inits = [numpy_helper.from_array(np.array([[0, 1], [1, 0]], np.int64), "i"),
+             numpy_helper.from_array(np.ones(2, np.float32), "s")]
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    model = runtime_compatible(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    model = runtime_compatible(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
     with pytest.raises(UnsupportedOp, match=message):
         build_vjp(model, "y", ["x"])

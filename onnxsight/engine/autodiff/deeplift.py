@@ -9,10 +9,10 @@ Every rule below satisfies ``Δy = Σᵢ mᵢ·Δxᵢ`` exactly, so the attribut
 - univariate nonlinearities (Relu, LeakyRelu, PRelu with a constant slope, Elu, Selu, Sigmoid,
   Tanh, Softplus, Clip (ReLU6), HardSigmoid, HardSwish, Gelu, Erf, Exp, Log, Abs, Pow with a
   constant exponent, and the unary math of ``unary.py``: Mish, Swish, Softsign, trigonometric, the
-  piecewise-constant Sign/Round/Floor/Ceil, ...): the rescale multiplier ``gy · Δy/Δx``, and the exact gradient of each half
-  where ``|Δx| < eps`` (``Modifier("deeplift", eps=1e-10)``, Captum's default); Sqrt and Reciprocal
-  use the closed forms of ``Δy/Δx``, ``1/(√x + √x₀)`` and ``−1/(x·x₀)`` (no cancellation; the
-  gradient itself at Δx = 0);
+  piecewise-constant Sign/Round/Floor/Ceil, ...): the rescale multiplier ``gy · Δy/Δx``, and the
+  exact gradient of each half where ``|Δx| < eps`` (``Modifier("deeplift", eps=1e-10)``, Captum's
+  default); Sqrt and Reciprocal use the closed forms of ``Δy/Δx``, ``1/(√x + √x₀)`` and
+  ``−1/(x·x₀)`` (no cancellation; the gradient itself at Δx = 0);
 - MaxPool: Captum's rule — with ``c = max(y, y₀)`` the pooled differences ``c − y₀`` (input half)
   and ``y − c`` (reference half) are placed at the window maxima of their own half, the two
   placements summed and divided by Δx;

@@ -120,7 +120,7 @@ def _per_norm(g: GraphBuilder, gy: str, y: str, p: int) -> str:
 
 @rule("LpNormalization")
 def lp_normalization(g: GraphBuilder, n: Node):
-    """y = x/‖x‖ₚ along the axis (p = 1, 2): dx = (dy - d·Σ(dy·y))/‖x‖ₚ with d = y (p = 2), sign(x) (p = 1)."""
+    """y = x/‖x‖ₚ along the axis (p = 1, 2): dx = (dy - d·Σ(dy·y))/‖x‖ₚ, d = y (p = 2) or sign(x)."""
     p, axis = n.attr("p", 2), n.attr("axis", -1)
     if p not in (1, 2):
         raise n.unsupported(f"p={p}")
