@@ -293,8 +293,8 @@ def test_deeplift_shap_is_the_mean_over_baselines(model, images, predicted):
 
 
 def test_unsupported_op_is_named(tmp_path):
-    model, _ = onnx_mlp(tmp_path / "sin.onnx", [(8, unary("Sin")), (5, None)])
-    with pytest.raises(UnsupportedOp, match=r"no deeplift rule for op Sin \(node 'sin0'\)"):
+    model, _ = onnx_mlp(tmp_path / "l2.onnx", [(8, unary("LpNormalization")), (5, None)])  # not univariate
+    with pytest.raises(UnsupportedOp, match=r"no deeplift rule for op LpNormalization \(node 'lpnormalization0'\)"):
         deeplift(model, np.ones((2, 6), np.float32))
 
 
