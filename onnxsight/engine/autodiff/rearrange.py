@@ -1,8 +1,8 @@
 """VJP rules of ops that move, copy, mask or pick elements: the gradient undoes the movement.
 
 Permutations (DepthToSpace, SpaceToDepth, ReverseSequence) run their inverse; masks (Trilu) apply
-the same mask; copies (Tile, Mean) sum back; ops that pick elements (GatherElements, GatherND,
-Compress) run on the flat indices of their input and scatter-add the gradient back to them, so
+the same mask; copies (Tile, Mean) sum back; GatherElements scatter-adds back at its indices; GatherND
+and Compress run on the flat indices of their input and scatter-add the gradient back to them, so
 negative indices, batch dims and repeats are honoured by construction.
 """
 
@@ -86,7 +86,9 @@ def mean(g: GraphBuilder, n: Node):
 # -- picking and scattering -------------------------------------------------------------------------
 @rule("GatherElements")
 def gather_elements(g: GraphBuilder, n: Node):
-    return [_picked(g, n, g.op("GatherElements", g.iota_like(n.x), n.inputs[1], axis=n.attr("axis", 0))), None]
+    """Its exact inverse placement: ScatterElements adding each gradient at its index."""
+    indices = n.inputs[1]
+    return [g.op("ScatterElements", g.zeros_like(n.x), indices, n.gy, axis=n.attr("axis", 0), reduction="add"), None]
 
 
 @rule("GatherND")
