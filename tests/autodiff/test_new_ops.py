@@ -268,6 +268,31 @@ def test_deeplift_sums_to_delta_through_the_new_ops(tmp_path):
     np.testing.assert_allclose(attributions.reshape(3, -1).sum(axis=1), scores, rtol=1e-4, atol=1e-5)
 
 
+def test_lrp_conserves_relevance_through_the_new_rearrangements(tmp_path):
+    """Bias-free Conv → Relu → DepthToSpace → Tile → SpaceToDepth → Trilu → Flatten → MatMul: the
+    rearrangements keep their exact gradient under LRP, so LRP-ε's relevance sums to the logit."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 2, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([1, 1, 2, 1], np.int64), "repeats"),
+             numpy_helper.from_array(rng.standard_normal((64, 3)).astype(np.float32), "dense")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("DepthToSpace", ["r"], ["d"], blocksize=2, mode="CRD"),
+             helper.make_node("Tile", ["d", "repeats"], ["t"]),
+             helper.make_node("SpaceToDepth", ["t"], ["s"], blocksize=2),
+             helper.make_node("Trilu", ["s"], ["u"]),
+             helper.make_node("Flatten", ["u"], ["f"]),
+             helper.make_node("MatMul", ["f", "dense"], ["logits"])]
+    path = _save(tmp_path, "lrp", nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2, 2, 2])],
+                 helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3]), inits)
+    model = onnxsight.load(path, device="cpu")
+    x = rng.standard_normal((3, 2, 2, 2)).astype(np.float32)
+    relevance = onnxsight.lrp(model, x, target=[0, 1, 2], rule="epsilon", epsilon=1e-9)
+    logits = model.predict(x)[np.arange(3), [0, 1, 2]]
+    # float32 sums of a few hundred terms; ε = 1e-9 takes nothing measurable
+    np.testing.assert_allclose(relevance.reshape(3, -1).sum(axis=1), logits, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("node, shape, opset, message", [
     (helper.make_node("ScatterElements", ["x", "i", "x"], ["y"], reduction="mul"), [2, 2], 18, "reduction=mul"),
     (helper.make_node("LpNormalization", ["x"], ["y"], p=3), [2, 2], 18, "p=3"),
