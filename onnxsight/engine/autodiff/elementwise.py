@@ -150,7 +150,13 @@ def clip(g: GraphBuilder, n: Node):
     n.constant(1, 2)
     if n.input(1) is None and n.input(2) is None:
         return [n.gy] + [None] * (len(n.inputs) - 1)
-    return [g.op("Mul", n.gy, _inside(g, n.y, n.input(1), n.input(2)))] + [None] * (len(n.inputs) - 1)
+    return [g.op("Mul", n.gy, _inside(g, n.y, _bound(n, 1), _bound(n, 2)))] + [None] * (len(n.inputs) - 1)
+
+
+def _bound(n: Node, i: int) -> Bound:
+    """Clip's bound ``i``: its value when constant (no cast at run time), else its name; None when absent."""
+    value = n.value(i)
+    return n.input(i) if value is None else float(value.item())
 
 
 @rule("HardSigmoid")
