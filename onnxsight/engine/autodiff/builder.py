@@ -158,6 +158,26 @@ class GraphBuilder:
     def reshape_like(self, x: str, like: str) -> str:
         return self.op("Reshape", x, self.shape(like))
 
+    def unbroadcast_batch(self, grad: str, like: str, shaped: str) -> str | None:
+        """``unbroadcast`` when shape inference knows every dim but dim 0 (a batch whose symbols it
+        cannot tell equal, as in a squeeze-and-excitation product): the axes along which ``like`` is
+        statically 1 are summed at once, then dim 0 is checked at run time on an (N, rest) view, one
+        split axis where ``unbroadcast`` splits them all (onnxruntime's ReduceSum is slow on that).
+        None when the shapes are not of that kind."""
+        wide, narrow = self.static_shape(shaped), self.static_shape(like)
+        if (wide is None or narrow is None or len(wide) != len(narrow) or len(wide) < 2 or wide[0] or narrow[0]
+                or None in wide[1:] + narrow[1:] or any(b not in (1, a) for a, b in zip(wide[1:], narrow[1:]))
+                or self.same_type_shape(shaped, like)):
+            return None
+        summed = [axis for axis in range(1, len(wide)) if narrow[axis] == 1 and wide[axis] != 1]
+        if summed:
+            grad = self.op("ReduceSum", grad, self.ints(summed), keepdims=1)
+        batch = self.op("Slice", self.shape(like), self.ints([0]), self.ints([1]))
+        rest = self.op("Div", self.op("Slice", self.shape(grad), self.ints([0]), self.ints([1])),
+                       self.op("Max", batch, self.ints([1])))  # like's batch is 1 or grad's
+        split = self.op("Reshape", grad, self.op("Concat", batch, rest, self.ints([-1]), axis=0))
+        return self.op("Reshape", self.op("ReduceSum", split, self.ints([1]), keepdims=0), self.shape(like))
+
     # -- broadcasting and scattering -----------------------------------------------------
     def unbroadcast(self, grad: str, like: str, shaped: str | None = None, rank: int | None = None) -> str:
         """Sums ``grad`` over the axes along which ``like`` was broadcast; result has ``like``'s shape.
