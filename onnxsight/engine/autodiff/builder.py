@@ -195,8 +195,9 @@ class GraphBuilder:
         if axes == []:  # every dim matched
             return grad
         if axes is not None:
-            summed = self.op("ReduceSum", grad, self.ints(axes), keepdims=0)
-            return summed if self.rank(like) == self.rank(shaped or grad) else self.reshape_like(summed, like)
+            same_rank = self.rank(like) == self.rank(shaped or grad)  # then only like's 1s are summed: kept
+            summed = self.op("ReduceSum", grad, self.ints(axes), keepdims=int(same_rank))
+            return summed if same_rank else self.reshape_like(summed, like)
         g_shape, x_shape = self.shape(grad), self.shape(like)
         wide, narrow = self.static_shape(shaped or grad), self.static_shape(like)
         wide = len(wide) if wide is not None else rank
