@@ -122,18 +122,34 @@ def relu_deconv(g: GraphBuilder, n: Node):
     return [g.op("Relu", n.gy)]
 
 
+def _pick(g: GraphBuilder, mask: str, where_one: str | float, where_zero: str | float) -> str:
+    """``where_one`` where the 0/1 ``mask`` is 1, ``where_zero`` where it is 0: ``m·a + (1 - m)·b``,
+    exact for finite a and b (one product is a times 1, the other a zero that adds nothing)."""
+    parts = []
+    for m, value in ((mask, where_one), (g.op("Sub", g.const(1.0, like=mask), mask), where_zero)):
+        parts.append(m if value == 1.0 else g.op("Mul", m, value if isinstance(value, str) else g.const(value, like=mask)))
+    return g.op("Add", *parts)
+
+
 @rule("LeakyRelu")
 def leaky_relu(g: GraphBuilder, n: Node):
-    alpha = g.const(n.attr("alpha", 0.01), like=n.x)
-    return [g.where(_positive(g, n.x), n.gy, g.op("Mul", n.gy, alpha))]
+    """Slope 1 where x > 0, alpha elsewhere (TensorFlow's, alpha at 0). A positive alpha keeps y's
+    sign, so the mask reads y (a forward LeakyRelu stays fused into the Conv before it); for
+    0 <= alpha <= 1 the slope is max(mask, alpha)."""
+    alpha = float(n.attr("alpha", 0.01))
+    mask = g.mask(_positive(g, n.y if alpha > 0 else n.x), n.gy)
+    if 0 <= alpha <= 1:
+        return [g.op("Mul", n.gy, g.op("Max", mask, g.const(alpha, like=mask)))]
+    return [g.op("Mul", n.gy, _pick(g, mask, 1.0, alpha))]
 
 
 @rule("PRelu")
 def prelu(g: GraphBuilder, n: Node):
+    """Slope ``slope`` where x < 0, 1 elsewhere (1 at 0)."""
     x, slope = n.inputs
-    negative = g.op("Less", x, g.const(0.0, like=x))
-    dx = g.where(negative, g.op("Mul", n.gy, slope), n.gy)
-    dslope = g.where(negative, g.op("Mul", n.gy, x), 0.0)
+    negative = g.mask(g.op("Less", x, g.const(0.0, like=x)), n.gy)
+    dx = g.op("Mul", n.gy, _pick(g, negative, slope, 1.0))
+    dslope = g.op("Mul", g.op("Mul", n.gy, x), negative)
     return [g.unbroadcast(dx, x, n.y), g.unbroadcast(dslope, slope, n.y)]
 
 
@@ -183,16 +199,22 @@ def hard_swish(g: GraphBuilder, n: Node):
 # -- smooth activations -------------------------------------------------------------------
 @rule("Elu")
 def elu(g: GraphBuilder, n: Node):
-    alpha = g.const(n.attr("alpha", 1.0), like=n.x)
-    return [g.where(_positive(g, n.x), n.gy, g.op("Mul", n.gy, g.op("Add", n.y, alpha)))]
+    """Slope 1 where x > 0, y + alpha elsewhere (Keras's, alpha at 0). With alpha = 1 that is
+    min(y + 1, 1): y + 1 <= 1 exactly where x <= 0."""
+    alpha = float(n.attr("alpha", 1.0))
+    shifted = g.op("Add", n.y, g.const(alpha, like=n.y))
+    if alpha == 1.0:
+        return [g.op("Mul", n.gy, g.op("Min", shifted, g.const(1.0, like=n.y)))]
+    return [g.op("Mul", n.gy, _pick(g, g.mask(_positive(g, n.x), n.gy), 1.0, shifted))]
 
 
 @rule("Selu")
 def selu(g: GraphBuilder, n: Node):
+    """Slope y + alpha·gamma where y < 0, gamma elsewhere (TensorFlow's, gamma at 0)."""
     alpha, gamma = n.attr("alpha", 1.67326319217681884765625), n.attr("gamma", 1.05070102214813232421875)
-    positive = g.op("Mul", n.gy, g.const(gamma, like=n.x))
-    negative = g.op("Mul", n.gy, g.op("Add", n.y, g.const(alpha * gamma, like=n.x)))
-    return [g.where(_positive(g, n.x), positive, negative)]
+    negative = g.mask(g.op("Less", n.y, g.const(0.0, like=n.y)), n.gy)
+    shifted = g.op("Add", n.y, g.const(alpha * gamma, like=n.y))
+    return [g.op("Mul", n.gy, _pick(g, negative, shifted, gamma))]
 
 
 @rule("Sigmoid")
