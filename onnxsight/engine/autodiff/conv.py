@@ -282,17 +282,15 @@ def average_pool(g: GraphBuilder, n: Node):
 
 @rule("GlobalAveragePool")
 def global_average_pool(g: GraphBuilder, n: Node):
-    """dy spread over each window, divided by its size. With static spatial dims the spread is to a
-    constant (1, 1, H, W), so that shape inference sees dx's batch as dy's (onnxruntime keeps only
-    the elementwise ops of provably equal shapes in its blocked layout)."""
+    """dy divided by the window size (at the pooled size), then spread over the window. With static
+    spatial dims the spread is to a constant (1, 1, H, W), so that shape inference sees dx's batch
+    as dy's (onnxruntime keeps only elementwise ops of provably equal shapes in its blocked layout)."""
     shape = g.static_shape(n.x)
     if shape is not None and None not in shape[2:]:
         count = g.const(float(np.prod(shape[2:])), like=n.x)
-        spread = g.op("Expand", n.gy, g.ints([1, 1, *shape[2:]]))
-    else:
-        count = g.op("CastLike", g.op("Div", g.op("Size", n.x), g.op("Size", n.y)), n.x)
-        spread = g.op("Expand", n.gy, g.shape(n.x))
-    return [g.op("Div", spread, count)]
+        return [g.op("Expand", g.op("Div", n.gy, count), g.ints([1, 1, *shape[2:]]))]
+    count = g.op("CastLike", g.op("Div", g.op("Size", n.x), g.op("Size", n.y)), n.x)
+    return [g.op("Expand", g.op("Div", n.gy, count), g.shape(n.x))]
 
 
 @rule("GlobalMaxPool")
