@@ -185,3 +185,38 @@ def test_constant_clip_bounds_are_not_cast_at_run_time():
     vjp = build_vjp(model, "y", ["x"])
     clip_nodes = [n.op_type for n in vjp.model.graph.node if n.name.startswith("onnxsight/vjp/clip/")]
     assert "CastLike" not in clip_nodes and clip_nodes.count("Cast") == 1, f"only the mask is cast: {clip_nodes}"
+
+
+@pytest.mark.parametrize("pads", [[0, 0, 1, 1], [1, 2, 1, 0]], ids=["end-pad", "both-sides"])
+@pytest.mark.parametrize("batch", ["N", 2], ids=["dynamic-batch", "static-batch"])
+def test_a_pad_before_a_strided_conv_crops_its_conv_transpose_instead_of_slicing(pads, batch, tf):
+    """ZeroPadding2D then a stride-2 depthwise Conv (MobileNetV2's downsampling): the Pad's
+    gradient is the ConvTranspose with the pads added to its own (no Slice of a larger output)."""
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((16, 1, 3, 3))
+    nodes = [("pad", "Pad", ["x", "pads"], ["p"], {"mode": "constant"}),
+             ("dw", "Conv", ["p", "w"], ["c"], {"group": 16, "strides": [2, 2], "kernel_shape": [3, 3]}),
+             ("relu", "Relu", ["c"], ["y"], {})]
+    pad_list = np.array([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]], np.int64)
+    out = [(9 + pads[0] + pads[2] - 3) // 2 + 1, (8 + pads[1] + pads[3] - 3) // 2 + 1]
+    x = 3 * rng.standard_normal((2, 16, 9, 8))
+    cot = rng.standard_normal((2, 16, *out))
+    for dtype in (TensorProto.FLOAT, D):
+        np_dtype = np.float32 if dtype == TensorProto.FLOAT else np.float64
+        model = make_model(nodes, {"x": [batch, 16, 9, 8]}, {"y": [batch, 16, *out]}, {"pads": pad_list, "w": w.astype(np_dtype)}, dtype=dtype)
+        vjp = build_vjp(model, "y", ["x"])
+        assert not {"Slice", "ScatterElements"} & {n.op_type for n in vjp.model.graph.node}
+        if dtype == TensorProto.FLOAT:
+            got = gradients(vjp, {"x": x.astype(np.float32)}, cot.astype(np.float32))["x"]
+            kernel = np.transpose(w, (2, 3, 0, 1))  # (C, 1, k, k) -> (k, k, C, 1)
+
+            def block(t):
+                t = tf.pad(tf.transpose(t, [0, 2, 3, 1]), [[0, 0], [pads[0], pads[2]], [pads[1], pads[3]], [0, 0]])
+                return tf.transpose(tf.nn.relu(tf.nn.depthwise_conv2d(t, kernel, [1, 2, 2, 1], "VALID")), [0, 3, 1, 2])
+            want = _tf_gradient(tf, block, x.astype(np.float32), cot.astype(np.float32))
+            assert relative_error(got, want) < 1e-5  # float32 sums of 9 products per element
+        else:
+            grad = gradients(vjp, {"x": x}, cot, ref_run)["x"]
+            v = rng.standard_normal(x.shape)
+            numeric = _directional(model, x, cot, v)
+            assert abs(numeric - np.sum(grad * v)) < FINITE_DIFFERENCE_TOLERANCE * abs(numeric)

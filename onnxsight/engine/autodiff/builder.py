@@ -58,6 +58,16 @@ class Scaled:
     axis: int
 
 
+@dataclass(frozen=True)
+class Transposed:
+    """A cotangent ``ConvTranspose(gy, w, **attrs)`` (a strided Conv's input gradient): a constant
+    Pad before the Conv crops it by ConvTranspose's own pads instead of a Slice of its output."""
+
+    gy: str
+    w: str
+    attrs: dict
+
+
 class GraphBuilder:
     """Appends nodes to a list; knows the types and static shapes inferred for the forward graph."""
 
@@ -71,6 +81,8 @@ class GraphBuilder:
         self.routed: dict[str, Routed] = {}  # cotangent name -> how a max pool placed it
         self.products: dict[str, Product] = {}  # cotangent name -> the constant matrix product it is
         self.scaled: dict[str, Scaled] = {}  # cotangent name -> the constant per-axis scaling it is
+        self.transposed: dict[str, Transposed] = {}  # cotangent name -> the ConvTranspose it is
+        self.permuted: dict[str, tuple[str, list[int]]] = {}  # cotangent name -> (source, perm) of its Transpose
 
     # -- naming -------------------------------------------------------------------------
     def scope(self, name: str) -> None:

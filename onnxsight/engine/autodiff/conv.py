@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import TensorProto, helper
 
-from .builder import GraphBuilder, Routed
+from .builder import GraphBuilder, Routed, Transposed
 from .registry import Node, rule
 
 
@@ -123,7 +123,9 @@ def conv(g: GraphBuilder, n: Node):
         dx = g.op("Conv", gy, _flipped_kernel(g, w, group), group=group, kernel_shape=list(kernel),
                   dilations=window.dilations, pads=pads)
     else:
-        dx = g.op("ConvTranspose", gy, w, group=group, kernel_shape=list(kernel), **window.transpose_attrs())
+        attrs = dict(group=group, kernel_shape=list(kernel), **window.transpose_attrs())
+        dx = g.op("ConvTranspose", gy, w, **attrs)
+        g.transposed[dx] = Transposed(gy, w, attrs)
     grads = [dx, None]
     if n.input(2) is not None:
         grads.append(_channel_sum(g, n.gy, g.rank(n.x)))

@@ -61,7 +61,12 @@ def transpose(g: GraphBuilder, n: Node):
         columns = np.arange(int(np.prod(product.dims))).reshape(product.dims).transpose([a - 1 for a in inverse[1:]])
         right = g.op("Gather", product.right, g.ints(columns.ravel()), axis=1)
         return [g.reshape_like(g.op("MatMul", product.left, right), n.x)]
+    earlier = g.permuted.get(n.gy)
+    if earlier is not None and inverse is not None and [earlier[1][a] for a in inverse] == list(range(len(inverse))):
+        return [earlier[0]]  # two inverse transposes (an NHWC round trip): what the cotangent is survives
     dx = g.op("Transpose", n.gy, perm=inverse)
+    if inverse is not None:
+        g.permuted[dx] = (n.gy, inverse)
     scaled = g.scaled.get(n.gy)
     if scaled is not None:  # moved along: gy's axis a is dx's axis perm[a]
         axis = g.rank(n.y) - 1 - scaled.axis if perm is None else int(perm[scaled.axis])
@@ -145,6 +150,13 @@ def _unpad_constant(g: GraphBuilder, n: Node) -> str | None:
         return None
     rank, half = g.rank(n.x), len(pads) // 2
     begin, end = dict(zip(axes, map(int, pads[:half]))), dict(zip(axes, map(int, pads[half:])))
+    transposed = g.transposed.get(n.gy)
+    if transposed is not None and min(pads) >= 0 and not any(begin.get(a, 0) or end.get(a, 0) for a in (0, 1)):
+        # a strided Conv's ConvTranspose gradient: cropped by its own pads (it computes no more)
+        spatial = range(2, rank)
+        crop = [begin.get(a, 0) for a in spatial] + [end.get(a, 0) for a in spatial]
+        attrs = dict(transposed.attrs, pads=[p + c for p, c in zip(transposed.attrs["pads"], crop)])
+        return g.op("ConvTranspose", transposed.gy, transposed.w, **attrs)
     cut = [a for a in axes if begin[a] > 0 or end[a] > 0]
     dx = n.gy
     if cut:
