@@ -136,7 +136,8 @@ def main() -> None:
         }
         if others:
             result["compare"] = [{"model": str(path), "forward_backward_ms": round(1e3 * statistics.median(t), 2),
-                                  "ratio": round(statistics.median(t) / t_forward, 2)} for path, t in zip(args.compare, times[2:])]
+                                  "ratio": round(statistics.median(t) / t_forward, 2)}
+                                 for path, t in zip(args.compare, times[2:])]
         if args.profile:
             result["profile"] = _op_shares(_session(both_proto, args.threads, profile=True), with_cotangent, args.profile)
         print(json.dumps(result), flush=True)

@@ -103,7 +103,8 @@ def test_prelu_slope_gradient_is_the_negative_part_summed_per_channel(tf):
     x = np.broadcast_to(KINKS, (2, 3, 9)).copy()
     cot = np.random.default_rng(3).standard_normal(x.shape).astype(np.float32)
     slope = SLOPE.reshape(3, 1)
-    got = dict(zip(["x", "slope"], ort_run(vjp.model, {"x": x, "slope": slope, vjp.cotangent: cot}, list(vjp.gradients.values()))))
+    feeds = {"x": x, "slope": slope, vjp.cotangent: cot}
+    got = dict(zip(["x", "slope"], ort_run(vjp.model, feeds, list(vjp.gradients.values()))))
     tx, ts = tf.constant(x.astype(np.float64)), tf.constant(slope.astype(np.float64))
     with tf.GradientTape() as tape:
         tape.watch([tx, ts])
@@ -203,7 +204,8 @@ def test_a_pad_before_a_strided_conv_crops_its_conv_transpose_instead_of_slicing
     cot = rng.standard_normal((2, 16, *out))
     for dtype in (TensorProto.FLOAT, D):
         np_dtype = np.float32 if dtype == TensorProto.FLOAT else np.float64
-        model = make_model(nodes, {"x": [batch, 16, 9, 8]}, {"y": [batch, 16, *out]}, {"pads": pad_list, "w": w.astype(np_dtype)}, dtype=dtype)
+        weights = {"pads": pad_list, "w": w.astype(np_dtype)}
+        model = make_model(nodes, {"x": [batch, 16, 9, 8]}, {"y": [batch, 16, *out]}, weights, dtype=dtype)
         vjp = build_vjp(model, "y", ["x"])
         assert not {"Slice", "ScatterElements"} & {n.op_type for n in vjp.model.graph.node}
         if dtype == TensorProto.FLOAT:
