@@ -222,3 +222,17 @@ def test_a_pad_before_a_strided_conv_crops_its_conv_transpose_instead_of_slicing
             v = rng.standard_normal(x.shape)
             numeric = _directional(model, x, cot, v)
             assert abs(numeric - np.sum(grad * v)) < FINITE_DIFFERENCE_TOLERANCE * abs(numeric)
+
+
+@pytest.mark.parametrize("dtype", [TensorProto.FLOAT, D], ids=["float32", "float64"])
+def test_selu_slope_is_exactly_gamma_where_y_is_not_negative(dtype):
+    """The Where-free Selu slope subtracts alpha·gamma - gamma from alpha·gamma: exact, so a
+    positive input's gradient is the cotangent times gamma, bit for bit."""
+    np_dtype = np.float32 if dtype == TensorProto.FLOAT else np.float64
+    vjp = build_vjp(_activation_model("selu", "N", dtype=dtype), "y", ["x"])
+    x = np.broadcast_to(KINKS, (2, 3, 9)).astype(np_dtype)
+    cot = np.random.default_rng(8).standard_normal(x.shape).astype(np_dtype)
+    got = gradients(vjp, {"x": x}, cot, ort_run if dtype == TensorProto.FLOAT else ref_run)["x"]
+    gamma = np.asarray(1.05070102214813232421875, np_dtype)
+    kept = x >= 0
+    np.testing.assert_array_equal(got[kept], cot[kept] * gamma)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+from onnx import TensorProto, helper
+
 from .builder import FLOAT_TYPES, GraphBuilder, Scaled
 from .registry import Node, rule
 
@@ -210,11 +213,21 @@ def elu(g: GraphBuilder, n: Node):
 
 @rule("Selu")
 def selu(g: GraphBuilder, n: Node):
-    """Slope y + alpha·gamma where y < 0, gamma elsewhere (TensorFlow's, gamma at 0)."""
+    """Slope y + alpha·gamma where y < 0, gamma elsewhere (TensorFlow's, gamma at 0): min(y, 0) +
+    alpha·gamma, less (alpha·gamma - gamma) where y >= 0. In y's precision that difference is exact
+    for gamma <= alpha·gamma <= 2·gamma (the defaults), so gamma comes back exactly; else a pick."""
     alpha, gamma = n.attr("alpha", 1.67326319217681884765625), n.attr("gamma", 1.05070102214813232421875)
-    negative = g.mask(g.op("Less", n.y, g.const(0.0, like=n.y)), n.gy)
-    shifted = g.op("Add", n.y, g.const(alpha * gamma, like=n.y))
-    return [g.op("Mul", n.gy, _pick(g, negative, shifted, gamma))]
+    known = g.elem_type(n.y)
+    dtype = helper.tensor_dtype_to_np_dtype(known) if known in FLOAT_TYPES - {TensorProto.BFLOAT16} else None
+    scaled = None if dtype is None else (np.asarray(alpha * gamma, dtype), np.asarray(gamma, dtype))
+    if scaled is None or not scaled[1] <= scaled[0] <= 2 * scaled[1]:
+        negative = g.mask(g.op("Less", n.y, g.const(0.0, like=n.y)), n.gy)
+        shifted = g.op("Add", n.y, g.const(alpha * gamma, like=n.y))
+        return [g.op("Mul", n.gy, _pick(g, negative, shifted, gamma))]
+    shifted = g.op("Add", g.op("Min", n.y, g.const(0.0, like=n.y)), g.const(scaled[0], like=n.y))
+    positive = g.mask(g.op("GreaterOrEqual", n.y, g.const(0.0, like=n.y)), n.gy)
+    slope = g.op("Sub", shifted, g.op("Mul", positive, g.const(scaled[0] - scaled[1], like=n.y)))
+    return [g.op("Mul", n.gy, slope)]
 
 
 @rule("Sigmoid")
