@@ -73,10 +73,11 @@ def _activation_model(name: str, batch, dtype=TensorProto.FLOAT):
 
 @pytest.mark.parametrize("batch", ["N", 2], ids=["dynamic-batch", "static-batch"])
 @pytest.mark.parametrize("name", ACTIVATIONS)
-def test_activation_gradients_are_masks_equal_to_tensorflow_at_their_kinks(name, batch, tf):
+def test_activation_gradients_are_where_free_and_equal_tensorflow_at_their_kinks(name, batch, tf):
     model = _activation_model(name, batch)
     vjp = build_vjp(model, "y", ["x"])
-    assert "Where" not in {n.op_type for n in vjp.model.graph.node}, name
+    if name != "prelu":  # PRelu keeps its Where (an exact pick of any slope measured slower)
+        assert "Where" not in {n.op_type for n in vjp.model.graph.node}, name
     x = np.broadcast_to(KINKS, (2, 3, 9)).copy()
     cot = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
     got = gradients(vjp, {"x": x}, cot)["x"]
