@@ -159,14 +159,15 @@ class GraphBuilder:
         return self.op("Reshape", x, self.shape(like))
 
     # -- broadcasting and scattering -----------------------------------------------------
-    def unbroadcast(self, grad: str, like: str, shaped: str | None = None, rank: int | None = None) -> str:
+    def unbroadcast(self, grad: str, like: str, shaped: str | None = None, rank: int | None = None,
+                    kept: int = 0) -> str:
         """Sums ``grad`` over the axes along which ``like`` was broadcast; result has ``like``'s shape.
 
         ``shaped`` names a forward tensor known to have ``grad``'s shape (usually the node's
-        output); ``rank`` is ``grad``'s rank where shape inference does not know it. Statically
-        equal shapes need nothing; axes that shape inference tells apart are summed directly; otherwise, with both ranks known, each axis of ``grad`` is split at run
-        time into (``like``'s size, the rest) and the rests are summed: one Reshape and a ReduceSum
-        over static axes (OpenVINO refuses axes of unknown length); with a rank unknown, the axes
+        output); ``rank`` is ``grad``'s rank where shape inference does not know it; the last
+        ``kept`` axes are ``like``'s own, never broadcast (a MatMul's matrix dims). Statically
+        equal shapes need nothing; axes that shape inference tells apart are summed directly;
+        otherwise, with both ranks known, see :meth:`_split_sum`; with a rank unknown, the axes
         are found at run time (``Shape`` comparisons + ``NonZero``). A dynamic batch works in both.
         """
         if self.same_type_shape(shaped or grad, like):
@@ -177,24 +178,47 @@ class GraphBuilder:
         if axes is not None:
             summed = self.op("ReduceSum", grad, self.ints(axes), keepdims=0)
             return summed if self.rank(like) == self.rank(shaped or grad) else self.reshape_like(summed, like)
-        g_shape, x_shape = self.shape(grad), self.shape(like)
         wide, narrow = self.static_shape(shaped or grad), self.static_shape(like)
         wide = len(wide) if wide is not None else rank
         if wide is not None and narrow is not None and wide >= len(narrow):
-            padded = x_shape if wide == len(narrow) else \
-                self.op("Concat", self.ints([1] * (wide - len(narrow))), x_shape, axis=0)
-            rest = self.op("Div", g_shape, self.op("Max", padded, self.ints([1])))  # like's size is 1 or grad's
-            column = self.ints([1])
-            pairs = self.op("Concat", self.op("Unsqueeze", padded, column), self.op("Unsqueeze", rest, column), axis=1)
-            split = self.op("Reshape", grad, self.op("Reshape", pairs, self.ints([-1])))
-            summed = self.op("ReduceSum", split, self.ints(list(range(1, 2 * wide, 2))), keepdims=0)
-            return self.op("Reshape", summed, x_shape)
+            return self._split_sum(grad, like, wide, narrow, kept)
+        g_shape, x_shape = self.shape(grad), self.shape(like)
         pad = self.op("Sub", self.op("Size", g_shape), self.op("Size", x_shape))
         ones = self.op("ConstantOfShape", self.op("Reshape", pad, self.ints([1])),
                        value=numpy_helper.from_array(np.array([1], np.int64)))
         padded = self.op("Concat", ones, x_shape, axis=0)
         axes = self.op("Reshape", self.op("NonZero", self.op("Not", self.op("Equal", g_shape, padded))), self.ints([-1]))
         summed = self.op("ReduceSum", grad, axes, keepdims=1, noop_with_empty_axes=1)
+        return self.op("Reshape", summed, x_shape)
+
+    def _split_sum(self, grad: str, like: str, wide: int, narrow: tuple[int | None, ...], kept: int) -> str:
+        """``grad`` (rank ``wide``) summed to ``like`` (inferred shape ``narrow``) with static ReduceSum
+        axes (OpenVINO refuses axes of unknown length): an axis that ``like`` lacks or has as a static 1
+        is summed; one where ``like`` is statically > 1, or among the last ``kept``, is kept; one known
+        only at run time is split by a Reshape into (``like``'s size, the rest) and the rest summed.
+        onnxruntime copies a size-1 rest between kept axes quickly; a ReduceSum over several
+        interleaved size-1 axes (every axis split) took ~8× longer."""
+        lead = wide - len(narrow)
+        g_shape, x_shape = self.shape(grad), self.shape(like)
+        runtime = [i for i in range(lead, wide - kept) if narrow[i - lead] is None]
+        pieces, axes = [], []
+        for i in range(wide):
+            size = narrow[i - lead] if i >= lead else 1
+            if i in runtime:
+                own = self.op("Gather", x_shape, self.ints([i - lead]))
+                rest = self.ints([-1]) if len(runtime) == 1 else \
+                    self.op("Div", self.op("Gather", g_shape, self.ints([i])), self.op("Max", own, self.ints([1])))
+                axes.append(len(pieces) + 1)
+                pieces += [own, rest]
+            elif size == 1 and i < wide - kept:
+                axes.append(len(pieces))
+                pieces.append(self.op("Gather", g_shape, self.ints([i])))
+            else:
+                pieces.append(self.ints([size]) if size is not None else self.op("Gather", g_shape, self.ints([i])))
+        if not axes:
+            return grad
+        split = self.op("Reshape", grad, self.op("Concat", *pieces, axis=0)) if runtime else grad
+        summed = self.op("ReduceSum", split, self.ints(axes), keepdims=0)
         return self.op("Reshape", summed, x_shape)
 
     def _broadcast_axes(self, wide: str, like: str) -> list[int] | None:

@@ -12,11 +12,22 @@ def _swap_last(g: GraphBuilder, x: str, rank: int) -> str:
     return g.op("Transpose", x, perm=perm)
 
 
+def _to_operand(g: GraphBuilder, grad: str, operand: str, rank: int, other_rank: int) -> str:
+    """A MatMul operand's gradient ``grad`` (rank ``rank``: the output's batch dims, then the operand's
+    matrix dims) summed over the batch dims the operand was broadcast along: none when the other
+    operand has no batch dims, all of them for a 1-D operand (a row or column)."""
+    if g.rank(operand) == 1:
+        summed = g.op("ReduceSum", grad, g.ints(list(range(rank - 2))), keepdims=0) if rank > 2 else grad
+        return g.reshape_like(summed, operand)
+    return grad if other_rank <= 2 else g.unbroadcast(grad, operand, rank=rank, kept=2)
+
+
 @rule("MatMul")
 def matmul(g: GraphBuilder, n: Node):
     """dA = dY·Bᵀ, dB = Aᵀ·dY, summed over broadcast batch dims; 1-D operands become matrices."""
     a, b = n.inputs
     ra, rb = g.rank(a), g.rank(b)
+    rank = max(ra, rb, 2)
     a2 = g.unsqueeze(a, [0]) if ra == 1 else a
     b2 = g.unsqueeze(b, [-1]) if rb == 1 else b
     gy = n.gy
@@ -24,15 +35,16 @@ def matmul(g: GraphBuilder, n: Node):
         gy = g.unsqueeze(gy, [-2])
     if rb == 1:
         gy = g.unsqueeze(gy, [-1])
-    bt = _swap_last(g, b2, max(rb, 2))
-    da = g.op("MatMul", gy, bt)
-    db = g.op("MatMul", _swap_last(g, a2, max(ra, 2)), gy)
-    if ra == rb == 2:  # no batch dims: nothing was broadcast
-        if not n.active[1]:
+    da = db = None
+    if n.active[0]:
+        bt = _swap_last(g, b2, max(rb, 2))
+        da = g.op("MatMul", gy, bt)
+        if ra == rb == 2 and not n.active[1]:
             g.products[da] = Product(gy, bt)
-        return [da, db]
-    rank = max(ra, rb, 2)  # dA and dB have the batch dims of both operands
-    return [g.reshape_like(g.unbroadcast(da, a2, rank=rank), a), g.reshape_like(g.unbroadcast(db, b2, rank=rank), b)]
+        da = _to_operand(g, da, a, rank, rb)
+    if n.active[1]:
+        db = _to_operand(g, g.op("MatMul", _swap_last(g, a2, max(ra, 2)), gy), b, rank, ra)
+    return [da, db]
 
 
 @rule("Gemm")
