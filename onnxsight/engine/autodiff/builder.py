@@ -193,33 +193,34 @@ class GraphBuilder:
 
     def _split_sum(self, grad: str, like: str, wide: int, narrow: tuple[int | None, ...], kept: int) -> str:
         """``grad`` (rank ``wide``) summed to ``like`` (inferred shape ``narrow``) with static ReduceSum
-        axes (OpenVINO refuses axes of unknown length): an axis that ``like`` lacks or has as a static 1
-        is summed; one where ``like`` is statically > 1, or among the last ``kept``, is kept; one known
-        only at run time is split by a Reshape into (``like``'s size, the rest) and the rest summed.
-        onnxruntime copies a size-1 rest between kept axes quickly; a ReduceSum over several
-        interleaved size-1 axes (every axis split) took ~8× longer."""
+        axes (OpenVINO refuses axes of unknown length). Axes that ``like`` lacks or has as a static 1
+        are summed first; an axis where ``like`` is statically > 1, or among the last ``kept``, is
+        kept; one known only at run time is then split by a Reshape into (``like``'s size, the rest)
+        and the rest summed. onnxruntime copies a size-1 rest between kept axes quickly; a ReduceSum
+        over several interleaved size-1 axes (every axis split) took ~8× longer."""
         lead = wide - len(narrow)
-        g_shape, x_shape = self.shape(grad), self.shape(like)
+        x_shape = self.shape(like)
+        summed = [i for i in range(wide - kept) if i < lead or narrow[i - lead] == 1]
         runtime = [i for i in range(lead, wide - kept) if narrow[i - lead] is None]
+        if summed:
+            grad = self.op("ReduceSum", grad, self.ints(summed), keepdims=1)
+        if not runtime:
+            return self.op("Reshape", grad, x_shape) if summed else grad
+        g_shape = self.shape(grad)
         pieces, axes = [], []
         for i in range(wide):
-            size = narrow[i - lead] if i >= lead else 1
+            size = 1 if i in summed else narrow[i - lead]
             if i in runtime:
                 own = self.op("Gather", x_shape, self.ints([i - lead]))
                 rest = self.ints([-1]) if len(runtime) == 1 else \
                     self.op("Div", self.op("Gather", g_shape, self.ints([i])), self.op("Max", own, self.ints([1])))
                 axes.append(len(pieces) + 1)
                 pieces += [own, rest]
-            elif size == 1 and i < wide - kept:
-                axes.append(len(pieces))
-                pieces.append(self.op("Gather", g_shape, self.ints([i])))
             else:
                 pieces.append(self.ints([size]) if size is not None else self.op("Gather", g_shape, self.ints([i])))
-        if not axes:
-            return grad
-        split = self.op("Reshape", grad, self.op("Concat", *pieces, axis=0)) if runtime else grad
-        summed = self.op("ReduceSum", split, self.ints(axes), keepdims=0)
-        return self.op("Reshape", summed, x_shape)
+        split = self.op("Reshape", grad, self.op("Concat", *pieces, axis=0))
+        total = self.op("ReduceSum", split, self.ints(axes), keepdims=0)
+        return self.op("Reshape", total, x_shape) if lead else total
 
     def _broadcast_axes(self, wide: str, like: str) -> list[int] | None:
         """The axes of ``wide`` along which ``like`` was broadcast, when shape inference tells:
