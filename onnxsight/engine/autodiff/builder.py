@@ -156,6 +156,11 @@ class GraphBuilder:
         return self.op("Unsqueeze", x, axes if isinstance(axes, str) else self.ints(list(axes)))
 
     def reshape_like(self, x: str, like: str) -> str:
+        """``x`` reshaped to ``like``'s shape: a constant (its one unknown dim as -1) when shape inference
+        knows all but one dim, so that no ``Shape`` runs."""
+        shape = self.static_shape(like)
+        if shape is not None and shape.count(None) <= 1 and all(d != 0 for d in shape):
+            return self.op("Reshape", x, self.ints([-1 if d is None else d for d in shape]))
         return self.op("Reshape", x, self.shape(like))
 
     # -- broadcasting and scattering -----------------------------------------------------

@@ -49,16 +49,16 @@ def matmul(g: GraphBuilder, n: Node):
 
 @rule("Gemm")
 def gemm(g: GraphBuilder, n: Node):
-    """Y = alpha·A'·B' + beta·C with A' = Aᵀ if transA, B' = Bᵀ if transB."""
+    """Y = alpha·A'·B' + beta·C with A' = Aᵀ if transA, B' = Bᵀ if transB: each gradient one Gemm,
+    the transposes as its flags and alpha as its alpha (dA' = alpha·dY·B'ᵀ, dB' = alpha·A'ᵀ·dY)."""
     a, b = n.inputs[:2]
     alpha, beta = n.attr("alpha", 1.0), n.attr("beta", 1.0)
-    a_op = g.op("Transpose", a) if n.attr("transA", 0) else a
-    b_op = g.op("Transpose", b) if n.attr("transB", 0) else b
-    gy = g.op("Mul", n.gy, g.const(alpha, like=n.gy)) if alpha != 1.0 else n.gy
-    da = g.op("MatMul", gy, g.op("Transpose", b_op))  # gradient of A'
-    db = g.op("MatMul", g.op("Transpose", a_op), gy)  # gradient of B'
-    grads = [g.op("Transpose", da) if n.attr("transA", 0) else da,
-             g.op("Transpose", db) if n.attr("transB", 0) else db]
+    ta, tb = n.attr("transA", 0), n.attr("transB", 0)
+    da = (g.op("Gemm", b, n.gy, alpha=alpha, transA=tb, transB=1) if ta
+          else g.op("Gemm", n.gy, b, alpha=alpha, transB=1 - tb)) if n.active[0] else None
+    db = (g.op("Gemm", n.gy, a, alpha=alpha, transA=1, transB=ta) if tb
+          else g.op("Gemm", a, n.gy, alpha=alpha, transA=1 - ta)) if n.active[1] else None
+    grads = [da, db]
     if n.input(2) is not None:
         gc = g.op("Mul", n.gy, g.const(beta, like=n.gy)) if beta != 1.0 else n.gy
         grads.append(g.unbroadcast(gc, n.inputs[2], n.y))
