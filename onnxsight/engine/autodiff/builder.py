@@ -163,6 +163,31 @@ class GraphBuilder:
             return self.op("Reshape", x, self.ints([-1 if d is None else d for d in shape]))
         return self.op("Reshape", x, self.shape(like))
 
+    def transpose(self, x: str, perm: Sequence[int] | None) -> str:
+        """``Transpose(x, perm)``; when shape inference knows all of ``x``'s dims but one, its size-1
+        axes are dropped and axes that stay neighbours merged, by Reshapes around a smaller
+        Transpose (onnxruntime moved a (32, 4, 1, 16, 145) attention tensor to (32, 145, 1, 4, 16)
+        10× faster as (32, 64, 145) to (32, 145, 64))."""
+        shape = self.static_shape(x)
+        if shape is None or shape.count(None) > 1 or 0 in shape:
+            return self.op("Transpose", x, perm=perm)
+        perm = list(perm) if perm is not None else list(range(len(shape)))[::-1]
+        kept = [a for a in range(len(shape)) if shape[a] != 1]
+        groups: list[list[int]] = []  # runs of kept input axes that stay together, in output order
+        for axis in (a for a in perm if shape[a] != 1):
+            if groups and kept.index(axis) == kept.index(groups[-1][-1]) + 1:
+                groups[-1].append(axis)
+            else:
+                groups.append([axis])
+        if len(groups) == len(shape):
+            return self.op("Transpose", x, perm=perm)
+        size = lambda axes: None if any(shape[a] is None for a in axes) else int(np.prod([shape[a] for a in axes]))  # noqa: E731
+        ordered = sorted(groups)
+        merged = self.op("Reshape", x, self.ints([-1 if size(axes) is None else size(axes) for axes in ordered]))
+        small = [ordered.index(axes) for axes in groups]
+        moved = self.op("Transpose", merged, perm=small) if small != sorted(small) else merged
+        return self.op("Reshape", moved, self.ints([-1 if shape[a] is None else shape[a] for a in perm]))
+
     # -- broadcasting and scattering -----------------------------------------------------
     def unbroadcast(self, grad: str, like: str, shaped: str | None = None, rank: int | None = None,
                     kept: int = 0) -> str:

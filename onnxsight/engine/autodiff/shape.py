@@ -45,7 +45,7 @@ def transpose(g: GraphBuilder, n: Node):
         columns = np.arange(int(np.prod(product.dims))).reshape(product.dims).transpose([a - 1 for a in inverse[1:]])
         right = g.op("Gather", product.right, g.ints(columns.ravel()), axis=1)
         return [g.reshape_like(g.op("MatMul", product.left, right), n.x)]
-    dx = g.op("Transpose", n.gy, perm=inverse)
+    dx = g.transpose(n.gy, inverse)
     scaled = g.scaled.get(n.gy)
     if scaled is not None:  # moved along: gy's axis a is dx's axis perm[a]
         axis = g.rank(n.y) - 1 - scaled.axis if perm is None else int(perm[scaled.axis])
