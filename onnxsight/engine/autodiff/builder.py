@@ -181,9 +181,9 @@ class GraphBuilder:
                 groups.append([axis])
         if len(groups) == len(shape):
             return self.op("Transpose", x, perm=perm)
-        size = lambda axes: None if any(shape[a] is None for a in axes) else int(np.prod([shape[a] for a in axes]))  # noqa: E731
         ordered = sorted(groups)
-        merged = self.op("Reshape", x, self.ints([-1 if size(axes) is None else size(axes) for axes in ordered]))
+        sizes = [-1 if any(shape[a] is None for a in axes) else int(np.prod([shape[a] for a in axes])) for axes in ordered]
+        merged = self.op("Reshape", x, self.ints(sizes))
         small = [ordered.index(axes) for axes in groups]
         moved = self.op("Transpose", merged, perm=small) if small != sorted(small) else merged
         return self.op("Reshape", moved, self.ints([-1 if shape[a] is None else shape[a] for a in perm]))
