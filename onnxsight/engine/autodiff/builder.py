@@ -168,37 +168,50 @@ class GraphBuilder:
         return self.op("Unsqueeze", x, axes if isinstance(axes, str) else self.ints(list(axes)))
 
     def reshape_like(self, x: str, like: str) -> str:
+        """``x`` reshaped to ``like``'s shape: a constant (its one unknown dim as -1) when shape inference
+        knows all but one dim, so that no ``Shape`` runs."""
+        shape = self.static_shape(like)
+        if shape is not None and shape.count(None) <= 1 and all(d != 0 for d in shape):
+            return self.op("Reshape", x, self.ints([-1 if d is None else d for d in shape]))
         return self.op("Reshape", x, self.shape(like))
 
-    def unbroadcast_batch(self, grad: str, like: str, shaped: str) -> str | None:
-        """``unbroadcast`` when shape inference knows every dim but dim 0 (a batch whose symbols it
-        cannot tell equal, as in a squeeze-and-excitation product): the axes along which ``like`` is
-        statically 1 are summed at once, then dim 0 is checked at run time on an (N, rest) view, one
-        split axis where ``unbroadcast`` splits them all (onnxruntime's ReduceSum is slow on that).
-        None when the shapes are not of that kind."""
-        wide, narrow = self.static_shape(shaped), self.static_shape(like)
-        if (wide is None or narrow is None or len(wide) != len(narrow) or len(wide) < 2 or wide[0] or narrow[0]
-                or None in wide[1:] + narrow[1:] or any(b not in (1, a) for a, b in zip(wide[1:], narrow[1:]))
-                or self.same_type_shape(shaped, like)):
-            return None
-        summed = [axis for axis in range(1, len(wide)) if narrow[axis] == 1 and wide[axis] != 1]
-        if summed:
-            grad = self.op("ReduceSum", grad, self.ints(summed), keepdims=1)
-        batch = self.op("Slice", self.shape(like), self.ints([0]), self.ints([1]))
-        rest = self.op("Div", self.op("Slice", self.shape(grad), self.ints([0]), self.ints([1])),
-                       self.op("Max", batch, self.ints([1])))  # like's batch is 1 or grad's
-        split = self.op("Reshape", grad, self.op("Concat", batch, rest, self.ints([-1]), axis=0))
-        return self.op("Reshape", self.op("ReduceSum", split, self.ints([1]), keepdims=0), self.shape(like))
+    def transpose(self, x: str, perm: Sequence[int] | None) -> str:
+        """``Transpose(x, perm)``; when ``x`` has size-1 axes and shape inference knows all its dims
+        but one, those axes are dropped and axes that stay neighbours merged, by Reshapes around a
+        smaller Transpose: onnxruntime moved a (32, 4, 1, 16, 145) attention tensor to
+        (32, 145, 1, 4, 16) 10× faster as (32, 64, 145) to (32, 145, 64). Without size-1 axes it is
+        left alone (merging a CNN's 4-D layout transposes made ResNet50's gradient ~10% slower:
+        onnxruntime's layout optimizer no longer folds them)."""
+        shape = self.static_shape(x)
+        if shape is None or 1 not in shape or shape.count(None) > 1 or 0 in shape:
+            return self.op("Transpose", x, perm=perm)
+        perm = list(perm) if perm is not None else list(range(len(shape)))[::-1]
+        kept = [a for a in range(len(shape)) if shape[a] != 1]
+        groups: list[list[int]] = []  # runs of kept input axes that stay together, in output order
+        for axis in (a for a in perm if shape[a] != 1):
+            if groups and kept.index(axis) == kept.index(groups[-1][-1]) + 1:
+                groups[-1].append(axis)
+            else:
+                groups.append([axis])
+        if len(groups) == len(shape):
+            return self.op("Transpose", x, perm=perm)
+        ordered = sorted(groups)
+        sizes = [-1 if any(shape[a] is None for a in axes) else int(np.prod([shape[a] for a in axes])) for axes in ordered]
+        merged = self.op("Reshape", x, self.ints(sizes))
+        small = [ordered.index(axes) for axes in groups]
+        moved = self.op("Transpose", merged, perm=small) if small != sorted(small) else merged
+        return self.op("Reshape", moved, self.ints([-1 if shape[a] is None else shape[a] for a in perm]))
 
     # -- broadcasting and scattering -----------------------------------------------------
-    def unbroadcast(self, grad: str, like: str, shaped: str | None = None, rank: int | None = None) -> str:
+    def unbroadcast(self, grad: str, like: str, shaped: str | None = None, rank: int | None = None,
+                    kept: int = 0) -> str:
         """Sums ``grad`` over the axes along which ``like`` was broadcast; result has ``like``'s shape.
 
         ``shaped`` names a forward tensor known to have ``grad``'s shape (usually the node's
-        output); ``rank`` is ``grad``'s rank where shape inference does not know it. Statically
-        equal shapes need nothing; axes that shape inference tells apart are summed directly; otherwise, with both ranks known, each axis of ``grad`` is split at run
-        time into (``like``'s size, the rest) and the rests are summed: one Reshape and a ReduceSum
-        over static axes (OpenVINO refuses axes of unknown length); with a rank unknown, the axes
+        output); ``rank`` is ``grad``'s rank where shape inference does not know it; the last
+        ``kept`` axes are ``like``'s own, never broadcast (a MatMul's matrix dims). Statically
+        equal shapes need nothing; axes that shape inference tells apart are summed directly;
+        otherwise, with both ranks known, see :meth:`_split_sum`; with a rank unknown, the axes
         are found at run time (``Shape`` comparisons + ``NonZero``). A dynamic batch works in both.
         """
         if self.same_type_shape(shaped or grad, like):
@@ -210,18 +223,11 @@ class GraphBuilder:
             same_rank = self.rank(like) == self.rank(shaped or grad)  # then only like's 1s are summed: kept
             summed = self.op("ReduceSum", grad, self.ints(axes), keepdims=int(same_rank))
             return summed if same_rank else self.reshape_like(summed, like)
-        g_shape, x_shape = self.shape(grad), self.shape(like)
         wide, narrow = self.static_shape(shaped or grad), self.static_shape(like)
         wide = len(wide) if wide is not None else rank
         if wide is not None and narrow is not None and wide >= len(narrow):
-            padded = x_shape if wide == len(narrow) else \
-                self.op("Concat", self.ints([1] * (wide - len(narrow))), x_shape, axis=0)
-            rest = self.op("Div", g_shape, self.op("Max", padded, self.ints([1])))  # like's size is 1 or grad's
-            column = self.ints([1])
-            pairs = self.op("Concat", self.op("Unsqueeze", padded, column), self.op("Unsqueeze", rest, column), axis=1)
-            split = self.op("Reshape", grad, self.op("Reshape", pairs, self.ints([-1])))
-            summed = self.op("ReduceSum", split, self.ints(list(range(1, 2 * wide, 2))), keepdims=0)
-            return self.op("Reshape", summed, x_shape)
+            return self._split_sum(grad, like, wide, narrow, kept)
+        g_shape, x_shape = self.shape(grad), self.shape(like)
         pad = self.op("Sub", self.op("Size", g_shape), self.op("Size", x_shape))
         ones = self.op("ConstantOfShape", self.op("Reshape", pad, self.ints([1])),
                        value=numpy_helper.from_array(np.array([1], np.int64)))
@@ -229,6 +235,37 @@ class GraphBuilder:
         axes = self.op("Reshape", self.op("NonZero", self.op("Not", self.op("Equal", g_shape, padded))), self.ints([-1]))
         summed = self.op("ReduceSum", grad, axes, keepdims=1, noop_with_empty_axes=1)
         return self.op("Reshape", summed, x_shape)
+
+    def _split_sum(self, grad: str, like: str, wide: int, narrow: tuple[int | None, ...], kept: int) -> str:
+        """``grad`` (rank ``wide``) summed to ``like`` (inferred shape ``narrow``) with static ReduceSum
+        axes (OpenVINO refuses axes of unknown length). Axes that ``like`` lacks or has as a static 1
+        are summed first; an axis where ``like`` is statically > 1, or among the last ``kept``, is
+        kept; one known only at run time is then split by a Reshape into (``like``'s size, the rest)
+        and the rest summed. onnxruntime copies a size-1 rest between kept axes quickly; a ReduceSum
+        over several interleaved size-1 axes (every axis split) took ~8× longer."""
+        lead = wide - len(narrow)
+        x_shape = self.shape(like)
+        summed = [i for i in range(wide - kept) if i < lead or narrow[i - lead] == 1]
+        runtime = [i for i in range(lead, wide - kept) if narrow[i - lead] is None]
+        if summed:
+            grad = self.op("ReduceSum", grad, self.ints(summed), keepdims=1)
+        if not runtime:
+            return self.op("Reshape", grad, x_shape) if summed else grad
+        g_shape = self.shape(grad)
+        pieces, axes = [], []
+        for i in range(wide):
+            size = 1 if i in summed else narrow[i - lead]
+            if i in runtime:
+                own = self.op("Gather", x_shape, self.ints([i - lead]))
+                rest = self.ints([-1]) if len(runtime) == 1 else \
+                    self.op("Div", self.op("Gather", g_shape, self.ints([i])), self.op("Max", own, self.ints([1])))
+                axes.append(len(pieces) + 1)
+                pieces += [own, rest]
+            else:
+                pieces.append(self.ints([size]) if size is not None else self.op("Gather", g_shape, self.ints([i])))
+        split = self.op("Reshape", grad, self.op("Concat", *pieces, axis=0))
+        total = self.op("ReduceSum", split, self.ints(axes), keepdims=0)
+        return self.op("Reshape", total, x_shape) if lead else total
 
     def _broadcast_axes(self, wide: str, like: str) -> list[int] | None:
         """The axes of ``wide`` along which ``like`` was broadcast, when shape inference tells:

@@ -16,21 +16,16 @@ def _positive(g: GraphBuilder, x: str) -> str:
 
 
 # -- arithmetic (broadcasting) ------------------------------------------------------------
-def _unbroadcast(g: GraphBuilder, grad: str, like: str, y: str) -> str:
-    """``grad`` summed to ``like``'s shape (``y``: the forward output it is shaped like)."""
-    return g.unbroadcast_batch(grad, like, y) or g.unbroadcast(grad, like, y)
-
-
 @rule("Add")
 def add(g: GraphBuilder, n: Node):
     a, b = n.inputs
-    return [_unbroadcast(g, n.gy, a, n.y), _unbroadcast(g, n.gy, b, n.y)]
+    return [g.unbroadcast(n.gy, a, n.y), g.unbroadcast(n.gy, b, n.y)]
 
 
 @rule("Sub")
 def sub(g: GraphBuilder, n: Node):
     a, b = n.inputs
-    return [_unbroadcast(g, n.gy, a, n.y), _unbroadcast(g, g.op("Neg", n.gy), b, n.y)]
+    return [g.unbroadcast(n.gy, a, n.y), g.unbroadcast(g.op("Neg", n.gy), b, n.y)]
 
 
 def _sigmoid_of(n: Node, a: str, b: str) -> bool:
@@ -59,7 +54,7 @@ def mul(g: GraphBuilder, n: Node):
         if _sigmoid_of(n, x, s):
             slope = g.op("Add", s, g.op("Mul", n.y, g.op("Sub", g.const(1.0, like=s), s)))
             return [g.op("Mul", n.gy, slope), None][::order]
-    grads = [_unbroadcast(g, g.op("Mul", n.gy, b), a, n.y), _unbroadcast(g, g.op("Mul", n.gy, a), b, n.y)]
+    grads = [g.unbroadcast(g.op("Mul", n.gy, b), a, n.y), g.unbroadcast(g.op("Mul", n.gy, a), b, n.y)]
     for factor in (1, 0):
         axis = _vector_axis(g, n, factor)
         if axis is not None:
@@ -71,8 +66,8 @@ def mul(g: GraphBuilder, n: Node):
 @rule("Div")
 def div(g: GraphBuilder, n: Node):
     a, b = n.inputs  # d(a/b)/db = -y/b
-    return [_unbroadcast(g, g.op("Div", n.gy, b), a, n.y),
-            _unbroadcast(g, g.op("Neg", g.op("Mul", n.gy, g.op("Div", n.y, b))), b, n.y)]
+    return [g.unbroadcast(g.op("Div", n.gy, b), a, n.y),
+            g.unbroadcast(g.op("Neg", g.op("Mul", n.gy, g.op("Div", n.y, b))), b, n.y)]
 
 
 @rule("Sum")

@@ -12,11 +12,22 @@ def _swap_last(g: GraphBuilder, x: str, rank: int) -> str:
     return g.op("Transpose", x, perm=perm)
 
 
+def _to_operand(g: GraphBuilder, grad: str, operand: str, rank: int, other_rank: int) -> str:
+    """A MatMul operand's gradient ``grad`` (rank ``rank``: the output's batch dims, then the operand's
+    matrix dims) summed over the batch dims the operand was broadcast along: none when the other
+    operand has no batch dims, all of them for a 1-D operand (a row or column)."""
+    if g.rank(operand) == 1:
+        summed = g.op("ReduceSum", grad, g.ints(list(range(rank - 2))), keepdims=0) if rank > 2 else grad
+        return g.reshape_like(summed, operand)
+    return grad if other_rank <= 2 else g.unbroadcast(grad, operand, rank=rank, kept=2)
+
+
 @rule("MatMul")
 def matmul(g: GraphBuilder, n: Node):
     """dA = dY·Bᵀ, dB = Aᵀ·dY, summed over broadcast batch dims; 1-D operands become matrices."""
     a, b = n.inputs
     ra, rb = g.rank(a), g.rank(b)
+    rank = max(ra, rb, 2)
     a2 = g.unsqueeze(a, [0]) if ra == 1 else a
     b2 = g.unsqueeze(b, [-1]) if rb == 1 else b
     gy = n.gy
@@ -24,29 +35,30 @@ def matmul(g: GraphBuilder, n: Node):
         gy = g.unsqueeze(gy, [-2])
     if rb == 1:
         gy = g.unsqueeze(gy, [-1])
-    bt = _swap_last(g, b2, max(rb, 2))
-    da = g.op("MatMul", gy, bt)
-    db = g.op("MatMul", _swap_last(g, a2, max(ra, 2)), gy)
-    if ra == rb == 2:  # no batch dims: nothing was broadcast
-        if not n.active[1]:
+    da = db = None
+    if n.active[0]:
+        bt = _swap_last(g, b2, max(rb, 2))
+        da = g.op("MatMul", gy, bt)
+        if ra == rb == 2 and not n.active[1]:
             g.products[da] = Product(gy, bt)
-        return [da, db]
-    rank = max(ra, rb, 2)  # dA and dB have the batch dims of both operands
-    return [g.reshape_like(g.unbroadcast(da, a2, rank=rank), a), g.reshape_like(g.unbroadcast(db, b2, rank=rank), b)]
+        da = _to_operand(g, da, a, rank, rb)
+    if n.active[1]:
+        db = _to_operand(g, g.op("MatMul", _swap_last(g, a2, max(ra, 2)), gy), b, rank, ra)
+    return [da, db]
 
 
 @rule("Gemm")
 def gemm(g: GraphBuilder, n: Node):
-    """Y = alpha·A'·B' + beta·C with A' = Aᵀ if transA, B' = Bᵀ if transB."""
+    """Y = alpha·A'·B' + beta·C with A' = Aᵀ if transA, B' = Bᵀ if transB: each gradient one Gemm,
+    the transposes as its flags and alpha as its alpha (dA' = alpha·dY·B'ᵀ, dB' = alpha·A'ᵀ·dY)."""
     a, b = n.inputs[:2]
     alpha, beta = n.attr("alpha", 1.0), n.attr("beta", 1.0)
-    a_op = g.op("Transpose", a) if n.attr("transA", 0) else a
-    b_op = g.op("Transpose", b) if n.attr("transB", 0) else b
-    gy = g.op("Mul", n.gy, g.const(alpha, like=n.gy)) if alpha != 1.0 else n.gy
-    da = g.op("MatMul", gy, g.op("Transpose", b_op))  # gradient of A'
-    db = g.op("MatMul", g.op("Transpose", a_op), gy)  # gradient of B'
-    grads = [g.op("Transpose", da) if n.attr("transA", 0) else da,
-             g.op("Transpose", db) if n.attr("transB", 0) else db]
+    ta, tb = n.attr("transA", 0), n.attr("transB", 0)
+    da = (g.op("Gemm", b, n.gy, alpha=alpha, transA=tb, transB=1) if ta
+          else g.op("Gemm", n.gy, b, alpha=alpha, transB=1 - tb)) if n.active[0] else None
+    db = (g.op("Gemm", n.gy, a, alpha=alpha, transA=1, transB=ta) if tb
+          else g.op("Gemm", a, n.gy, alpha=alpha, transA=1 - ta)) if n.active[1] else None
+    grads = [da, db]
     if n.input(2) is not None:
         gc = g.op("Mul", n.gy, g.const(beta, like=n.gy)) if beta != 1.0 else n.gy
         grads.append(g.unbroadcast(gc, n.inputs[2], n.y))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from onnx import TensorProto
 
 from .builder import GraphBuilder
 from .registry import Node, rule
@@ -21,17 +22,19 @@ def _only_first_output(n: Node) -> None:
 
 
 def _normalized_backward(g: GraphBuilder, x: str, gxhat: str, axes: list[int], epsilon: float) -> tuple[str, str]:
-    """For xhat = (x - mean)/sqrt(var + eps) over ``axes``: (dx, xhat) given d(loss)/d(xhat).
-
-    dx = rstd · (dxhat - mean(dxhat) - xhat · mean(dxhat · xhat)).
-    """
+    """For xhat = (x - mean)/sqrt(var + eps) over ``axes``: (dx, xhat) given d(loss)/d(xhat)."""
     centered = g.op("Sub", x, g.reduce_mean(x, axes))
     variance = g.reduce_mean(g.op("Mul", centered, centered), axes)
     rstd = g.op("Reciprocal", g.op("Sqrt", g.op("Add", variance, g.const(epsilon, like=x))))
     xhat = g.op("Mul", centered, rstd)
+    return _through_normalization(g, gxhat, xhat, rstd, axes), xhat
+
+
+def _through_normalization(g: GraphBuilder, gxhat: str, xhat: str, rstd: str, axes: list[int]) -> str:
+    """dx = rstd · (dxhat - mean(dxhat) - xhat · mean(dxhat · xhat))."""
     inner = g.op("Sub", g.op("Sub", gxhat, g.reduce_mean(gxhat, axes)),
                  g.op("Mul", xhat, g.reduce_mean(g.op("Mul", gxhat, xhat), axes)))
-    return g.op("Mul", rstd, inner), xhat
+    return g.op("Mul", inner, rstd)
 
 
 @rule("BatchNormalization")
@@ -47,11 +50,22 @@ def batch_normalization(g: GraphBuilder, n: Node):
 
 @rule("LayerNormalization")
 def layer_normalization(g: GraphBuilder, n: Node):
+    """xhat and 1/std from one LayerNormalization of x with unit scale (onnxruntime's fused kernel)
+    instead of the moments recomputed in seven passes; in float64 the moments (its 1/std output is
+    float32 at most)."""
     _only_first_output(n)
     rank = g.rank(n.x)
-    axes = list(range(n.attr("axis", -1) % rank, rank))
-    scale = n.inputs[1]
-    dx, xhat = _normalized_backward(g, n.x, g.op("Mul", n.gy, scale), axes, n.attr("epsilon", 1e-5))
+    axis = n.attr("axis", -1) % rank
+    axes, scale, epsilon = list(range(axis, rank)), n.inputs[1], n.attr("epsilon", 1e-5)
+    gxhat = g.op("Mul", n.gy, scale)
+    if g.elem_type(n.x) == TensorProto.DOUBLE:
+        dx, xhat = _normalized_backward(g, n.x, gxhat, axes, epsilon)
+    else:
+        unit = g.op("Expand", g.const(1.0, like=n.x), g.shape(scale))
+        xhat, _, rstd = g.op("LayerNormalization", n.x, unit, axis=axis, epsilon=epsilon, outputs=3)
+        if g.elem_type(n.x) != TensorProto.FLOAT:
+            rstd = g.op("CastLike", rstd, n.x)
+        dx = _through_normalization(g, gxhat, xhat, rstd, axes)
     grads = [dx, g.unbroadcast(g.op("Mul", n.gy, xhat), scale, n.y)]
     if len(n.inputs) > 2:
         grads.append(g.unbroadcast(n.gy, n.inputs[2], n.y) if n.input(2) else None)

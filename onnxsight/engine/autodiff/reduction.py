@@ -38,12 +38,12 @@ def reduce_sum(g: GraphBuilder, n: Node):
 
 @rule("ReduceMean")
 def reduce_mean(g: GraphBuilder, n: Node):
+    """dy divided by the count at the reduced size, then spread (one pass over x's size, not two)."""
     axes = _axes(g, n)
     if _is_noop(n, axes):
         return [n.gy] + [None] * (len(n.inputs) - 1)
     count = g.op("CastLike", g.op("Div", g.op("Size", n.x), g.op("Size", n.y)), n.x)
-    spread = g.op("Expand", _kept(g, n, n.gy, axes), g.shape(n.x))
-    return [g.op("Div", spread, count)] + [None] * (len(n.inputs) - 1)
+    return [g.op("Expand", g.op("Div", _kept(g, n, n.gy, axes), count), g.shape(n.x))] + [None] * (len(n.inputs) - 1)
 
 
 @rule("ReduceMax", "ReduceMin")

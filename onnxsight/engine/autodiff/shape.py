@@ -64,7 +64,7 @@ def transpose(g: GraphBuilder, n: Node):
     earlier = g.permuted.get(n.gy)
     if earlier is not None and inverse is not None and [earlier[1][a] for a in inverse] == list(range(len(inverse))):
         return [earlier[0]]  # two inverse transposes (an NHWC round trip): what the cotangent is survives
-    dx = g.op("Transpose", n.gy, perm=inverse)
+    dx = g.transpose(n.gy, inverse)
     if inverse is not None:
         g.permuted[dx] = (n.gy, inverse)
     scaled = g.scaled.get(n.gy)
