@@ -164,10 +164,12 @@ class GraphBuilder:
 
         ``shaped`` names a forward tensor known to have ``grad``'s shape (usually the node's
         output); ``rank`` is ``grad``'s rank where shape inference does not know it. Statically
-        equal shapes need nothing; axes that shape inference tells apart are summed directly; otherwise, with both ranks known, each axis of ``grad`` is split at run
-        time into (``like``'s size, the rest) and the rests are summed: one Reshape and a ReduceSum
-        over static axes (OpenVINO refuses axes of unknown length); with a rank unknown, the axes
-        are found at run time (``Shape`` comparisons + ``NonZero``). A dynamic batch works in both.
+        equal shapes need nothing; axes that shape inference tells apart are summed directly; otherwise, with
+        both ranks known, each axis that shape inference cannot decide is split at run time into (``like``'s
+        size, the rest) and the rests are summed with the axes known to be broadcast: one Reshape and a ReduceSum
+        over static axes (OpenVINO refuses axes of unknown length, and runs a ReduceSum of rank > 5 on a slow
+        reference kernel); with a rank unknown, the axes are found at run time (``Shape`` comparisons +
+        ``NonZero``). A dynamic batch works in both.
         """
         if self.same_type_shape(shaped or grad, like):
             return grad
@@ -179,15 +181,25 @@ class GraphBuilder:
             return summed if self.rank(like) == self.rank(shaped or grad) else self.reshape_like(summed, like)
         g_shape, x_shape = self.shape(grad), self.shape(like)
         wide, narrow = self.static_shape(shaped or grad), self.static_shape(like)
-        wide = len(wide) if wide is not None else rank
-        if wide is not None and narrow is not None and wide >= len(narrow):
-            padded = x_shape if wide == len(narrow) else \
-                self.op("Concat", self.ints([1] * (wide - len(narrow))), x_shape, axis=0)
-            rest = self.op("Div", g_shape, self.op("Max", padded, self.ints([1])))  # like's size is 1 or grad's
-            column = self.ints([1])
-            pairs = self.op("Concat", self.op("Unsqueeze", padded, column), self.op("Unsqueeze", rest, column), axis=1)
-            split = self.op("Reshape", grad, self.op("Reshape", pairs, self.ints([-1])))
-            summed = self.op("ReduceSum", split, self.ints(list(range(1, 2 * wide, 2))), keepdims=0)
+        wide = wide if wide is not None else (None,) * rank if rank is not None else None
+        if wide is not None and narrow is not None and len(wide) >= len(narrow):
+            pieces, summed_axes = [], []
+            for axis, size in enumerate(wide):
+                kept = narrow[axis - len(wide) + len(narrow)] if axis >= len(wide) - len(narrow) else 1
+                if kept is None:  # like's size or 1: split into (like's size, the rest), sum the rest
+                    dim = self.op("Gather", x_shape, self.ints([axis - len(wide) + len(narrow)]))
+                    rest = self.op("Div", self.op("Gather", g_shape, self.ints([axis])), self.op("Max", dim, self.ints([1])))
+                    pieces += [dim, rest]
+                    summed_axes.append(len(pieces) - 1)
+                elif kept == 1:  # broadcast (or a 1 kept): sum the whole axis
+                    pieces.append(self.ints([size]) if size is not None else self.op("Gather", g_shape, self.ints([axis])))
+                    summed_axes.append(len(pieces) - 1)
+                else:  # grad has like's static size here
+                    pieces.append(self.ints([kept]))
+            if not summed_axes:  # only sizes grad must share with like
+                return self.op("Reshape", grad, x_shape)
+            split = self.op("Reshape", grad, self.op("Concat", *pieces, axis=0))
+            summed = self.op("ReduceSum", split, self.ints(summed_axes), keepdims=0)
             return self.op("Reshape", summed, x_shape)
         pad = self.op("Sub", self.op("Size", g_shape), self.op("Size", x_shape))
         ones = self.op("ConstantOfShape", self.op("Reshape", pad, self.ints([1])),
