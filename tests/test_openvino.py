@@ -187,31 +187,34 @@ def test_only_the_session_layer_knows_a_runtime():
     assert not knowing, f"runtime-specific code outside engine/session.py: {knowing}"
 
 
-@pytest.mark.parametrize(("wide", "narrow", "sizes"), [
-    (["N", 37, 32], ["N", 37, 1], ((3, 37, 32), (3, 37, 1))),  # a layer norm's moments
-    (["N", 4, 4, 3], ["M", 1, 1, 3], ((2, 4, 4, 3), (2, 1, 1, 3))),  # a squeeze-excite scale
-    (["N", 2, 4, 3], ["M", 4, 3], ((5, 2, 4, 3), (2, 4, 3))),  # a batched MatMul's broadcast operand
-    (["N", 37, 32], ["M", 37, 32], ((3, 37, 32), (3, 37, 32))),  # a residual Add in a ViT: nothing to sum
-    (["N", 6, 5], ["M", 1, 5], ((4, 6, 5), (1, 1, 5))),  # the batch broadcast too
-    (["N", 4, 3], [2, 4, 3], ((2, 4, 3), (2, 4, 3))),  # every size known on one side
+@pytest.mark.parametrize(("wide", "narrow", "sizes", "matched"), [
+    (["N", 37, 32], ["N", 37, 1], ((3, 37, 32), (3, 37, 1)), 0),  # a layer norm's moments
+    (["N", 4, 4, 3], ["M", 1, 1, 3], ((2, 4, 4, 3), (2, 1, 1, 3)), 0),  # a squeeze-excite scale
+    (["N", 2, 4, 3], ["M", 4, 3], ((5, 2, 4, 3), (2, 4, 3)), 0),  # a batched MatMul's broadcast operand
+    (["N", 37, 32], ["M", 37, 32], ((3, 37, 32), (3, 37, 32)), 0),  # a residual Add in a ViT: nothing to sum
+    (["N", 6, 5], ["M", 1, 5], ((4, 6, 5), (1, 1, 5)), 0),  # the batch broadcast too
+    (["N", 4, 3], [2, 4, 3], ((2, 4, 3), (2, 4, 3)), 0),  # every size known on one side
+    (["N", "B", "P", "Q"], ["M", "C", "R", "S"], ((2, 3, 4, 5), (2, 1, 4, 5)), 2),  # a MatMul's operands, shapes unknown
+    (["N", "B", "P", "Q"], ["M", "R", "S"], ((2, 3, 4, 5), (3, 4, 5)), 2),  # ... one with fewer batch axes
 ])
-def test_gradients_summed_over_symbolic_broadcast_axes_run_on_openvino(wide, narrow, sizes):
+def test_gradients_summed_over_symbolic_broadcast_axes_run_on_openvino(wide, narrow, sizes, matched):
     """Where shape inference cannot tell whether an axis was broadcast, the gradient is summed with static
-    axes (OpenVINO refuses a ReduceSum whose axes have unknown length): equal to numpy on both runtimes."""
+    axes (OpenVINO refuses a ReduceSum whose axes have unknown length), splitting only those axes (not the
+    ``matched`` ones a MatMul knows): equal to numpy on both runtimes."""
     from onnxsight.engine.autodiff.builder import GraphBuilder
     from onnxsight.engine.session import open_session, resolve
 
     infos = {"g": helper.make_tensor_value_info("g", TensorProto.FLOAT, wide),
              "x": helper.make_tensor_value_info("x", TensorProto.FLOAT, narrow)}
     builder = GraphBuilder(infos, 17, "t/")
-    summed = builder.unbroadcast("fresh", "x", rank=len(wide))  # "fresh": a tensor shape inference never saw
+    summed = builder.unbroadcast("fresh", "x", rank=len(wide), matched=matched)  # "fresh": shape inference never saw it
     graph = helper.make_graph([helper.make_node("Identity", ["g"], ["fresh"]), *builder.nodes], "unbroadcast",
                               list(infos.values()), [helper.make_tensor_value_info(summed, TensorProto.FLOAT, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     assert not any(node.op_type == "NonZero" for node in model.graph.node)
     inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in inferred.graph.value_info}
-    symbolic = sum(not isinstance(size, int) for size in narrow)
+    symbolic = sum(not isinstance(size, int) for size in narrow[:len(narrow) - matched])
     assert all(ranks[node.input[0]] <= len(wide) + symbolic for node in model.graph.node if node.op_type == "ReduceSum"), \
         "only the axes shape inference cannot decide are split (OpenVINO runs a ReduceSum of rank > 5 slowly)"
     g = np.random.default_rng(0).normal(size=sizes[0]).astype(np.float32)

@@ -159,17 +159,17 @@ class GraphBuilder:
         return self.op("Reshape", x, self.shape(like))
 
     # -- broadcasting and scattering -----------------------------------------------------
-    def unbroadcast(self, grad: str, like: str, shaped: str | None = None, rank: int | None = None) -> str:
+    def unbroadcast(self, grad: str, like: str, shaped: str | None = None, rank: int | None = None,
+                    matched: int = 0) -> str:
         """Sums ``grad`` over the axes along which ``like`` was broadcast; result has ``like``'s shape.
 
         ``shaped`` names a forward tensor known to have ``grad``'s shape (usually the node's
-        output); ``rank`` is ``grad``'s rank where shape inference does not know it. Statically
-        equal shapes need nothing; axes that shape inference tells apart are summed directly; otherwise, with
-        both ranks known, each axis that shape inference cannot decide is split at run time into (``like``'s
-        size, the rest) and the rests are summed with the axes known to be broadcast: one Reshape and a ReduceSum
-        over static axes (OpenVINO refuses axes of unknown length, and runs a ReduceSum of rank > 5 on a slow
-        reference kernel); with a rank unknown, the axes are found at run time (``Shape`` comparisons +
-        ``NonZero``). A dynamic batch works in both.
+        output); ``rank`` is ``grad``'s rank where shape inference does not know it; ``matched``: how many
+        trailing axes the caller knows ``grad`` and ``like`` to share (a MatMul's matrix axes). Statically
+        equal shapes need nothing; axes that shape inference tells apart are summed directly; with both ranks
+        known, one Reshape and a ReduceSum over static axes (``_split_sum``: OpenVINO refuses axes of unknown
+        length); with a rank unknown, the axes are found at run time (``Shape`` comparisons + ``NonZero``).
+        A dynamic batch works in both.
         """
         if self.same_type_shape(shaped or grad, like):
             return grad
@@ -179,28 +179,11 @@ class GraphBuilder:
         if axes is not None:
             summed = self.op("ReduceSum", grad, self.ints(axes), keepdims=0)
             return summed if self.rank(like) == self.rank(shaped or grad) else self.reshape_like(summed, like)
-        g_shape, x_shape = self.shape(grad), self.shape(like)
         wide, narrow = self.static_shape(shaped or grad), self.static_shape(like)
         wide = wide if wide is not None else (None,) * rank if rank is not None else None
         if wide is not None and narrow is not None and len(wide) >= len(narrow):
-            pieces, summed_axes = [], []
-            for axis, size in enumerate(wide):
-                kept = narrow[axis - len(wide) + len(narrow)] if axis >= len(wide) - len(narrow) else 1
-                if kept is None:  # like's size or 1: split into (like's size, the rest), sum the rest
-                    dim = self.op("Gather", x_shape, self.ints([axis - len(wide) + len(narrow)]))
-                    rest = self.op("Div", self.op("Gather", g_shape, self.ints([axis])), self.op("Max", dim, self.ints([1])))
-                    pieces += [dim, rest]
-                    summed_axes.append(len(pieces) - 1)
-                elif kept == 1:  # broadcast (or a 1 kept): sum the whole axis
-                    pieces.append(self.ints([size]) if size is not None else self.op("Gather", g_shape, self.ints([axis])))
-                    summed_axes.append(len(pieces) - 1)
-                else:  # grad has like's static size here
-                    pieces.append(self.ints([kept]))
-            if not summed_axes:  # only sizes grad must share with like
-                return self.op("Reshape", grad, x_shape)
-            split = self.op("Reshape", grad, self.op("Concat", *pieces, axis=0))
-            summed = self.op("ReduceSum", split, self.ints(summed_axes), keepdims=0)
-            return self.op("Reshape", summed, x_shape)
+            return self._split_sum(grad, like, wide, narrow, matched)
+        g_shape, x_shape = self.shape(grad), self.shape(like)
         pad = self.op("Sub", self.op("Size", g_shape), self.op("Size", x_shape))
         ones = self.op("ConstantOfShape", self.op("Reshape", pad, self.ints([1])),
                        value=numpy_helper.from_array(np.array([1], np.int64)))
@@ -208,6 +191,46 @@ class GraphBuilder:
         axes = self.op("Reshape", self.op("NonZero", self.op("Not", self.op("Equal", g_shape, padded))), self.ints([-1]))
         summed = self.op("ReduceSum", grad, axes, keepdims=1, noop_with_empty_axes=1)
         return self.op("Reshape", summed, x_shape)
+
+    def _split_sum(self, grad: str, like: str, wide: tuple, narrow: tuple, matched: int = 0) -> str:
+        """``unbroadcast`` with both ranks known: ``grad`` reshaped so that each axis neither shape inference nor
+        ``matched`` decides becomes (``like``'s size, the rest), then one ReduceSum over static axes: the rests and
+        the axes ``like`` lacks or has as 1. Neighbouring axes summed alike are merged and static 1s dropped, so the ReduceSum has
+        few axes (OpenVINO runs one of rank > 5 on a slow reference kernel)."""
+        g_shape, x_shape = self.shape(grad), self.shape(like)
+        pieces = []  # (summed?, size: an int or a 1-element int64 tensor), one per axis of the split grad
+        for axis, size in enumerate(wide):
+            at = axis - len(wide) + len(narrow)
+            kept = narrow[at] if at >= 0 else 1
+            if kept is None and axis >= len(wide) - matched:  # like's size, as the caller knows
+                pieces.append((False, self.op("Gather", x_shape, self.ints([at]))))
+            elif kept is None:  # like's size or 1
+                dim = self.op("Gather", x_shape, self.ints([at]))
+                rest = self.op("Div", self.op("Gather", g_shape, self.ints([axis])), self.op("Max", dim, self.ints([1])))
+                pieces += [(False, dim), (True, rest)]
+            elif kept == 1:  # broadcast: the whole axis is summed
+                pieces.append((True, size if size is not None else self.op("Gather", g_shape, self.ints([axis]))))
+            else:  # grad has like's static size
+                pieces.append((False, kept))
+        merged = []
+        for summed, size in pieces:
+            if isinstance(size, int) and size == 1:
+                continue
+            if merged and merged[-1][0] == summed:
+                before = merged[-1][1]
+                size = before * size if isinstance(before, int) and isinstance(size, int) else \
+                    self.op("Mul", self._size(before), self._size(size))
+                merged[-1] = (summed, size)
+            else:
+                merged.append((summed, size))
+        if not any(summed for summed, _ in merged):  # only sizes grad must share with like
+            return self.op("Reshape", grad, x_shape)
+        split = self.op("Reshape", grad, self.op("Concat", *(self._size(size) for _, size in merged), axis=0))
+        summed = self.op("ReduceSum", split, self.ints([i for i, (s, _) in enumerate(merged) if s]), keepdims=0)
+        return self.op("Reshape", summed, x_shape)
+
+    def _size(self, size: int | str) -> str:
+        return self.ints([size]) if isinstance(size, int) else size
 
     def _broadcast_axes(self, wide: str, like: str) -> list[int] | None:
         """The axes of ``wide`` along which ``like`` was broadcast, when shape inference tells:

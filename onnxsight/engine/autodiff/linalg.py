@@ -32,7 +32,8 @@ def matmul(g: GraphBuilder, n: Node):
             g.products[da] = Product(gy, bt)
         return [da, db]
     rank = max(ra, rb, 2)  # dA and dB have the batch dims of both operands
-    return [g.reshape_like(g.unbroadcast(da, a2, rank=rank), a), g.reshape_like(g.unbroadcast(db, b2, rank=rank), b)]
+    return [g.reshape_like(g.unbroadcast(da, a2, rank=rank, matched=2), a),
+            g.reshape_like(g.unbroadcast(db, b2, rank=rank, matched=2), b)]
 
 
 @rule("Gemm")
