@@ -9,6 +9,11 @@ per-op-type share of the forward+backward run.
 Targets: the seed-000 MNIST CNN at batch 64 (issue 3), and MobileNetV2, EfficientNetB0,
 ResNet50 and a small ViT at 96×96, batch 1 and 32 (issue 18): at most 3× the forward pass.
 Run: .venv/bin/python benchmarks/vjp_overhead.py --model mobilenetv2 --batch 1 32
+
+Before/after a change to the gradient rules, in one process: ``--save old.onnx`` from the old
+checkout writes its forward+backward model; ``--compare old.onnx`` from the new one times that
+model interleaved with the new one (same converted weights: converting twice draws new ones, so
+the old checkout's ``--save`` must see the same ``--seed``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 import onnxsight
@@ -83,35 +89,55 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's default)")
     parser.add_argument("--cpu", action="store_true", help="time process CPU seconds instead of wall seconds")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="print the N most expensive op types")
+    parser.add_argument("--seed", type=int, default=0, help="Keras weight initialisation seed")
+    parser.add_argument("--save", type=Path, help="write the forward+backward model here (for --compare elsewhere)")
+    parser.add_argument("--compare", type=Path, nargs="+", default=[], metavar="ONNX",
+                        help="forward+backward models saved by --save (another checkout) to time interleaved with this one")
     args = parser.parse_args()
 
+    import keras
+
+    keras.utils.set_random_seed(args.seed)
     with tempfile.TemporaryDirectory() as folder:
         path = onnxsight.convert_keras(_keras_model(args.model, args.size), Path(folder) / f"{args.model}.onnx")
         model = onnxsight.load(path, device="cpu")
     augmented = model.augmented("logits", ["input"])
     gradient = augmented.gradients["input"]
     both_proto = with_outputs(augmented.model, [gradient], model.values | {gradient: model.values[model.input_name]})
+    if args.save:
+        args.save.write_bytes(both_proto.SerializeToString())
     forward, both = _session(model.proto, args.threads), _session(both_proto, args.threads)
+    others = [_session(onnx.load(path), args.threads) for path in args.compare]
     clock = time.process_time if args.cpu else time.perf_counter
     classes = model.shapes[model.tensor("logits")][1]
     for batch in args.batch:
         x = np.random.default_rng(0).uniform(0, 1, (batch, *model.shapes[model.input_name][1:])).astype(np.float32)
         feeds = {model.input_name: x}
         with_cotangent = feeds | {augmented.cotangent: cotangent((batch, classes), np.arange(batch) % classes, 1)}
-        forward.run(None, feeds), both.run(None, with_cotangent)
-        t_forward, t_both = [], []
+        timed = [(forward, feeds), (both, with_cotangent)] + [(other, with_cotangent) for other in others]
+        expected = both.run(None, with_cotangent)[-1]
+        for session, feed in timed:
+            outputs = session.run(None, feed)
+            if session in others and not np.allclose(outputs[-1], expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max()):
+                raise SystemExit("a --compare model's gradient differs from this checkout's: not the same weights (--seed)?")
+        times = [[] for _ in timed]
         for _ in range(args.repeats):
-            for session, feed, times in ((forward, feeds, t_forward), (both, with_cotangent, t_both)):
+            for (session, feed), spent in zip(timed, times):
                 start = clock()
                 session.run(None, feed)
-                times.append(clock() - start)
-        ratio = statistics.median(t_both) / statistics.median(t_forward)
+                spent.append(clock() - start)
+        t_forward, t_both = (statistics.median(t) for t in times[:2])
+        ratio = t_both / t_forward
         result = {
             "model": args.model, "batch": batch, "clock": "cpu" if args.cpu else "wall",
-            "forward_ms": round(1e3 * statistics.median(t_forward), 2),
-            "forward_backward_ms": round(1e3 * statistics.median(t_both), 2), "ratio": round(ratio, 2),
+            "forward_ms": round(1e3 * t_forward, 2),
+            "forward_backward_ms": round(1e3 * t_both, 2), "ratio": round(ratio, 2),
             "target_ratio": TARGET_RATIO, "met": ratio <= TARGET_RATIO,
         }
+        if others:
+            result["compare"] = [{"model": str(path), "forward_backward_ms": round(1e3 * statistics.median(t), 2),
+                                  "ratio": round(statistics.median(t) / t_forward, 2)}
+                                 for path, t in zip(args.compare, times[2:])]
         if args.profile:
             result["profile"] = _op_shares(_session(both_proto, args.threads, profile=True), with_cotangent, args.profile)
         print(json.dumps(result), flush=True)

@@ -293,15 +293,16 @@ def test_deeplift_shap_is_the_mean_over_baselines(model, images, predicted):
 
 
 def test_unsupported_op_is_named(tmp_path):
-    model, _ = onnx_mlp(tmp_path / "exp.onnx", [(8, unary("Exp")), (5, None)])
-    with pytest.raises(UnsupportedOp, match=r"no deeplift rule for op Exp \(node 'exp0'\)"):
+    model, _ = onnx_mlp(tmp_path / "l2.onnx", [(8, unary("LpNormalization")), (5, None)])  # not univariate
+    with pytest.raises(UnsupportedOp, match=r"no deeplift rule for op LpNormalization \(node 'lpnormalization0'\)"):
         deeplift(model, np.ones((2, 6), np.float32))
 
 
-def test_softmax_is_refused_with_the_logits_hint(tmp_path):
-    model, _ = onnx_mlp(tmp_path / "softmax.onnx", [(8, unary("Softmax", axis=1)), (5, None)])
-    with pytest.raises(UnsupportedOp, match="no deeplift rule for op Softmax.*of='logits'"):
-        deeplift(model, np.ones((2, 6), np.float32))
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+def test_a_softmax_on_the_scored_output_is_refused_with_the_logits_hint(tmp_path, op):
+    model, _ = onnx_mlp(tmp_path / "softmax.onnx", [(8, None), (5, unary(op, axis=1))])
+    with pytest.raises(UnsupportedOp, match=f"no deeplift rule for op {op} on the scored output.*of='logits'"):
+        deeplift(model, np.ones((2, 6), np.float32), of="output")
 
 
 @pytest.mark.parametrize("options, message", [

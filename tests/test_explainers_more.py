@@ -194,9 +194,10 @@ def test_export_command_bakes_the_new_options(mnist_onnx, model, x, tmp_path):
     runner = CliRunner()
     ig, occlusion = tmp_path / "ig.onnx", tmp_path / "occlusion.onnx"
     result = runner.invoke(app, ["export", str(mnist_onnx), "--method", "ig", "--steps", "6", "--baseline", "0.1",
-                                 "-o", str(ig), "--triton", str(tmp_path / "repository")])
+                                 "--quadrature", "gausslegendre", "-o", str(ig), "--triton", str(tmp_path / "repository")])
     assert result.exit_code == 0, result.output
-    want = normalize_each(onnxsight.integrated_gradients(model, x, steps=6, baseline=0.1, reduce="sum"))
+    want = normalize_each(onnxsight.integrated_gradients(model, x, steps=6, baseline=0.1, method="gausslegendre",
+                                                         reduce="sum"))
     np.testing.assert_allclose(run(onnx.load(str(ig)), x)[2], want, atol=TOLERANCE)
     assert (tmp_path / "repository" / "ig" / "config.pbtxt").exists()
     result = runner.invoke(app, ["export", str(mnist_onnx), "--method", "occlusion", "--window", "7", "--stride", "3",
@@ -205,7 +206,8 @@ def test_export_command_bakes_the_new_options(mnist_onnx, model, x, tmp_path):
     want = normalize_each(onnxsight.occlusion(model, x, window=7, stride=3, fill="mean"))
     np.testing.assert_allclose(run(onnx.load(str(occlusion)), x)[2], want, atol=TOLERANCE)
     for flags, message in ((["--method", "ig", "--baseline", "white"], "--baseline must be black, grey, gray or a number"),
-                           (["--method", "occlusion", "--fill", "blur"], "--fill must be mean or a number")):
+                           (["--method", "occlusion", "--fill", "blur"], "--fill must be mean or a number"),
+                           (["--method", "ig", "--quadrature", "simpson"], "--quadrature must be one of")):
         bad = runner.invoke(app, ["export", str(mnist_onnx), "-o", str(tmp_path / "bad.onnx"), *flags])
         assert bad.exit_code == 1 and message in bad.output and "Traceback" not in bad.output, bad.output
 

@@ -195,7 +195,6 @@ def test_two_levels_of_nesting(tmp_path):
 
 
 # ---- a base called twice (siamese on one input: the image and its negative) -----------------
-# (A mirrored copy would do as well for naming, but its ReverseSequence has no gradient rule yet.)
 def test_siamese_base_calls_are_named_by_call_index(tmp_path):
     keras.utils.set_random_seed(0)
     block = _conv_block("twin")

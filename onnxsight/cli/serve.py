@@ -14,6 +14,7 @@ from onnxsight.cli.options import Device, Force, HeadOpt, ModelArg, err, out
 from onnxsight.data.files import atomic_open, refuse_overwrite
 from onnxsight.engine.model import load
 from onnxsight.errors import InvalidArgument
+from onnxsight.kernels.attribution import QUADRATURES, choice
 from onnxsight.serving.explainer import ALL_METHODS, IG_BASELINES, METHODS, NAMED_METHODS, TARGET, export_explainer
 
 Layer = Annotated[Optional[str], typer.Option("--layer", "-l", help="CAM layer (gradcam, its variants and guided-gradcam); default: the last spatial layer.")]
@@ -32,8 +33,9 @@ def export(
     samples: Samples = 20,
     noise: Noise = 0.15,
     seed: Seed = 0,
-    steps: Annotated[int, typer.Option(min=2, help="ig: path points (trapezoid rule).")] = 50,
+    steps: Annotated[int, typer.Option(min=1, help="ig: path points.")] = 50,
     baseline: Annotated[str, typer.Option(help="ig: black, grey or a number.")] = "black",
+    quadrature: Annotated[str, typer.Option(help=f"ig: {', '.join(QUADRATURES)}.")] = "riemann_trapezoid",
     window: Annotated[Optional[int], typer.Option(min=1, help="occlusion: window side in pixels; default 1/14 of "
                                                               "the shorter image side, at least 4.")] = None,
     stride: Annotated[Optional[int], typer.Option(min=1, help="occlusion: stride in pixels; default half the window.")] = None,
@@ -50,10 +52,11 @@ def export(
     """
     from onnxsight.serving.triton import write_triton_entry
 
+    choice("--quadrature", quadrature, QUADRATURES)
     refuse_overwrite(output, force)
     proto = export_explainer(load(model, device="cpu").with_output(head), method, layer=layer, samples=samples, noise=noise,
                              seed=seed, steps=steps, baseline=_name_or_number(baseline, IG_BASELINES, "--baseline"),
-                             window=window, stride=stride, fill=_name_or_number(fill, ("mean",), "--fill"))
+                             quadrature=quadrature, window=window, stride=stride, fill=_name_or_number(fill, ("mean",), "--fill"))
     folder = None if triton is None else write_triton_entry(proto, triton, output.stem, optional=[TARGET], force=force)
     output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(output) as handle:

@@ -50,7 +50,7 @@ def augment_model(
     kept = {name: model.tensor(name) for name in activations}
     try:
         vjp = build_vjp(model.proto, of_tensor, list(wrt_tensors.values()), modifier=modifier,
-                        keep_outputs=list(kept.values()))
+                        keep_outputs=list(kept.values()), infos=model.values)
     except UnsupportedOp as error:
         if not error.upstream:
             raise

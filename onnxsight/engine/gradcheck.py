@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from onnxsight.engine import graph as g
 from onnxsight.engine.dynamic_batch import with_dynamic_batch
 from onnxsight.engine.model import with_outputs
 from onnxsight.engine.precision import to_float64
@@ -131,8 +132,9 @@ def _score(model: "Model", tensor: str, of: str, cotangent: np.ndarray, data: di
     """value of ``tensor`` -> sum(of * cotangent), with everything upstream of ``tensor`` fixed."""
     if tensor == of:
         return lambda value: float(np.sum(value.astype(np.float64) * cotangent))
-    probe, _ = runner(_fed_at(model, tensor), [of], precision, model)
     name = tensor if tensor in model.input_names else _FEED + tensor
+    fed = model.proto if tensor in model.input_names else g.fed_at(model.proto, tensor, name, [of], model.values)
+    probe, _ = runner(fed, [of], precision, model)
     return lambda value: float(np.sum(probe({**data, name: value})[0].astype(np.float64) * cotangent))
 
 
@@ -172,19 +174,3 @@ def runner(proto: onnx.ModelProto, outputs: Sequence[str], precision: str, model
 def _used(session, feeds: dict) -> dict:
     names = {i.name for i in session.get_inputs()}
     return {k: v for k, v in feeds.items() if k in names}
-
-
-def _fed_at(model: "Model", tensor: str) -> onnx.ModelProto:
-    """The model with ``tensor``'s consumers reading a new graph input (upstream held fixed)."""
-    if tensor in model.input_names:
-        return model.proto
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    for node in proto.graph.node:
-        for i, name in enumerate(node.input):
-            if name == tensor:
-                node.input[i] = _FEED + tensor
-    feed = proto.graph.input.add()
-    feed.name = _FEED + tensor
-    feed.type.CopyFrom(model.values[tensor].type)  # its rank: OpenVINO compiles no input of unknown rank
-    return proto

@@ -250,7 +250,9 @@ def fed_at(
     for field, items in ((graph.node, kept), (graph.input, inputs), (graph.initializer, weights)):
         del field[:]
         field.extend(items)
-    graph.input.append(onnx.helper.make_tensor_value_info(feed, values[tensor].type.tensor_type.elem_type, None))
+    fed = graph.input.add()
+    fed.name = feed
+    fed.type.CopyFrom(values[tensor].type)  # its rank: OpenVINO compiles no input of unknown rank
     del graph.output[:]
     graph.output.extend(onnx.helper.make_tensor_value_info(n, values[n].type.tensor_type.elem_type, None) for n in outputs)
     return result

@@ -21,12 +21,26 @@ def upgrade(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
         return copy
     if current < 7:
         _per_channel_prelu_slopes(copy)
+    resized = {n.output[0] for n in copy.graph.node if n.op_type in ("Upsample", "Resize")} if current < 11 else set()
     try:
         upgraded = version_converter.convert_version(copy, target)
     except Exception as error:  # noqa: BLE001 - the converter raises bare RuntimeErrors from C++
         raise UnsupportedOp(f"the model's opset {current} could not be converted to opset {target}: {error}") from error
     upgraded.ir_version = max(upgraded.ir_version, _IR_FOR_UPGRADES)
+    _asymmetric_resizes(upgraded, resized)
     return upgraded
+
+
+def _asymmetric_resizes(model: onnx.ModelProto, outputs: set[str]) -> None:
+    """Upsample and Resize before opset 11 read output pixel i from input pixel i/scale, nearest
+    rounding down; the converter leaves Resize-11's defaults (half_pixel, round_prefer_floor) instead."""
+    for node in model.graph.node:
+        if node.op_type == "Resize" and node.output[0] in outputs:
+            kept = [a for a in node.attribute if a.name not in ("coordinate_transformation_mode", "nearest_mode")]
+            del node.attribute[:]
+            node.attribute.extend(kept)
+            node.attribute.append(onnx.helper.make_attribute("coordinate_transformation_mode", "asymmetric"))
+            node.attribute.append(onnx.helper.make_attribute("nearest_mode", "floor"))
 
 
 def _per_channel_prelu_slopes(model: onnx.ModelProto) -> None:

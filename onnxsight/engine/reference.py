@@ -80,7 +80,27 @@ class MaxPool(StockMaxPool):
                               strides=strides or [1] * r)
 
 
-REFERENCE_FIXES = [Erf, Gelu, LRN, ConvTranspose, MaxPool]
+class LpNormalization(ReferenceOp):
+    """Stock LpNormalization sums xᵖ, not |x|ᵖ (wrong for p = 1)."""
+
+    op_domain = ""
+
+    def _run(self, x, axis=-1, p=2):
+        norm = np.sum(np.abs(x) ** p, axis=axis, keepdims=True) ** (1.0 / p)
+        return (np.where(norm == 0, 0, x / np.where(norm == 0, 1, norm)).astype(x.dtype),)
+
+
+class GlobalLpPool(ReferenceOp):
+    """Missing from stock: the p-norm over the spatial axes."""
+
+    op_domain = ""
+
+    def _run(self, x, p=2):
+        axes = tuple(range(2, x.ndim))
+        return ((np.sum(np.abs(x) ** p, axis=axes, keepdims=True) ** (1.0 / p)).astype(x.dtype),)
+
+
+REFERENCE_FIXES = [Erf, Gelu, LRN, ConvTranspose, MaxPool, LpNormalization, GlobalLpPool]
 
 
 def reference_evaluator(model: onnx.ModelProto) -> ReferenceEvaluator:

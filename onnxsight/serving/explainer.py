@@ -36,7 +36,7 @@ from onnxsight.engine.autodiff.builder import GraphBuilder
 from onnxsight.engine.autodiff.relevance import COMPOSITES as RELEVANCE  # lrp-epsilon, ..., deeptaylor: LRP heatmaps
 from onnxsight.engine.dynamic_batch import with_dynamic_batch
 from onnxsight.engine.graph import (
-    free_name, live_nodes, opset_version, rename_tensor, runtime_compatible, tensor_names, toposorted, value_infos,
+    free_name, live_nodes, opset_version, rename_tensor, runtime_compatible, tensor_names, toposorted,
 )
 from onnxsight.engine.metadata import AUGMENTED, set_props
 from onnxsight.engine.opset import upgrade
@@ -143,7 +143,7 @@ def export_explainer(
         return _deeplift_explainer(model, input_axis)
     others = [name for name in model.input_names if name != model.input_name]
     tracked = [model.input_name, model.head, model.tensor("logits"), *others]
-    proto, names = _free_public_names(model.proto, tracked + ([model.tensor(cam_layer)] if cam_layer else []))
+    proto, names, infos = _free_public_names(model, tracked + ([model.tensor(cam_layer)] if cam_layer else []))
     x, output, logits = names[:3]
     others = dict(zip(others, names[3:3 + len(others)]))  # public name -> name in the graph
     cam_tensor = names[-1] if cam_layer else None
@@ -157,6 +157,7 @@ def export_explainer(
         for public, inner in list(others.items()):
             others[public] = free_name(tensor_names(proto.graph), f"{inner}/rows")
             rename_tensor(proto.graph, inner, others[public])
+            infos[others[public]] = infos.pop(inner)
     cam = _Gradient(None, cam_tensor, (cam_tensor,))
     gradients = {
         "saliency": [_Gradient(None, x)],
@@ -171,12 +172,12 @@ def export_explainer(
     }[method]
     cotangents, grads = [], []
     for gradient in gradients:
-        vjp = build_vjp(proto, logits, [gradient.wrt], modifier=gradient.modifier, keep_outputs=gradient.keep)
-        proto = vjp.model
+        vjp = build_vjp(proto, logits, [gradient.wrt], modifier=gradient.modifier, keep_outputs=gradient.keep,
+                        infos=infos)
+        proto, infos = vjp.model, vjp.infos
         cotangents.append(vjp.cotangent)
         grads.append(vjp.gradients[gradient.wrt])
 
-    infos = value_infos(proto)
     size = tuple(d for axis, d in enumerate(model.input_shape) if axis not in (0, input_axis))
     classes = math.prod(model.shapes[model.tensor("logits")][1:])
     inputs = [
@@ -315,10 +316,9 @@ def _deeplift_explainer(model: Model, input_axis: int) -> onnx.ModelProto:
     if len(model.input_names) > 1:
         raise InvalidArgument(f"the deeplift explainer takes a model with one input; {model.source} has "
                               f"{', '.join(model.input_names)}")
-    proto, (x, output, logits) = _free_public_names(model.proto, [model.input_name, model.head, model.tensor("logits")])
-    vjp = build_vjp(proto, logits, [x], modifier=Modifier(MODIFIER, eps=EPS))
-    proto = vjp.model
-    infos = value_infos(proto)
+    proto, (x, output, logits), infos = _free_public_names(model, [model.input_name, model.head, model.tensor("logits")])
+    vjp = build_vjp(proto, logits, [x], modifier=Modifier(MODIFIER, eps=EPS), infos=infos)
+    proto, infos = vjp.model, vjp.infos
     elem = infos[x].type.tensor_type.elem_type
     size = tuple(d for axis, d in enumerate(model.input_shape) if axis not in (0, input_axis))
     classes = math.prod(model.shapes[model.tensor("logits")][1:])
@@ -617,11 +617,11 @@ def _assemble(proto: onnx.ModelProto, added: list[onnx.NodeProto], inputs, outpu
     return model
 
 
-def _free_public_names(proto: onnx.ModelProto, tracked: list[str]) -> tuple[onnx.ModelProto, list[str]]:
-    """A copy of ``proto`` where tensors already called image/target/probabilities/heatmap are renamed;
-    returns it and the (possibly new) names of ``tracked``."""
+def _free_public_names(source: Model, tracked: list[str]) -> tuple[onnx.ModelProto, list[str], dict]:
+    """A copy of ``source``'s graph where tensors already called image/target/probabilities/heatmap are
+    renamed; returns it, the (possibly new) names of ``tracked`` and ``source.values`` under the new names."""
     model = onnx.ModelProto()
-    model.CopyFrom(proto)
+    model.CopyFrom(source.proto)
     graph = model.graph
     taken = {*tensor_names(graph), *(v.name for v in [*graph.output, *graph.value_info])}
     renames = {}
@@ -630,4 +630,5 @@ def _free_public_names(proto: onnx.ModelProto, tracked: list[str]) -> tuple[onnx
             renames[name] = free_name(taken, name)
             taken.add(renames[name])
             rename_tensor(graph, name, renames[name])
-    return model, [renames.get(n, n) for n in tracked]
+    values = {renames.get(name, name): info for name, info in source.values.items()}
+    return model, [renames.get(n, n) for n in tracked], values

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from onnxsight.engine.dynamic_batch import with_dynamic_batch
 from onnxsight.engine.model import load
 from onnxsight.engine.session import Runtime, first_line, open_session
 from onnxsight.errors import InvalidArgument, ModelFileError
@@ -96,9 +97,10 @@ def load_models(path: str | Path, methods: Sequence[str] = METHODS, layer: str |
         described = _explainer_description(model.proto)
         protos = {file.stem: (model.proto, described)}
         if described is None:
+            explained = with_dynamic_batch(model)  # once, not per method
             for method in methods:
                 cam_layer = layer if method in (*CAM_METHODS, "guided-gradcam") else None
-                explainer = export_explainer(model, method, layer=cam_layer, samples=samples, noise=noise, seed=seed)
+                explainer = export_explainer(explained, method, layer=cam_layer, samples=samples, noise=noise, seed=seed)
                 protos[f"{file.stem}.{method}"] = (explainer, _explainer_description(explainer))
         for name, (proto, description) in protos.items():
             if name in served:

@@ -283,3 +283,170 @@ CASES: list[Case] = [
     Case("Resize", (X(2, 2, 3, 3), ABSENT, C(np.array([1, 1, 1.5, 2], np.float32))),
          {"mode": "cubic"}, note="cubic"),
 ]
+
+
+# -- unary math, rearrangements and norms (autodiff/unary.py, rearrange.py, norms.py) ----------------
+def _depth_to_space_crd(tf, x, b=2):
+    n, c, h, w = x.shape
+    blocks = tf.reshape(x, [-1, c // (b * b), b, b, h, w])
+    return tf.reshape(tf.transpose(blocks, [0, 1, 4, 2, 5, 3]), [-1, c // (b * b), h * b, w * b])
+
+
+def _coords(indices, axis):
+    """ScatterElements/GatherElements indices along ``axis`` of a 2-D tensor as full (row, col) coordinates."""
+    rows, cols = np.indices(indices.shape)
+    return np.stack([indices, cols] if axis == 0 else [rows, indices], axis=-1)
+
+
+def _group_norm(groups):
+    def fn(tf, x, s, b):
+        shape = tf.shape(x)
+        grouped = tf.reshape(x, [shape[0], groups, -1])
+        mean, var = tf.nn.moments(grouped, [2], keepdims=True)
+        xhat = tf.reshape((grouped - mean) / tf.sqrt(var + 1e-5), shape)
+        along = [1, -1] + [1] * (len(x.shape) - 2)
+        return xhat * tf.reshape(s, along) + tf.reshape(b, along)
+    return fn
+
+
+def _rms_norm(axes):
+    def fn(tf, x, s):
+        return x / tf.sqrt(tf.reduce_mean(x * x, axes, keepdims=True) + 1e-5) * s
+    return fn
+
+
+def _lp_pool2(tf, x):
+    return _nchw(tf, tf.sqrt(tf.nn.avg_pool2d(_nhwc(tf, x * x), 2, 2, "VALID") * 4))
+
+
+ELEMENTS = np.array([[1, 3], [0, 2], [3, 0]], I64)  # no repeats within a row: ScatterElements without reduction
+PROD = np.array([[[1.5, -0.5, 2.0, 0.7], [0.0, 1.2, -0.8, 0.9], [0.0, 0.0, 1.1, -1.3]],
+                 [[0.6, 0.0, -1.4, 0.8], [1.1, 0.9, -0.7, 1.3], [0.0, 2.0, 0.0, 0.5]]])  # rows with 0, 1, 2 zeros
+
+CASES += [
+    # unary math (unary.py)
+    Case("Mish", (X(2, 5),), tf=lambda tf, x: x * tf.tanh(tf.nn.softplus(x))),
+    Case("Mish", (X(2, 3, 4),), opset=22, tf=lambda tf, x: x * tf.tanh(tf.nn.softplus(x)), note="opset22"),
+    Case("Swish", (X(2, 5),), opset=24, tf=lambda tf, x: x * tf.sigmoid(x)),
+    Case("Swish", (X(2, 5),), {"alpha": 1.702}, opset=24, tf=lambda tf, x: x * tf.sigmoid(1.702 * x), note="alpha"),
+    Case("Softsign", (X(2, 5),), tf=lambda tf, x: tf.nn.softsign(x)),
+    Case("Celu", (X(2, 5),), {"alpha": 0.7}, tf=lambda tf, x: tf.where(x > 0, x, 0.7 * (tf.exp(x / 0.7) - 1))),
+    Case("Celu", (X(2, 5),), tf=lambda tf, x: tf.where(x > 0, x, tf.exp(x) - 1), note="default-alpha"),
+    Case("ThresholdedRelu", (X(2, 6),), {"alpha": 0.3}, tf=lambda tf, x: tf.where(x > 0.3, x, tf.zeros_like(x))),
+    Case("Shrink", (X(2, 6),), {"lambd": 0.4, "bias": 0.1},
+         tf=lambda tf, x: tf.where(x > 0.4, x - 0.1, tf.where(x < -0.4, x + 0.1, tf.zeros_like(x)))),
+    Case("Shrink", (X(2, 6),), tf=lambda tf, x: tf.where(tf.abs(x) > 0.5, x, tf.zeros_like(x)), note="defaults"),
+    Case("Sin", (X(2, 5),), tf=lambda tf, x: tf.sin(x)),
+    Case("Cos", (X(2, 5),), tf=lambda tf, x: tf.cos(x)),
+    Case("Tan", (X(2, 5, low=-0.5),), tf=lambda tf, x: tf.tan(x)),
+    Case("Sinh", (X(2, 5),), tf=lambda tf, x: tf.sinh(x)),
+    Case("Cosh", (X(2, 5),), tf=lambda tf, x: tf.cosh(x)),
+    Case("Asin", (X(2, 5, low=-0.5),), tf=lambda tf, x: tf.asin(x)),
+    Case("Acos", (X(2, 5, low=-0.5),), tf=lambda tf, x: tf.acos(x)),
+    Case("Atan", (X(2, 5),), tf=lambda tf, x: tf.atan(x)),
+    Case("Asinh", (X(2, 5),), tf=lambda tf, x: tf.asinh(x)),
+    Case("Acosh", (X(2, 5, low=1.5),), tf=lambda tf, x: tf.acosh(x)),
+    Case("Atanh", (X(2, 5, low=-0.5),), tf=lambda tf, x: tf.atanh(x)),
+    Case("Sign", (X(2, 5),), tf=lambda tf, x: tf.sign(x)),
+    # TensorFlow has no gradient for round, floor and ceil (None): the rule's zero is checked by finite differences
+    Case("Round", (X(2, 5),)),
+    Case("Floor", (X(2, 5),)),
+    Case("Ceil", (X(2, 5),)),
+    # rearrangements (rearrange.py)
+    Case("DepthToSpace", (X(2, 8, 3, 3),), {"blocksize": 2},
+         tf=lambda tf, x: _nchw(tf, tf.nn.depth_to_space(_nhwc(tf, x), 2)), note="DCR"),
+    Case("DepthToSpace", (X(2, 9, 2, 3),), {"blocksize": 3, "mode": "DCR"},
+         tf=lambda tf, x: _nchw(tf, tf.nn.depth_to_space(_nhwc(tf, x), 3)), note="DCR-3"),
+    Case("DepthToSpace", (X(2, 8, 3, 2),), {"blocksize": 2, "mode": "CRD"}, tf=_depth_to_space_crd, note="CRD"),
+    Case("SpaceToDepth", (X(2, 3, 4, 6),), {"blocksize": 2},
+         tf=lambda tf, x: _nchw(tf, tf.nn.space_to_depth(_nhwc(tf, x), 2))),
+    Case("Tile", (X(2, 3, 4), C(np.array([1, 2, 3], I64))), tf=lambda tf, x, r: tf.tile(x, [1, 2, 3])),
+    Case("Tile", (X(2, 3), C(np.array([3, 1], I64))), tf=lambda tf, x, r: tf.tile(x, [3, 1]), note="batch"),
+    Case("CumSum", (X(2, 5), C(np.array(1, I64))), tf=lambda tf, x, a: tf.math.cumsum(x, 1)),
+    Case("CumSum", (X(2, 5), C(np.array(1, np.int32))), {"exclusive": 1},
+         tf=lambda tf, x, a: tf.math.cumsum(x, 1, exclusive=True), note="exclusive-int32-axis"),
+    Case("CumSum", (X(2, 3, 4), C(np.array(-1, I64))), {"reverse": 1},
+         tf=lambda tf, x, a: tf.math.cumsum(x, -1, reverse=True), note="reverse-negative-axis"),
+    Case("CumSum", (X(3, 4), C(np.array(0, I64))), {"exclusive": 1, "reverse": 1},
+         tf=lambda tf, x, a: tf.math.cumsum(x, 0, exclusive=True, reverse=True), note="exclusive-reverse"),
+    Case("Trilu", (X(2, 4, 5),), tf=lambda tf, x: tf.linalg.band_part(x, 0, -1), note="upper"),
+    Case("Trilu", (X(2, 4, 5), C(np.array(1, I64))), {"upper": 0},
+         tf=lambda tf, x, k: tf.linalg.band_part(x, -1, 1), note="lower-k1"),
+    Case("Trilu", (X(2, 4, 5), C(np.array(-1, I64))), {"upper": 1},
+         tf=lambda tf, x, k: tf.linalg.band_part(x, 1, -1), note="upper-k-1"),
+    Case("ReverseSequence", (X(4, 2, 3), C(np.array([4, 2], I64))), {"batch_axis": 1, "time_axis": 0},
+         tf=lambda tf, x, s: tf.reverse_sequence(x, s, seq_axis=0, batch_axis=1), dynamic=False),
+    Case("ReverseSequence", (X(2, 4, 3), C(np.array([1, 3], I64))), {"batch_axis": 0, "time_axis": 1},
+         tf=lambda tf, x, s: tf.reverse_sequence(x, s, seq_axis=1, batch_axis=0), note="batch-first"),
+    Case("Mean", (X(2, 3), X(3), X(2, 1)), tf=lambda tf, a, b, c: (a + b + c) / 3, note="broadcast"),
+    Case("Mean", (X(2, 3),), tf=lambda tf, a: a, note="one-input"),
+    Case("GatherElements", (X(3, 4), C(np.array([[0, 3], [2, 2], [1, 0]], I64))), {"axis": 1},
+         tf=lambda tf, x, i: tf.gather(x, i, axis=1, batch_dims=1), note="repeated"),
+    Case("GatherElements", (X(3, 4), C(np.array([[2, -1, 0, 1]], I64))), {"axis": 0}, note="negative-axis0"),
+    Case("GatherND", (X(3, 4, 2), C(np.array([[0, 1], [2, 3], [0, 1]], I64))),
+         tf=lambda tf, x, i: tf.gather_nd(x, i), note="slices-repeated"),
+    Case("GatherND", (X(3, 4, 2), C(np.array([[1], [3], [-1]], I64))), {"batch_dims": 1},
+         tf=lambda tf, x, i: tf.gather_nd(x, [[1], [3], [3]], batch_dims=1), note="batch-dims-negative"),
+    Case("ScatterElements", (X(3, 4), C(ELEMENTS), X(3, 2)), {"axis": 1},
+         tf=lambda tf, x, i, u: tf.tensor_scatter_nd_update(x, _coords(ELEMENTS, 1), u)),
+    Case("ScatterElements", (X(3, 4), C(np.array([[1, 0, 2, -1], [-1, 0, 1, 0]], I64)), X(2, 4)),
+         {"axis": 0, "reduction": "add"},
+         tf=lambda tf, x, i, u: tf.tensor_scatter_nd_add(x, _coords(np.array([[1, 0, 2, 2], [2, 0, 1, 0]]), 0), u),
+         note="add-repeated-negative"),
+    Case("ScatterND", (X(4, 3), C(np.array([[1], [3]], I64)), X(2, 3)),
+         tf=lambda tf, x, i, u: tf.tensor_scatter_nd_update(x, i, u), note="rows"),
+    Case("ScatterND", (X(4, 3), C(np.array([[1, 2], [1, 2], [0, 0]], I64)), X(3)), {"reduction": "add"},
+         tf=lambda tf, x, i, u: tf.tensor_scatter_nd_add(x, i, u), note="add-repeated"),
+    Case("Compress", (X(3, 4), C(np.array([True, False, True, True]))), {"axis": 1},
+         tf=lambda tf, x, c: tf.boolean_mask(x, c, axis=1)),
+    Case("Compress", (X(2, 3), C(np.array([False, True, True, False, True]))),
+         tf=lambda tf, x, c: tf.boolean_mask(tf.reshape(x, [-1])[:5], c), note="flattened-short"),
+    # norms (norms.py)
+    Case("ReduceSumSquare", (X(2, 3, 4), C(np.array([1], I64))), {"keepdims": 0},
+         tf=lambda tf, x, a: tf.reduce_sum(x * x, 1)),
+    Case("ReduceSumSquare", (X(2, 3, 4),), {"axes": [0, -1], "keepdims": 1}, opset=17,
+         tf=lambda tf, x: tf.reduce_sum(x * x, [0, 2], keepdims=True), note="axes-attribute"),
+    Case("ReduceL1", (X(2, 3, 4), C(np.array([-1], I64))), {"keepdims": 0},
+         tf=lambda tf, x, a: tf.reduce_sum(tf.abs(x), -1)),
+    Case("ReduceL1", (X(2, 3, 4),), tf=lambda tf, x: tf.reduce_sum(tf.abs(x), keepdims=True), note="all-axes"),
+    Case("ReduceL2", (X(2, 3, 4), C(np.array([1, 2], I64))), {"keepdims": 0},
+         tf=lambda tf, x, a: tf.math.reduce_euclidean_norm(x, [1, 2])),
+    Case("ReduceL2", (X(2, 3, 4),), {"axes": [2], "keepdims": 1}, opset=16,
+         tf=lambda tf, x: tf.math.reduce_euclidean_norm(x, 2, keepdims=True), note="axes-attribute"),
+    Case("ReduceLogSum", (X(2, 3, 4, low=0.5), C(np.array([2], I64))), {"keepdims": 0},
+         tf=lambda tf, x, a: tf.math.log(tf.reduce_sum(x, 2))),
+    Case("ReduceLogSum", (X(2, 3, low=0.5),), tf=lambda tf, x: tf.math.log(tf.reduce_sum(x, keepdims=True)),
+         note="all-axes"),
+    Case("ReduceLogSumExp", (X(2, 3, 4), C(np.array([1], I64))), {"keepdims": 1},
+         tf=lambda tf, x, a: tf.reduce_logsumexp(x, 1, keepdims=True)),
+    Case("ReduceLogSumExp", (X(2, 3, 4),), {"axes": [0, 2], "keepdims": 0}, opset=17,
+         tf=lambda tf, x: tf.reduce_logsumexp(x, [0, 2]), note="axes-attribute"),
+    Case("ReduceProd", (X(2, 3, 4), C(np.array([1], I64))), {"keepdims": 0}, tf=lambda tf, x, a: tf.reduce_prod(x, 1)),
+    Case("ReduceProd", (Arg((2, 3, 4), value=PROD), C(np.array([-1], I64))), {"keepdims": 1},
+         tf=lambda tf, x, a: tf.reduce_prod(x, -1, keepdims=True), note="zeros"),
+    Case("LpNormalization", (X(2, 3, 5),), {"p": 2, "axis": -1},
+         tf=lambda tf, x: x / tf.norm(x, axis=-1, keepdims=True), note="l2"),
+    Case("ReduceProd", (X(2, 3, 4),), {"axes": [0, 2], "keepdims": 0}, opset=17,
+         tf=lambda tf, x: tf.reduce_prod(x, [0, 2]), note="axes-attribute"),
+    Case("LpNormalization", (X(2, 3, 5),), {"p": 2, "axis": 0}, opset=17,
+         tf=lambda tf, x: x / tf.norm(x, axis=0, keepdims=True), note="l2-axis0-opset17"),
+    Case("LpNormalization", (X(2, 3, 5),), {"p": 1, "axis": 1},
+         tf=lambda tf, x: x / tf.reduce_sum(tf.abs(x), 1, keepdims=True), note="l1-axis1"),
+    Case("GlobalLpPool", (X(2, 3, 4, 4),), tf=lambda tf, x: tf.sqrt(tf.reduce_sum(x * x, [2, 3], keepdims=True))),
+    Case("GlobalLpPool", (X(2, 3, 5),), {"p": 3},
+         tf=lambda tf, x: tf.reduce_sum(tf.abs(x) ** 3, [2], keepdims=True) ** (1 / 3), note="p3-1d"),
+    Case("LpPool", (X(2, 3, 4, 4),), {"kernel_shape": [2, 2], "strides": [2, 2]}, tf=_lp_pool2),
+    Case("LpPool", (X(2, 2, 5, 5),), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "p": 3},
+         note="p3-padded"),
+    Case("LpPool", (X(2, 2, 5, 6),), {"kernel_shape": [2, 3], "auto_pad": "SAME_UPPER", "p": 1}, note="p1-same"),
+    # stash_type 11: statistics in float64, so that the float64 reference is exact (default: in float32)
+    Case("GroupNormalization", (X(2, 6, 3, 3), W(6), W(6)), {"num_groups": 3, "stash_type": 11}, opset=21,
+         tf=_group_norm(3)),
+    Case("GroupNormalization", (X(2, 4, 5), X(4), X(4)), {"num_groups": 2, "stash_type": 11}, opset=21,
+         dynamic=False, tf=_group_norm(2), note="1d-data-scale"),
+    Case("GroupNormalization", (X(2, 6, 2, 2), W(6), W(6)), {"num_groups": 1, "stash_type": 11}, opset=21,
+         tf=_group_norm(1), note="one-group"),
+    Case("RMSNormalization", (X(2, 3, 4), W(4)), opset=23, tf=_rms_norm([2])),
+    Case("RMSNormalization", (X(2, 3, 4), X(3, 4)), {"axis": 1}, opset=23, dynamic=False, tf=_rms_norm([1, 2]),
+         note="axis1-data-scale"),
+]

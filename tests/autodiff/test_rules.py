@@ -28,6 +28,8 @@ STEP = 1e-6
 # onnxruntime's float32 gradient against TensorFlow's float64 one: the float32 rounding bound of the
 # longest sum in the table (a few hundred terms of unit roundoff 6e-8), far below any rule mistake.
 FLOAT32_TOLERANCE = 1e-5
+# ONNX types these ops float-only (no float64 model): their rules get float32 finite differences in test_new_ops.py
+FLOAT_ONLY = {"Celu"}
 
 
 def _exact(v: np.ndarray) -> np.ndarray:
@@ -57,6 +59,8 @@ def test_every_registered_rule_has_a_case():
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_rule_matches_finite_differences(case):
+    if case.op in FLOAT_ONLY:
+        pytest.skip(f"{case.op} has no float64 form in ONNX")
     _, model, feeds, vjp = _vjp(case, np.float64)
     wrt = list(feeds)
     y = ref_run(model, feeds)[0]

@@ -13,7 +13,7 @@ gradient of its own shape.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import onnx
@@ -40,13 +40,15 @@ class VJPGraph:
     """An augmented model and the names of what it adds.
 
     ``model`` takes the original inputs plus ``cotangent`` (shaped like ``of``) and returns
-    ``outputs`` followed by the gradient outputs, ``gradients[wrt] -> output name``.
+    ``outputs`` followed by the gradient outputs, ``gradients[wrt] -> output name``; ``infos`` has the
+    value infos of the forward tensors, the cotangent and the gradient outputs.
     """
 
     model: onnx.ModelProto
     cotangent: str
     gradients: dict[str, str]
     outputs: tuple[str, ...]
+    infos: dict[str, onnx.ValueInfoProto]
 
 
 def build_vjp(
@@ -56,11 +58,13 @@ def build_vjp(
     *,
     modifier: str | Modifier | None = None,
     keep_outputs: Sequence[str] = (),
+    infos: Mapping[str, onnx.ValueInfoProto] | None = None,
 ) -> VJPGraph:
     """Returns a new model that also computes ``d(of · cotangent)/d(w)`` for each ``w`` in ``wrt``.
 
     ``modifier``: None (exact gradient), ``"guided"`` or ``"deconv"`` (Relu rule variants), or any
-    registered modifier, by name or as a :class:`Modifier` with parameters.
+    registered modifier, by name or as a :class:`Modifier` with parameters. ``infos``: the value infos
+    of ``model`` when the caller has them (``Model.values``), saving a shape inference.
     Raises UnknownName for names the graph lacks, InvalidArgument for constant ``of``/``wrt``
     tensors or unknown modifiers, UnsupportedOp when a node on the path has no rule.
     """
@@ -83,7 +87,7 @@ def build_vjp(
             raise InvalidArgument(f"tensor {name!r} does not depend on the model input (it is a constant); "
                                   "only data-path tensors can be differentiated")
 
-    infos = value_infos(model)
+    infos = dict(infos) if infos is not None else value_infos(model)
     if infos.get(of) is None or infos[of].type.tensor_type.elem_type not in FLOAT_TYPES:
         raise InvalidArgument(f"tensor {of!r} is not a floating-point tensor; it cannot be differentiated")
 
@@ -141,6 +145,7 @@ def build_vjp(
         grad = g.zeros_like(w) if grad is None else grad
         out = f"{GRADIENT_PREFIX}/{w}"
         g.nodes.append(helper.make_node("Identity", [grad], [out], name=out))
+        g.record(out, like=w)
         gradients[w] = out
         new_outputs.append(_output_info(infos, w, out))
 
@@ -151,7 +156,7 @@ def build_vjp(
     graph.output.extend(new_outputs)
     runtime_compatible(model)
     onnx.checker.check_model(model, full_check=True)
-    return VJPGraph(model=model, cotangent=cotangent, gradients=gradients, outputs=tuple(outputs))
+    return VJPGraph(model=model, cotangent=cotangent, gradients=gradients, outputs=tuple(outputs), infos=g.infos)
 
 
 def _output_info(infos: dict[str, onnx.ValueInfoProto], name: str, rename: str | None = None) -> onnx.ValueInfoProto:

@@ -58,6 +58,16 @@ class Scaled:
     axis: int
 
 
+@dataclass(frozen=True)
+class Transposed:
+    """A cotangent ``ConvTranspose(gy, w, **attrs)`` (a strided Conv's input gradient): a constant
+    Pad before the Conv crops it by ConvTranspose's own pads instead of a Slice of its output."""
+
+    gy: str
+    w: str
+    attrs: dict
+
+
 class GraphBuilder:
     """Appends nodes to a list; knows the types and static shapes inferred for the forward graph."""
 
@@ -71,6 +81,8 @@ class GraphBuilder:
         self.routed: dict[str, Routed] = {}  # cotangent name -> how a max pool placed it
         self.products: dict[str, Product] = {}  # cotangent name -> the constant matrix product it is
         self.scaled: dict[str, Scaled] = {}  # cotangent name -> the constant per-axis scaling it is
+        self.transposed: dict[str, Transposed] = {}  # cotangent name -> the ConvTranspose it is
+        self.permuted: dict[str, tuple[str, list[int]]] = {}  # cotangent name -> (source, perm) of its Transpose
 
     # -- naming -------------------------------------------------------------------------
     def scope(self, name: str) -> None:
@@ -158,6 +170,26 @@ class GraphBuilder:
     def reshape_like(self, x: str, like: str) -> str:
         return self.op("Reshape", x, self.shape(like))
 
+    def unbroadcast_batch(self, grad: str, like: str, shaped: str) -> str | None:
+        """``unbroadcast`` when shape inference knows every dim but dim 0 (a batch whose symbols it
+        cannot tell equal, as in a squeeze-and-excitation product): the axes along which ``like`` is
+        statically 1 are summed at once, then dim 0 is checked at run time on an (N, rest) view, one
+        split axis where ``unbroadcast`` splits them all (onnxruntime's ReduceSum is slow on that).
+        None when the shapes are not of that kind."""
+        wide, narrow = self.static_shape(shaped), self.static_shape(like)
+        if (wide is None or narrow is None or len(wide) != len(narrow) or len(wide) < 2 or wide[0] or narrow[0]
+                or None in wide[1:] + narrow[1:] or any(b not in (1, a) for a, b in zip(wide[1:], narrow[1:]))
+                or self.same_type_shape(shaped, like)):
+            return None
+        summed = [axis for axis in range(1, len(wide)) if narrow[axis] == 1 and wide[axis] != 1]
+        if summed:
+            grad = self.op("ReduceSum", grad, self.ints(summed), keepdims=1)
+        batch = self.op("Slice", self.shape(like), self.ints([0]), self.ints([1]))
+        rest = self.op("Div", self.op("Slice", self.shape(grad), self.ints([0]), self.ints([1])),
+                       self.op("Max", batch, self.ints([1])))  # like's batch is 1 or grad's
+        split = self.op("Reshape", grad, self.op("Concat", batch, rest, self.ints([-1]), axis=0))
+        return self.op("Reshape", self.op("ReduceSum", split, self.ints([1]), keepdims=0), self.shape(like))
+
     # -- broadcasting and scattering -----------------------------------------------------
     def unbroadcast(self, grad: str, like: str, shaped: str | None = None, rank: int | None = None,
                     matched: int = 0) -> str:
@@ -177,8 +209,9 @@ class GraphBuilder:
         if axes == []:  # every dim matched
             return grad
         if axes is not None:
-            summed = self.op("ReduceSum", grad, self.ints(axes), keepdims=0)
-            return summed if self.rank(like) == self.rank(shaped or grad) else self.reshape_like(summed, like)
+            same_rank = self.rank(like) == self.rank(shaped or grad)  # then only like's 1s are summed: kept
+            summed = self.op("ReduceSum", grad, self.ints(axes), keepdims=int(same_rank))
+            return summed if same_rank else self.reshape_like(summed, like)
         wide, narrow = self.static_shape(shaped or grad), self.static_shape(like)
         wide = wide if wide is not None else (None,) * rank if rank is not None else None
         if wide is not None and narrow is not None and len(wide) >= len(narrow):

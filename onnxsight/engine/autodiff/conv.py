@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import TensorProto, helper
 
-from .builder import GraphBuilder, Routed
+from .builder import GraphBuilder, Routed, Transposed
 from .registry import Node, rule
 
 
@@ -123,7 +123,9 @@ def conv(g: GraphBuilder, n: Node):
         dx = g.op("Conv", gy, _flipped_kernel(g, w, group), group=group, kernel_shape=list(kernel),
                   dilations=window.dilations, pads=pads)
     else:
-        dx = g.op("ConvTranspose", gy, w, group=group, kernel_shape=list(kernel), **window.transpose_attrs())
+        attrs = dict(group=group, kernel_shape=list(kernel), **window.transpose_attrs())
+        dx = g.op("ConvTranspose", gy, w, **attrs)
+        g.transposed[dx] = Transposed(gy, w, attrs)
     grads = [dx, None]
     if n.input(2) is not None:
         grads.append(_channel_sum(g, n.gy, g.rank(n.x)))
@@ -282,13 +284,15 @@ def average_pool(g: GraphBuilder, n: Node):
 
 @rule("GlobalAveragePool")
 def global_average_pool(g: GraphBuilder, n: Node):
-    """dy spread over each window, divided by its size (a constant when the spatial dims are static)."""
+    """dy divided by the window size (at the pooled size), then spread over the window. With static
+    spatial dims the spread is to a constant (1, 1, H, W), so that shape inference sees dx's batch
+    as dy's (onnxruntime keeps only elementwise ops of provably equal shapes in its blocked layout)."""
     shape = g.static_shape(n.x)
     if shape is not None and None not in shape[2:]:
         count = g.const(float(np.prod(shape[2:])), like=n.x)
-    else:
-        count = g.op("CastLike", g.op("Div", g.op("Size", n.x), g.op("Size", n.y)), n.x)
-    return [g.op("Div", g.op("Expand", n.gy, g.shape(n.x)), count)]
+        return [g.op("Expand", g.op("Div", n.gy, count), g.ints([1, 1, *shape[2:]]))]
+    count = g.op("CastLike", g.op("Div", g.op("Size", n.x), g.op("Size", n.y)), n.x)
+    return [g.op("Expand", g.op("Div", n.gy, count), g.shape(n.x))]
 
 
 @rule("GlobalMaxPool")

@@ -31,7 +31,8 @@ relevance of a node's output onto its inputs:
   excitation; the gate possibly reshaped or transposed): all relevance goes to ``x``, none to the
   gate (signal-take-all, Arras et al. 2017).
 - structural ops keep their exact gradient (``keeps``): reshapes, transposes, slices, pads,
-  concatenation, MaxPool (winner takes all), Identity, Dropout, Cast.
+  concatenation, depth/space shuffles, tiles, triangles, reversed sequences, gathers, MaxPool
+  (winner takes all), Identity, Dropout, Cast.
   Any other op on the path is the strict error ``no <modifier> rule for op X (node ...)``.
 
 Composites pick a rule per kind of layer; the first layer is a weighted op whose data input no
@@ -61,7 +62,8 @@ ACTIVATIONS = ("Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "Tanh", "Elu", "
                "HardSwish", "Gelu")
 GATES = ("Sigmoid", "HardSigmoid")
 KEEPS = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split", "Slice", "Gather", "Pad",
-         "Identity", "Dropout", "MaxPool", "GlobalMaxPool", "Expand", "Cast")
+         "Identity", "Dropout", "MaxPool", "GlobalMaxPool", "Expand", "Cast",
+         "DepthToSpace", "SpaceToDepth", "Tile", "Trilu", "ReverseSequence", "GatherElements", "GatherND")
 DEFAULTS = {"epsilon": 1e-6, "stabilizer": 1e-6, "gamma": 0.25, "alpha": 2.0, "beta": 1.0, "low": None, "high": None}
 
 

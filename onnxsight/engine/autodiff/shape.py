@@ -25,9 +25,25 @@ def _rest(n: Node, *grads):
     return list(grads) + [None] * (len(n.inputs) - len(grads))
 
 
+def _same_first_dim(g: GraphBuilder, a: str, b: str) -> bool:
+    """Whether shape inference proves dim 0 of ``a`` and ``b`` equal (the same value or symbol)."""
+    infos = [g.infos.get(t) for t in (a, b)]
+    if None in infos or not all(i.type.tensor_type.HasField("shape") and i.type.tensor_type.shape.dim for i in infos):
+        return False
+    da, db = (i.type.tensor_type.shape.dim[0] for i in infos)
+    return ((da.HasField("dim_value") and db.HasField("dim_value") and da.dim_value == db.dim_value)
+            or (da.HasField("dim_param") and db.HasField("dim_param") and da.dim_param == db.dim_param))
+
+
 @rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def reshape(g: GraphBuilder, n: Node):
-    dx = g.reshape_like(n.gy, n.x)
+    """Back to x's shape: a constant one (dim 0 copied from dy: shape inference keeps the batch
+    symbol) when x's other dims are static and the reshape kept dim 0, else x's run-time shape."""
+    shape = g.static_shape(n.x)
+    if shape and None not in shape[1:] and _same_first_dim(g, n.x, n.y):
+        dx = g.op("Reshape", n.gy, g.ints([0, *shape[1:]]))
+    else:
+        dx = g.reshape_like(n.gy, n.x)
     product, shape, flat = g.products.get(n.gy), g.static_shape(n.x), g.static_shape(n.y)
     if (product is not None and product.dims is None and shape is not None and None not in shape[1:]
             and flat is not None and len(flat) == 2 and flat[1] == int(np.prod(shape[1:]))):  # columns split
@@ -45,7 +61,12 @@ def transpose(g: GraphBuilder, n: Node):
         columns = np.arange(int(np.prod(product.dims))).reshape(product.dims).transpose([a - 1 for a in inverse[1:]])
         right = g.op("Gather", product.right, g.ints(columns.ravel()), axis=1)
         return [g.reshape_like(g.op("MatMul", product.left, right), n.x)]
+    earlier = g.permuted.get(n.gy)
+    if earlier is not None and inverse is not None and [earlier[1][a] for a in inverse] == list(range(len(inverse))):
+        return [earlier[0]]  # two inverse transposes (an NHWC round trip): what the cotangent is survives
     dx = g.op("Transpose", n.gy, perm=inverse)
+    if inverse is not None:
+        g.permuted[dx] = (n.gy, inverse)
     scaled = g.scaled.get(n.gy)
     if scaled is not None:  # moved along: gy's axis a is dx's axis perm[a]
         axis = g.rank(n.y) - 1 - scaled.axis if perm is None else int(perm[scaled.axis])
@@ -129,6 +150,13 @@ def _unpad_constant(g: GraphBuilder, n: Node) -> str | None:
         return None
     rank, half = g.rank(n.x), len(pads) // 2
     begin, end = dict(zip(axes, map(int, pads[:half]))), dict(zip(axes, map(int, pads[half:])))
+    transposed = g.transposed.get(n.gy)
+    if transposed is not None and min(pads) >= 0 and not any(begin.get(a, 0) or end.get(a, 0) for a in (0, 1)):
+        # a strided Conv's ConvTranspose gradient: cropped by its own pads (it computes no more)
+        spatial = range(2, rank)
+        crop = [begin.get(a, 0) for a in spatial] + [end.get(a, 0) for a in spatial]
+        attrs = dict(transposed.attrs, pads=[p + c for p, c in zip(transposed.attrs["pads"], crop)])
+        return g.op("ConvTranspose", transposed.gy, transposed.w, **attrs)
     cut = [a for a in axes if begin[a] > 0 or end[a] > 0]
     dx = n.gy
     if cut:
