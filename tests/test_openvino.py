@@ -1,5 +1,7 @@
 """OpenVINO as a device: every method, the explainer files and the gradient check give onnxruntime's
-numbers on the seed CNN; a model with an op OpenVINO lacks, and a missing openvino package, fail in one line.
+numbers on the seed CNN, and gradient methods on a Keras and a PyTorch ViT (whose square weights OpenVINO
+2026.4 multiplies the wrong way round when a MatMul and its gradient share them); a model with an op OpenVINO
+lacks, and a missing openvino package, fail in one line.
 
 Tolerance: both runtimes compute in float32 (OpenVINO with INFERENCE_PRECISION_HINT=f32) with different
 kernels and accumulation orders, so maps differ by float32 rounding amplified through the network:
@@ -185,25 +187,36 @@ def test_only_the_session_layer_knows_a_runtime():
     assert not knowing, f"runtime-specific code outside engine/session.py: {knowing}"
 
 
-@pytest.mark.parametrize(("wide", "narrow", "sizes"), [
-    (["N", 37, 32], ["N", 37, 1], ((3, 37, 32), (3, 37, 1))),  # a layer norm's moments
-    (["N", 4, 4, 3], ["M", 1, 1, 3], ((2, 4, 4, 3), (2, 1, 1, 3))),  # a squeeze-excite scale
-    (["N", 2, 4, 3], ["M", 4, 3], ((5, 2, 4, 3), (2, 4, 3))),  # a batched MatMul's broadcast operand
+@pytest.mark.parametrize(("wide", "narrow", "sizes", "matched"), [
+    (["N", 37, 32], ["N", 37, 1], ((3, 37, 32), (3, 37, 1)), 0),  # a layer norm's moments
+    (["N", 4, 4, 3], ["M", 1, 1, 3], ((2, 4, 4, 3), (2, 1, 1, 3)), 0),  # a squeeze-excite scale
+    (["N", 2, 4, 3], ["M", 4, 3], ((5, 2, 4, 3), (2, 4, 3)), 0),  # a batched MatMul's broadcast operand
+    (["N", 37, 32], ["M", 37, 32], ((3, 37, 32), (3, 37, 32)), 0),  # a residual Add in a ViT: nothing to sum
+    (["N", 6, 5], ["M", 1, 5], ((4, 6, 5), (1, 1, 5)), 0),  # the batch broadcast too
+    (["N", 4, 3], [2, 4, 3], ((2, 4, 3), (2, 4, 3)), 0),  # every size known on one side
+    (["N", "B", "P", "Q"], ["M", "C", "R", "S"], ((2, 3, 4, 5), (2, 1, 4, 5)), 2),  # a MatMul's operands, shapes unknown
+    (["N", "B", "P", "Q"], ["M", "R", "S"], ((2, 3, 4, 5), (3, 4, 5)), 2),  # ... one with fewer batch axes
 ])
-def test_gradients_summed_over_symbolic_broadcast_axes_run_on_openvino(wide, narrow, sizes):
+def test_gradients_summed_over_symbolic_broadcast_axes_run_on_openvino(wide, narrow, sizes, matched):
     """Where shape inference cannot tell whether an axis was broadcast, the gradient is summed with static
-    axes (OpenVINO refuses a ReduceSum whose axes have unknown length): equal to numpy on both runtimes."""
+    axes (OpenVINO refuses a ReduceSum whose axes have unknown length), splitting only those axes (not the
+    ``matched`` ones a MatMul knows): equal to numpy on both runtimes."""
     from onnxsight.engine.autodiff.builder import GraphBuilder
     from onnxsight.engine.session import open_session, resolve
 
     infos = {"g": helper.make_tensor_value_info("g", TensorProto.FLOAT, wide),
              "x": helper.make_tensor_value_info("x", TensorProto.FLOAT, narrow)}
     builder = GraphBuilder(infos, 17, "t/")
-    summed = builder.unbroadcast("fresh", "x", rank=len(wide))  # "fresh": a tensor shape inference never saw
+    summed = builder.unbroadcast("fresh", "x", rank=len(wide), matched=matched)  # "fresh": shape inference never saw it
     graph = helper.make_graph([helper.make_node("Identity", ["g"], ["fresh"]), *builder.nodes], "unbroadcast",
                               list(infos.values()), [helper.make_tensor_value_info(summed, TensorProto.FLOAT, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     assert not any(node.op_type == "NonZero" for node in model.graph.node)
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in inferred.graph.value_info}
+    symbolic = sum(not isinstance(size, int) for size in narrow[:len(narrow) - matched])
+    assert all(ranks[node.input[0]] <= len(wide) + symbolic for node in model.graph.node if node.op_type == "ReduceSum"), \
+        "only the axes shape inference cannot decide are split (OpenVINO runs a ReduceSum of rank > 5 slowly)"
     g = np.random.default_rng(0).normal(size=sizes[0]).astype(np.float32)
     x = np.zeros(sizes[1], np.float32)
     extra = g.ndim - x.ndim
@@ -212,3 +225,84 @@ def test_gradients_summed_over_symbolic_broadcast_axes_run_on_openvino(wide, nar
     for device in ("cpu", "openvino"):
         got = open_session(model, resolve(device), "unbroadcast").run([summed], {"g": g, "x": x})[0]
         np.testing.assert_allclose(got, want, atol=1e-5, err_msg=device)  # float32 sums of ≤ 32 normal values
+
+
+def _shared_weights_model(second: str) -> tuple[onnx.ModelProto, np.ndarray]:
+    """(N, 6) a, g -> a·W and g·Wᵀ with one square constant W; ``second`` says how g·Wᵀ is written: a MatMul of
+    Transpose(W) (the MatMul gradient rule), a Gemm with transB, or Transpose(Transpose(W)) under a forward Gemm."""
+    w = np.random.default_rng(1).standard_normal((6, 6)).astype(np.float32)
+    nodes = {
+        "transpose": [helper.make_node("MatMul", ["a", "w"], ["forward"]),
+                      helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]), helper.make_node("MatMul", ["g", "wt"], ["backward"])],
+        "gemm": [helper.make_node("MatMul", ["a", "w"], ["forward"]), helper.make_node("Gemm", ["g", "w"], ["backward"], transB=1)],
+        "gemm-forward": [helper.make_node("Gemm", ["a", "wt0"], ["forward"], transB=1),
+                         helper.make_node("Transpose", ["wt0"], ["w1"], perm=[1, 0]),
+                         helper.make_node("Transpose", ["w1"], ["wt"], perm=[1, 0]), helper.make_node("MatMul", ["g", "wt"], ["backward"])],
+    }[second]
+    weights = helper.make_tensor("wt0" if second == "gemm-forward" else "w", TensorProto.FLOAT, [6, 6],
+                                 (w.T if second == "gemm-forward" else w).ravel())
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 6]) for name in ("a", "g")]
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 6]) for name in ("forward", "backward")]
+    graph = helper.make_graph(nodes, "shared_weights", inputs, outputs, initializer=[weights])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), w
+
+
+@pytest.mark.parametrize("second", ["transpose", "gemm", "gemm-forward"])
+def test_a_square_weight_used_both_ways_gives_both_products(second):
+    """OpenVINO 2026.4's CPU plugin computes g·Wᵀ as g·W when another MatMul uses the same square constant W
+    untransposed (a Dense layer beside its gradient); the session gives each product its own constant."""
+    from onnxsight.engine.openvino_session import with_own_weights
+
+    proto, w = _shared_weights_model(second)
+    rng = np.random.default_rng(0)
+    a, g = (rng.standard_normal((4, 6)).astype(np.float32) for _ in range(2))
+    lowered = with_own_weights(proto)
+    weights = [node.input[1] for node in lowered.graph.node if node.op_type in ("MatMul", "Gemm")]
+    uses = [i for node in lowered.graph.node for i in node.input]
+    assert len(set(weights)) == 2 and all(uses.count(name) == 1 for name in weights), weights
+    assert {t.name for t in lowered.graph.initializer} == set(weights)
+    for device in ("cpu", "openvino"):
+        forward, backward = onnxsight.load(proto, device=device).run({"a": a, "g": g}, ["forward", "backward"])
+        # float32 dot products of 6 normal terms: errors about 1e-6, far below the 1e0 of the W-for-Wᵀ mistake
+        np.testing.assert_allclose(forward, a.astype(np.float64) @ w, atol=1e-5, err_msg=device)
+        np.testing.assert_allclose(backward, g.astype(np.float64) @ w.T, atol=1e-5, err_msg=device)
+
+
+VIT_METHODS = {
+    "input gradient": lambda m, x: m.gradient(x, of="logits", target=1, wrt=["input"])["input"],
+    "saliency": lambda m, x: onnxsight.saliency(m, x, target=1),
+    "ig": lambda m, x: onnxsight.integrated_gradients(m, x, target=1, steps=8),
+    "gradcam": lambda m, x: onnxsight.gradcam(m, x, target=1, normalize=False),
+}
+
+
+@pytest.fixture(scope="module")
+def keras_vit(tmp_path_factory):
+    """A small Keras ViT (48² images, 8² patches, width 32, two blocks) on onnxruntime and OpenVINO, and a batch."""
+    pytest.importorskip("tensorflow")
+    from tests.vit_models import vit
+
+    path = onnxsight.convert_keras(vit(image=48, patch=8, width=32, depth=2, heads=2, classes=10),
+                                   tmp_path_factory.mktemp("vit") / "vit.onnx")
+    x = np.random.default_rng(0).uniform(0, 1, (3, 48, 48, 3)).astype(np.float32)
+    return onnxsight.load(path, device="cpu"), onnxsight.load(path, device="openvino"), x
+
+
+@pytest.fixture(scope="module")
+def torch_vit(tmp_path_factory):
+    """tests/torch_models.py's ViT (torchvision's layout: Gemm heads, in-projection MatMuls), exported by TorchScript."""
+    torch = pytest.importorskip("torch")
+    from tests import torch_models
+
+    x = np.random.default_rng(4).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    path = tmp_path_factory.mktemp("torch-vit") / "vit.onnx"
+    torch_models.export(torch_models.build("vit"), torch.from_numpy(x), path, "torchscript")
+    return onnxsight.load(path, device="cpu"), onnxsight.load(path, device="openvino"), x
+
+
+@pytest.mark.parametrize("method", VIT_METHODS)
+@pytest.mark.parametrize("vit", ["keras_vit", "torch_vit"])
+def test_vit_gradients_on_openvino_equal_onnxruntimes(vit, method, request):
+    """The ViTs' square attention projections are the shared-weight case above (before the fix: 0.6-1.1 off)."""
+    on_cpu, on_openvino, x = request.getfixturevalue(vit)
+    assert_close(VIT_METHODS[method](on_openvino, x), VIT_METHODS[method](on_cpu, x), f"{vit} {method}")

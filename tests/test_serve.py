@@ -124,6 +124,22 @@ def test_health_and_model_metadata(client):
         ("probabilities", "FP32", [-1, 10]), ("target_class", "INT64", [-1]), ("heatmap", "FP32", [-1, 28, 28])]
 
 
+def test_model_metadata_names_the_runtime_that_serves_it(mnist_onnx):
+    """Triton's platform names: "onnxruntime_onnx" on onnxruntime, "openvino" on OpenVINO."""
+    pytest.importorskip("openvino")
+    platforms = {}
+    for device in ("cpu", "openvino"):
+        models = load_models(mnist_onnx, methods=("saliency",), device=device)
+        background = Background(create_app(models, Settings(token=TOKEN)))
+        try:
+            client = httpclient.InferenceServerClient(f"127.0.0.1:{background.port}")
+            platforms[device] = {name: client.get_model_metadata(name, headers=auth())["platform"] for name in models}
+        finally:
+            background.stop()
+    assert platforms == {"cpu": dict.fromkeys(["mnist_cnn", "mnist_cnn.saliency"], "onnxruntime_onnx"),
+                         "openvino": dict.fromkeys(["mnist_cnn", "mnist_cnn.saliency"], "openvino")}
+
+
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
 def test_the_model_is_served_with_its_own_tensors(client, model, x, binary):
     image = httpclient.InferInput("input", list(x.shape), "FP32")

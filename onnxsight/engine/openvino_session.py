@@ -8,6 +8,9 @@ gradients of the seed CNN, a ResNet18 and a MobileNetV2. A graph input that also
 optional input with a default, e.g. an explainer's ``target``) stays an input that ``run`` fills with its
 default when omitted.
 OpenVINO has no MaxUnpool (which the MaxPool gradient rule emits): it becomes a ScatterElements into zeros.
+Each MatMul and Gemm gets its constant weights from an initializer of its own (see ``with_own_weights``): OpenVINO
+2026.4's CPU plugin computes a layer that shares a square weight matrix with another in the other orientation (a
+Dense layer and its gradient) with the first one's weights.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import functools
 import queue
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,9 +27,11 @@ from onnx import helper, numpy_helper
 
 from onnxsight.engine import graph as g
 from onnxsight.engine.autodiff.builder import GraphBuilder
+from onnxsight.engine.reference import reference_evaluator
 from onnxsight.errors import MissingDependency, ModelFileError
 
 _CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "EXECUTION_MODE_HINT": "ACCURACY", "PERFORMANCE_HINT": "LATENCY"}
+_LAYOUT_OPS = {"Constant", "Identity", "Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"}
 _LOCATION = re.compile(r"^(Exception from \S+:\d+:|Check '.*' failed at \S+:\d+:)$")
 
 
@@ -72,7 +78,7 @@ class OpenVinoSession:
         graph = model.graph
         initializers = {t.name: t for t in graph.initializer}
         defaults = {v.name: numpy_helper.to_array(initializers[v.name]) for v in graph.input if v.name in initializers}
-        visible = without_max_unpool(model)
+        visible = with_own_weights(without_max_unpool(model))
         kept = [t for t in visible.graph.initializer if t.name not in defaults]  # OpenVINO folds inputs with initializers
         del visible.graph.initializer[:]
         visible.graph.initializer.extend(kept)
@@ -157,6 +163,108 @@ def without_max_unpool(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.node[:]
     graph.node.extend(nodes)
     return result
+
+
+def with_own_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` in which every MatMul and Gemm whose second operand is constant (an initializer, or
+    one reshaped, transposed or cast) reads it from an initializer that no other node uses.
+
+    OpenVINO 2026.4's CPU plugin (f32) gives two fully-connected layers fed by one square constant the same
+    packed weights even when one of them uses it transposed: ``MatMul(a, W)`` beside ``MatMul(g, Transpose(W))``
+    (a Dense layer and its gradient) computes ``g·W`` for ``g·Wᵀ``. Separate constants are computed right; a
+    Gemm's ``transB`` weight is also stored transposed, so that equal values are only ever multiplied alike
+    (a PyTorch ViT's ``Gemm(x, W, transB=1)`` layers beside their gradients ``Gemm(g, W)`` stayed 1.1 off with
+    copies of W, maybe because OpenVINO merges equal constants again).
+    """
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    graph = result.graph
+    inputs = {v.name for v in graph.input}
+    constant = {t.name for t in graph.initializer if t.name not in inputs}
+    initializers = set(constant)
+    layout = []
+    for node in graph.node:
+        if node.op_type in _LAYOUT_OPS and all(i in constant for i in node.input if i):
+            layout.append(node)
+            constant.update(node.output)
+    weighted = [n for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in constant]
+    flagged = {id(n) for n in weighted if n.op_type == "Gemm" and any(a.name == "transB" and a.i for a in n.attribute)}
+    folded = [n for n in weighted if n.input[1] not in initializers or id(n) in flagged]
+    if folded:
+        computed = sorted({n.input[1] for n in folded} - initializers)
+        values = _constant_values(result, layout, computed) if computed else {}
+        for node in folded:
+            value = values[node.input[1]] if node.input[1] in values else numpy_helper.to_array(_initializer(graph, node.input[1]))
+            if id(node) in flagged:  # the weight as it multiplies: Gemm(a, W, transB=1) -> Gemm(a, Wᵀ)
+                value = value.T
+                next(a for a in node.attribute if a.name == "transB").i = 0
+            node.input[1] = _add_initializer(graph, value, node)
+        _drop_unused(graph, layout)
+    uses = _uses(graph)
+    seen = set()
+    for node in weighted:
+        weights = node.input[1]
+        if weights in initializers and uses[weights] > 1:
+            if weights in seen:
+                node.input[1] = _add_initializer(graph, numpy_helper.to_array(_initializer(graph, weights)), node)
+            seen.add(weights)
+    return result
+
+
+def _constant_values(model: onnx.ModelProto, layout: list[onnx.NodeProto], names: list[str]) -> dict[str, np.ndarray]:
+    """The values of constant tensors ``names``, computed by the layout nodes from the initializers."""
+    producer = {o: n for n in layout for o in n.output}
+    needed, pending = set(), list(names)
+    while pending:
+        node = producer.get(pending.pop())
+        if node is not None and tuple(node.output) not in needed:
+            needed.add(tuple(node.output))
+            pending.extend(i for i in node.input if i)
+    nodes = [n for n in layout if tuple(n.output) in needed]
+    sources = {i for n in nodes for i in n.input} | set(names)
+    sub = helper.make_graph(nodes, "constants", [], [helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in names],
+                            [t for t in model.graph.initializer if t.name in sources])
+    proto = helper.make_model(sub, opset_imports=model.opset_import, ir_version=model.ir_version)
+    return dict(zip(names, reference_evaluator(proto).run(names, {})))
+
+
+def _add_initializer(graph: onnx.GraphProto, value: np.ndarray, node: onnx.NodeProto) -> str:
+    name = g.free_name(g.tensor_names(graph), f"onnxsight/openvino/{node.name or node.output[0]}/weights")
+    graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+    return name
+
+
+def _initializer(graph: onnx.GraphProto, name: str) -> onnx.TensorProto:
+    return next(t for t in graph.initializer if t.name == name)
+
+
+def _uses(graph: onnx.GraphProto) -> Counter:
+    """How many node inputs (nested graphs included) and graph outputs name each tensor."""
+    uses = Counter(o.name for o in graph.output)
+    for node in graph.node:
+        uses.update(i for i in node.input if i)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                uses.update(_uses(sub))
+    return uses
+
+
+def _drop_unused(graph: onnx.GraphProto, layout: list[onnx.NodeProto]) -> None:
+    """Removes the layout nodes and the initializers (not graph inputs) that nothing uses any more."""
+    removable = {tuple(n.output) for n in layout}
+    nodes = list(graph.node)
+    while True:
+        uses = _uses(helper.make_graph(nodes, "uses", [], list(graph.output)))
+        kept = [n for n in nodes if tuple(n.output) not in removable or any(uses[o] for o in n.output)]
+        if len(kept) == len(nodes):
+            break
+        nodes = kept
+    del graph.node[:]
+    graph.node.extend(nodes)
+    uses, inputs = _uses(graph), {v.name for v in graph.input}
+    kept = [t for t in graph.initializer if uses[t.name] or t.name in inputs]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
 
 
 def _unpooled_shape(b: GraphBuilder, node: onnx.NodeProto, x: str) -> str:

@@ -25,7 +25,7 @@ from onnxsight.serving.protocol import (
     DATATYPES, NO_CLASSIFICATION, InferRequest, InputTensor, Limits, ProtocolError, check_finite, check_output,
     datatype_of, decode_inputs,
 )
-from onnxsight.serving.repository import PLATFORM, VERSION, ServedModel
+from onnxsight.serving.repository import VERSION, ServedModel
 from onnxsight.serving.server import BodyBudget, Runner, Settings, check_bearer, find_model
 
 try:  # the ``grpc`` extra: grpcio and the service classes generated for tritonclient
@@ -104,7 +104,7 @@ class _Service:
         served = find_model(self.models, request.name, request.version or None)
         tensor = service_pb2.ModelMetadataResponse.TensorMetadata
         return service_pb2.ModelMetadataResponse(
-            name=served.name, versions=[VERSION], platform=PLATFORM,
+            name=served.name, versions=[VERSION], platform=served.platform,
             inputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in served.inputs],
             outputs=[tensor(name=s.name, datatype=s.datatype, shape=s.shape) for s in served.outputs])
 
@@ -114,7 +114,7 @@ class _Service:
         served = find_model(self.models, request.name, request.version or None)
         kind = model_config_pb2.DataType.Value
         config = model_config_pb2.ModelConfig(
-            name=served.name, platform=PLATFORM, max_batch_size=0,
+            name=served.name, platform=served.platform, max_batch_size=0,
             input=[model_config_pb2.ModelInput(name=s.name, data_type=kind(f"TYPE_{s.datatype}"), dims=s.shape,
                                                optional=s.optional) for s in served.inputs],
             output=[model_config_pb2.ModelOutput(name=s.name, data_type=kind(f"TYPE_{s.datatype}"), dims=s.shape)

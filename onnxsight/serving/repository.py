@@ -27,7 +27,7 @@ from onnxsight.serving.explainer import ALL_METHODS, CAM_METHODS, EXPLAINER, MET
 from onnxsight.serving.protocol import ONNX_TYPES, ProtocolError, TensorSpec
 
 VERSION = "1"
-PLATFORM = "onnxruntime_onnx"
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino"}  # Triton's platform names, by runtime
 
 
 @dataclass
@@ -40,6 +40,7 @@ class ServedModel:
     outputs: list[TensorSpec]
     explainer: dict | None = None  # the explainer's description (metadata), None for a plain model
     batching: BatchPolicy = BatchPolicy()
+    platform: str = PLATFORMS["onnxruntime"]  # the runtime that serves it, as Triton names it
 
     @property
     def stackable(self) -> bool:
@@ -49,7 +50,7 @@ class ServedModel:
 
     def metadata(self) -> dict:
         """The protocol's model metadata response."""
-        return {"name": self.name, "versions": [VERSION], "platform": PLATFORM,
+        return {"name": self.name, "versions": [VERSION], "platform": self.platform,
                 "inputs": [s.metadata() for s in self.inputs], "outputs": [s.metadata() for s in self.outputs]}
 
     def check(self, inputs: dict[str, np.ndarray]) -> None:
@@ -117,7 +118,8 @@ def _served(name: str, proto: onnx.ModelProto, description: dict | None, runtime
     optional = set(description.get("optional_inputs", [])) if description else set()
     inputs = [_spec(v) for v in session.get_inputs()]
     inputs += [_spec(v, optional=True) for v in session.get_overridable_initializers() if v.name in optional]
-    return ServedModel(name, session, inputs, [_spec(v) for v in session.get_outputs()], description)
+    return ServedModel(name, session, inputs, [_spec(v) for v in session.get_outputs()], description,
+                       platform=PLATFORMS[runtime.name])
 
 
 def _spec(value, optional: bool = False) -> TensorSpec:

@@ -204,15 +204,16 @@ class GraphBuilder:
 
     # -- broadcasting and scattering -----------------------------------------------------
     def unbroadcast(self, grad: str, like: str, shaped: str | None = None, rank: int | None = None,
-                    kept: int = 0) -> str:
+                    matched: int = 0) -> str:
         """Sums ``grad`` over the axes along which ``like`` was broadcast; result has ``like``'s shape.
 
         ``shaped`` names a forward tensor known to have ``grad``'s shape (usually the node's
-        output); ``rank`` is ``grad``'s rank where shape inference does not know it; the last
-        ``kept`` axes are ``like``'s own, never broadcast (a MatMul's matrix dims). Statically
-        equal shapes need nothing; axes that shape inference tells apart are summed directly;
-        otherwise, with both ranks known, see :meth:`_split_sum`; with a rank unknown, the axes
-        are found at run time (``Shape`` comparisons + ``NonZero``). A dynamic batch works in both.
+        output); ``rank`` is ``grad``'s rank where shape inference does not know it; ``matched``: how many
+        trailing axes the caller knows ``grad`` and ``like`` to share (a MatMul's matrix axes). Statically
+        equal shapes need nothing; axes that shape inference tells apart are summed directly; with both ranks
+        known, one Reshape and a ReduceSum over static axes (``_split_sum``: OpenVINO refuses axes of unknown
+        length); with a rank unknown, the axes are found at run time (``Shape`` comparisons + ``NonZero``).
+        A dynamic batch works in both.
         """
         if self.same_type_shape(shaped or grad, like):
             return grad
@@ -224,9 +225,9 @@ class GraphBuilder:
             summed = self.op("ReduceSum", grad, self.ints(axes), keepdims=int(same_rank))
             return summed if same_rank else self.reshape_like(summed, like)
         wide, narrow = self.static_shape(shaped or grad), self.static_shape(like)
-        wide = len(wide) if wide is not None else rank
-        if wide is not None and narrow is not None and wide >= len(narrow):
-            return self._split_sum(grad, like, wide, narrow, kept)
+        wide = wide if wide is not None else (None,) * rank if rank is not None else None
+        if wide is not None and narrow is not None and len(wide) >= len(narrow):
+            return self._split_sum(grad, like, wide, narrow, matched)
         g_shape, x_shape = self.shape(grad), self.shape(like)
         pad = self.op("Sub", self.op("Size", g_shape), self.op("Size", x_shape))
         ones = self.op("ConstantOfShape", self.op("Reshape", pad, self.ints([1])),
@@ -236,36 +237,45 @@ class GraphBuilder:
         summed = self.op("ReduceSum", grad, axes, keepdims=1, noop_with_empty_axes=1)
         return self.op("Reshape", summed, x_shape)
 
-    def _split_sum(self, grad: str, like: str, wide: int, narrow: tuple[int | None, ...], kept: int) -> str:
-        """``grad`` (rank ``wide``) summed to ``like`` (inferred shape ``narrow``) with static ReduceSum
-        axes (OpenVINO refuses axes of unknown length). Axes that ``like`` lacks or has as a static 1
-        are summed first; an axis where ``like`` is statically > 1, or among the last ``kept``, is
-        kept; one known only at run time is then split by a Reshape into (``like``'s size, the rest)
-        and the rest summed. onnxruntime copies a size-1 rest between kept axes quickly; a ReduceSum
-        over several interleaved size-1 axes (every axis split) took ~8× longer."""
-        lead = wide - len(narrow)
-        x_shape = self.shape(like)
-        summed = [i for i in range(wide - kept) if i < lead or narrow[i - lead] == 1]
-        runtime = [i for i in range(lead, wide - kept) if narrow[i - lead] is None]
-        if summed:
-            grad = self.op("ReduceSum", grad, self.ints(summed), keepdims=1)
-        if not runtime:
-            return self.op("Reshape", grad, x_shape) if summed else grad
-        g_shape = self.shape(grad)
-        pieces, axes = [], []
-        for i in range(wide):
-            size = 1 if i in summed else narrow[i - lead]
-            if i in runtime:
-                own = self.op("Gather", x_shape, self.ints([i - lead]))
-                rest = self.ints([-1]) if len(runtime) == 1 else \
-                    self.op("Div", self.op("Gather", g_shape, self.ints([i])), self.op("Max", own, self.ints([1])))
-                axes.append(len(pieces) + 1)
-                pieces += [own, rest]
+    def _split_sum(self, grad: str, like: str, wide: tuple, narrow: tuple, matched: int = 0) -> str:
+        """``unbroadcast`` with both ranks known: ``grad`` reshaped so that each axis neither shape inference nor
+        ``matched`` decides becomes (``like``'s size, the rest), then one ReduceSum over static axes: the rests and
+        the axes ``like`` lacks or has as 1. Neighbouring axes summed alike are merged and static 1s dropped, so the ReduceSum has
+        few axes (OpenVINO runs one of rank > 5 on a slow reference kernel)."""
+        g_shape, x_shape = self.shape(grad), self.shape(like)
+        pieces = []  # (summed?, size: an int or a 1-element int64 tensor), one per axis of the split grad
+        for axis, size in enumerate(wide):
+            at = axis - len(wide) + len(narrow)
+            kept = narrow[at] if at >= 0 else 1
+            if kept is None and axis >= len(wide) - matched:  # like's size, as the caller knows
+                pieces.append((False, self.op("Gather", x_shape, self.ints([at]))))
+            elif kept is None:  # like's size or 1
+                dim = self.op("Gather", x_shape, self.ints([at]))
+                rest = self.op("Div", self.op("Gather", g_shape, self.ints([axis])), self.op("Max", dim, self.ints([1])))
+                pieces += [(False, dim), (True, rest)]
+            elif kept == 1:  # broadcast: the whole axis is summed
+                pieces.append((True, size if size is not None else self.op("Gather", g_shape, self.ints([axis]))))
+            else:  # grad has like's static size
+                pieces.append((False, kept))
+        merged = []
+        for summed, size in pieces:
+            if isinstance(size, int) and size == 1:
+                continue
+            if merged and merged[-1][0] == summed:
+                before = merged[-1][1]
+                size = before * size if isinstance(before, int) and isinstance(size, int) else \
+                    self.op("Mul", self._size(before), self._size(size))
+                merged[-1] = (summed, size)
             else:
-                pieces.append(self.ints([size]) if size is not None else self.op("Gather", g_shape, self.ints([i])))
-        split = self.op("Reshape", grad, self.op("Concat", *pieces, axis=0))
-        total = self.op("ReduceSum", split, self.ints(axes), keepdims=0)
-        return self.op("Reshape", total, x_shape) if lead else total
+                merged.append((summed, size))
+        if not any(summed for summed, _ in merged):  # only sizes grad must share with like
+            return self.op("Reshape", grad, x_shape)
+        split = self.op("Reshape", grad, self.op("Concat", *(self._size(size) for _, size in merged), axis=0))
+        summed = self.op("ReduceSum", split, self.ints([i for i, (s, _) in enumerate(merged) if s]), keepdims=0)
+        return self.op("Reshape", summed, x_shape)
+
+    def _size(self, size: int | str) -> str:
+        return self.ints([size]) if isinstance(size, int) else size
 
     def _broadcast_axes(self, wide: str, like: str) -> list[int] | None:
         """The axes of ``wide`` along which ``like`` was broadcast, when shape inference tells:

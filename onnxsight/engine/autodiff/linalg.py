@@ -19,7 +19,7 @@ def _to_operand(g: GraphBuilder, grad: str, operand: str, rank: int, other_rank:
     if g.rank(operand) == 1:
         summed = g.op("ReduceSum", grad, g.ints(list(range(rank - 2))), keepdims=0) if rank > 2 else grad
         return g.reshape_like(summed, operand)
-    return grad if other_rank <= 2 else g.unbroadcast(grad, operand, rank=rank, kept=2)
+    return grad if other_rank <= 2 else g.unbroadcast(grad, operand, rank=rank, matched=2)
 
 
 @rule("MatMul")
