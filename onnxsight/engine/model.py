@@ -573,9 +573,19 @@ def load(model: str | os.PathLike | onnx.ModelProto, device: str = "auto", threa
 def with_outputs(
     model: onnx.ModelProto, outputs: Sequence[str], values: Mapping[str, onnx.ValueInfoProto]
 ) -> onnx.ModelProto:
-    """A copy of ``model`` whose graph outputs are exactly ``outputs``, typed from ``values``."""
+    """A copy of ``model`` whose graph outputs are exactly ``outputs``, typed from ``values``, without the
+    nodes and weights no output needs (onnxruntime runs every node: a layer's activations would cost the
+    whole forward pass, a 1-row run to the seed CNN's last pooling layer 3× the cut graph's)."""
     result = onnx.ModelProto()
     result.CopyFrom(model)
+    graph = result.graph
+    if not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        kept = g.live_nodes(graph.node, set(outputs))  # a subgraph's outer-scope reads are not node inputs: kept whole
+        read = {name for node in kept for name in node.input} | {v.name for v in graph.input}
+        weights = [t for t in graph.initializer if t.name in read]
+        for field, items in ((graph.node, kept), (graph.initializer, weights)):
+            del field[:]
+            field.extend(items)
     del result.graph.output[:]
     for name in dict.fromkeys(outputs):
         if name not in values:

@@ -112,6 +112,25 @@ def scorecam_probability_weights(probabilities: np.ndarray) -> np.ndarray:
     return np.asarray(probabilities, np.float64)[:, None, None, :]
 
 
+def masked_inputs(
+    x: np.ndarray, maps: np.ndarray, images: np.ndarray, size: Sequence[int], mode: str, channel_axis: int
+) -> np.ndarray:
+    """Score-CAM's masked inputs, in ``x``'s dtype: row r is image ``x[images[r]]`` times ``maps[r]`` (h, w)
+    upsampled to ``size`` with ``mode`` and min-max scaled to [0, 1] (a constant map: 0), as
+    ``normalize_each`` scales; ``images`` ascending. Each image's rows are multiplied at once."""
+    masks = upsample(maps, size, mode)
+    low = masks.min(axis=(1, 2), keepdims=True)
+    span = masks.max(axis=(1, 2), keepdims=True) - low
+    scaled = np.subtract(masks, low)
+    np.divide(scaled, span, out=scaled, where=span > 0)  # a constant map minus its minimum is 0 already
+    scaled = np.expand_dims(scaled, channel_axis)
+    masked = np.empty((len(images), *x.shape[1:]), np.result_type(x, scaled))
+    bounds = [0, *(np.flatnonzero(np.diff(images)) + 1), len(images)]
+    for first, end in zip(bounds[:-1], bounds[1:]):
+        np.multiply(x[images[first]], scaled[first:end], out=masked[first:end])
+    return masked.astype(x.dtype, copy=False)
+
+
 def ablation_weights(scores: np.ndarray, ablated: np.ndarray) -> np.ndarray:
     """Ablation-CAM (Desai & Ramaswamy 2020): (y − y_k) / y from the (N,) target scores y and the (N, K)
     scores y_k with channel k of the layer zeroed, (N, 1, 1, K); 0 for an image whose score is 0."""

@@ -66,12 +66,11 @@ def occlusion(
     rows, cols = k.grid(height, width, window, stride, last_window)
     indices = model.resolve_target(with_context(model, x, context), target, of, batch_size)
     # Copy 0 of each image hides nothing: the clean score comes from the same batched runs.
-    hide_rows, hide_cols = np.vstack([np.zeros((1, height), bool), rows]), np.vstack([np.zeros((1, width), bool), cols])
-    copies = len(hide_rows)
+    windows = np.vstack([np.zeros((1, 4), int), k.window_bounds(rows, cols)])
+    copies = len(windows)
 
-    def occluded(r: np.ndarray) -> np.ndarray:
-        image, where = r // copies, r % copies
-        return k.occlude(x[image], fills[image], hide_rows[where], hide_cols[where], axis)
+    def occluded(start: int, stop: int) -> np.ndarray:
+        return k.occlude(x, fills, windows, start, stop, axis)
 
     scores = copy_scores(model, x, copies, occluded, indices, of, batch_size, progress, context).reshape(len(x), copies)
     drops = scores[:, :1] - scores[:, 1:]
@@ -96,7 +95,7 @@ def copy_scores(
     model: Model,
     x: np.ndarray,
     copies: int,
-    build: Callable[[np.ndarray], np.ndarray],
+    build: Callable[[int, int], np.ndarray],
     indices: np.ndarray | None,
     of: str = "logits",
     batch_size: int = 256,
@@ -106,24 +105,26 @@ def copy_scores(
 ) -> np.ndarray:
     """Target scores (``probability``: softmax probabilities) of ``copies`` perturbed versions of each image, image-major, float64 (N·copies,).
 
-    ``build(rows)`` returns the copies with flat ids ``rows`` (copy ``r`` is of image
-    ``r // copies``); they are built in chunks of at most ``CHUNK_BYTES`` and run ``batch_size``
-    rows at a time, each run reported as ``progress(copies scored, copies in all)``. The score
+    ``build(start, stop)`` returns the copies with flat ids ``start`` to ``stop - 1`` (copy ``r`` is of
+    image ``r // copies``); they are built in chunks of at most ``CHUNK_BYTES``, a whole number of runs
+    where a run fits, and run ``batch_size`` rows at a time, each run reported as ``progress(copies scored, copies in all)``. The score
     is the engine's: a class of 2-D ``of``, a channel's mean of N-D ``of`` (``indices`` per
     image), or the sum of ``of`` when ``indices`` is None. ``context``: the model's other inputs
     per image, fed unchanged with each copy.
     """
     static = model.shapes.get(model.tensor(of)) or ()
     out_bytes = 4 * int(np.prod([d for d in static[1:] if d is not None] or [1]))
+    per_run = rows_per_run(model, batch_size)
     step = max(1, CHUNK_BYTES // (4 * x[0].nbytes + out_bytes))
+    step = step // per_run * per_run or step  # no short run at the end of each chunk
     total = len(x) * copies
     scores = np.empty(total)
     tally = Tally(total, progress)
     for start in range(0, total, step):
         rows = np.arange(start, min(total, start + step))
         chosen = None if indices is None else indices[rows // copies]
-        built = with_context(model, build(rows), context or {}, rows // copies)
-        for run in tally.runs(len(rows), rows_per_run(model, batch_size)):
+        built = with_context(model, build(start, start + len(rows)), context or {}, rows // copies)
+        for run in tally.runs(len(rows), per_run):
             scores[rows[run]] = target_scores(model, take(built, run), rows_of(chosen, run), of, batch_size, probability)
     return scores
 
