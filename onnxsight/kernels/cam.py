@@ -118,16 +118,18 @@ def masked_inputs(
     """Score-CAM's masked inputs, in ``x``'s dtype: row r is image ``x[images[r]]`` times ``maps[r]`` (h, w)
     upsampled to ``size`` with ``mode`` and min-max scaled to [0, 1] (a constant map: 0), as
     ``normalize_each`` scales; ``images`` ascending. Each image's rows are multiplied at once."""
-    masks = upsample(maps, size, mode)
-    low = masks.min(axis=(1, 2), keepdims=True)
-    span = masks.max(axis=(1, 2), keepdims=True) - low
-    scaled = np.subtract(masks, low)
-    np.divide(scaled, span, out=scaled, where=span > 0)  # a constant map minus its minimum is 0 already
-    scaled = np.expand_dims(scaled, channel_axis)
-    masked = np.empty((len(images), *x.shape[1:]), np.result_type(x, scaled))
+    masks = np.ascontiguousarray(upsample(maps, size, mode))
+    flat = masks.reshape(len(masks), -1)
+    low = flat.min(axis=1, keepdims=True)
+    span = flat.max(axis=1, keepdims=True) - low
+    np.subtract(flat, low, out=flat)
+    np.divide(flat, np.where(span > 0, span, 1), out=flat)  # a constant map minus its minimum is 0 already
+    masked = np.empty((len(images), *x.shape[1:]), np.result_type(x, masks))
+    planes, pixels = np.moveaxis(masked, channel_axis, -1), np.moveaxis(x, channel_axis, -1)  # (..., H, W, C)
     bounds = [0, *(np.flatnonzero(np.diff(images)) + 1), len(images)]
     for first, end in zip(bounds[:-1], bounds[1:]):
-        np.multiply(x[images[first]], scaled[first:end], out=masked[first:end])
+        for channel in range(planes.shape[-1]):  # one plane at a time: long inner loops, no broadcast over C
+            np.multiply(masks[first:end], pixels[images[first], ..., channel], out=planes[first:end, ..., channel])
     return masked.astype(x.dtype, copy=False)
 
 
