@@ -63,21 +63,29 @@ def noise_scale(x: np.ndarray, noise: float, mode: str = "relative") -> np.ndarr
 
 
 def smoothgrad_noise_chunks(
-    x: np.ndarray, samples: int, noise: float, mode: str = "relative", seed: int = 0, chunk: int | None = None
+    x: np.ndarray, samples: int, noise: float, mode: str = "relative", seed: int = 0, chunk: int | None = None,
+    units: Sequence[np.ndarray] | None = None,
 ) -> Iterator[np.ndarray]:
     """The noise of :func:`smoothgrad_noise` in consecutive blocks of ``chunk`` samples.
 
     Blocks are drawn one after another from the same generator, so their concatenation is
     exactly the one-call draw (numpy's generators consume their stream sequentially).
+    ``units``: those blocks' unit draws, :func:`unit_noise` of the same arguments, made earlier.
     """
     if samples < 1:
         raise InvalidArgument(f"smooth_samples must be at least 1 to draw noise, got {samples}")
     sigma = noise_scale(x, noise, mode)
+    for unit in unit_noise(x.shape[1:], samples, seed, chunk) if units is None else units:
+        yield unit * sigma  # one draw for all images
+
+
+def unit_noise(shape: Sequence[int], samples: int, seed: int = 0, chunk: int | None = None) -> Iterator[np.ndarray]:
+    """SmoothGrad's unit draws for images of ``shape`` (no batch axis): blocks of ``chunk`` (default all)
+    samples, float32 (count, 1, *shape), drawn one after another from ``np.random.default_rng(seed)``."""
     rng = np.random.default_rng(seed)
     chunk = samples if chunk is None else max(1, int(chunk))
     for start in range(0, samples, chunk):
-        count = min(chunk, samples - start)
-        yield rng.standard_normal((count, 1, *x.shape[1:]), dtype=np.float32) * sigma  # one draw for all images
+        yield rng.standard_normal((min(chunk, samples - start), 1, *shape), dtype=np.float32)
 
 
 def smoothgrad_noise(x: np.ndarray, samples: int, noise: float, mode: str = "relative", seed: int = 0) -> np.ndarray:
