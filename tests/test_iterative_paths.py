@@ -142,6 +142,17 @@ def test_a_graph_with_a_subgraph_is_kept_whole():
     assert len(with_outputs(proto, ["z"], values).graph.node) == 3  # "outer" is read inside the If only
 
 
+def test_a_graph_whose_outputs_would_not_read_an_input_is_kept_whole():
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["a"], ["y"]), helper.make_node("Neg", ["b"], ["z"])], "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in "ab"],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in "yz"])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    values = {v.name: v for v in [*graph.input, *graph.output]}
+    assert len(with_outputs(proto, ["y"], values).graph.node) == 2  # OpenVINO would drop the unread input "b"
+    assert len(with_outputs(proto, ["y", "z"], values).graph.node) == 2
+
+
 def _descendant_outputs(graph: onnx.GraphProto, node: onnx.NodeProto) -> set[str]:
     """Every tensor computed from ``node``'s outputs, and those outputs."""
     reached, changed = set(node.output), True

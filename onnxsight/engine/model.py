@@ -579,9 +579,13 @@ def with_outputs(
     result = onnx.ModelProto()
     result.CopyFrom(model)
     graph = result.graph
-    if not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
-        kept = g.live_nodes(graph.node, set(outputs))  # a subgraph's outer-scope reads are not node inputs: kept whole
-        read = {name for node in kept for name in node.input} | {v.name for v in graph.input}
+    kept = g.live_nodes(graph.node, set(outputs))
+    read = {name for node in kept for name in node.input} | set(outputs)
+    # kept whole: a subgraph's outer-scope reads are no node inputs; an input no node would read any more
+    # (OpenVINO drops it, and then refuses its feed)
+    if not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute) \
+            and all(v.name in read for v in g.data_inputs(graph)):
+        read |= {v.name for v in graph.input}
         weights = [t for t in graph.initializer if t.name in read]
         for field, items in ((graph.node, kept), (graph.initializer, weights)):
             del field[:]
