@@ -363,7 +363,7 @@ class Model:
         for start in range(0, count, step):
             batch = {k: v[start:start + step] for k, v in feeds.items()}
             chunks.append(self._run_chunk(session, list(outputs), batch, fixed))
-        return [np.concatenate(parts) for parts in zip(*chunks)]
+        return [parts[0] if len(parts) == 1 else np.concatenate(parts) for parts in zip(*chunks)]  # one run: no copy
 
     def run_from(
         self, tensor: str, value: np.ndarray, outputs: Sequence[str], x: Inputs | None = None,

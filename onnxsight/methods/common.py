@@ -113,7 +113,7 @@ def gradients_in_runs(
     runs = [model.gradient(take(batch, run), of=of, target=rows_of(target, run), wrt=wrt, modifier=modifier,
                            batch_size=batch_size)
             for run in tally.runs(rows(batch), rows_per_run(model, batch_size))]
-    return {name: np.concatenate([r[name] for r in runs]) for name in wrt}
+    return {name: runs[0][name] if len(runs) == 1 else np.concatenate([r[name] for r in runs]) for name in wrt}
 
 
 def gradient_batch_size(model: Model) -> int:
