@@ -8,7 +8,7 @@ the others), one ``session.run`` per chunk of the method's rows per run (IG, Smo
 ``gradient_batch_size``; Score-CAM 64; occlusion 256), with the engine's session options (same threads, no
 spinning). What the method costs beyond that is Python, copies and per-run overhead. Method, limit and
 (``--tensorflow``) the same computation as compiled ``tf.function`` (benchmarks/methods_vs_tensorflow.py)
-are timed interleaved, median of ``--repeats``; ``inside_run`` is the share of the method's time spent
+are timed interleaved (each first in turn), median of ``--repeats``; ``inside_run`` is the share of the method's time spent
 inside ``session.run``. ``--cpu`` times process CPU seconds (steadier on a shared machine; use it with
 ``--threads 1``).
 
@@ -158,8 +158,10 @@ def main() -> None:
             for call in calls.values():
                 call()
             runs.seconds, runs.calls = 0.0, 0
-            for _ in range(args.repeats):
-                for name, call in calls.items():
+            for repeat in range(args.repeats):
+                names = list(calls)
+                for name in names[repeat % len(names):] + names[:repeat % len(names)]:  # each goes first in turn
+                    call = calls[name]
                     runs.counting = name == "method"
                     start = clock()
                     call()
