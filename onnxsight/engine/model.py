@@ -363,7 +363,7 @@ class Model:
         for start in range(0, count, step):
             batch = {k: v[start:start + step] for k, v in feeds.items()}
             chunks.append(self._run_chunk(session, list(outputs), batch, fixed))
-        return [np.concatenate(parts) for parts in zip(*chunks)]
+        return [parts[0] if len(parts) == 1 else np.concatenate(parts) for parts in zip(*chunks)]  # one run: no copy
 
     def run_from(
         self, tensor: str, value: np.ndarray, outputs: Sequence[str], x: Inputs | None = None,
@@ -573,9 +573,23 @@ def load(model: str | os.PathLike | onnx.ModelProto, device: str = "auto", threa
 def with_outputs(
     model: onnx.ModelProto, outputs: Sequence[str], values: Mapping[str, onnx.ValueInfoProto]
 ) -> onnx.ModelProto:
-    """A copy of ``model`` whose graph outputs are exactly ``outputs``, typed from ``values``."""
+    """A copy of ``model`` whose graph outputs are exactly ``outputs``, typed from ``values``, without the
+    nodes and weights no output needs (onnxruntime runs every node: a layer's activations would cost the
+    whole forward pass, a 1-row run to the seed CNN's last pooling layer 3× the cut graph's)."""
     result = onnx.ModelProto()
     result.CopyFrom(model)
+    graph = result.graph
+    kept = g.live_nodes(graph.node, set(outputs))
+    read = {name for node in kept for name in node.input} | set(outputs)
+    # kept whole: a subgraph's outer-scope reads are no node inputs; an input no node would read any more
+    # (OpenVINO drops it, and then refuses its feed)
+    if not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute) \
+            and all(v.name in read for v in g.data_inputs(graph)):
+        read |= {v.name for v in graph.input}
+        weights = [t for t in graph.initializer if t.name in read]
+        for field, items in ((graph.node, kept), (graph.initializer, weights)):
+            del field[:]
+            field.extend(items)
     del result.graph.output[:]
     for name in dict.fromkeys(outputs):
         if name not in values:

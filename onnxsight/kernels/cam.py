@@ -112,6 +112,27 @@ def scorecam_probability_weights(probabilities: np.ndarray) -> np.ndarray:
     return np.asarray(probabilities, np.float64)[:, None, None, :]
 
 
+def masked_inputs(
+    x: np.ndarray, maps: np.ndarray, images: np.ndarray, size: Sequence[int], mode: str, channel_axis: int
+) -> np.ndarray:
+    """Score-CAM's masked inputs, in ``x``'s dtype: row r is image ``x[images[r]]`` times ``maps[r]`` (h, w)
+    upsampled to ``size`` with ``mode`` and min-max scaled to [0, 1] (a constant map: 0), as
+    ``normalize_each`` scales; ``images`` ascending. Each image's rows are multiplied at once."""
+    masks = np.ascontiguousarray(upsample(maps, size, mode))
+    flat = masks.reshape(len(masks), -1)
+    low = flat.min(axis=1, keepdims=True)
+    span = flat.max(axis=1, keepdims=True) - low
+    np.subtract(flat, low, out=flat)
+    np.divide(flat, np.where(span > 0, span, 1), out=flat)  # a constant map minus its minimum is 0 already
+    masked = np.empty((len(images), *x.shape[1:]), np.result_type(x, masks))
+    planes, pixels = np.moveaxis(masked, channel_axis, -1), np.moveaxis(x, channel_axis, -1)  # (..., H, W, C)
+    bounds = [0, *(np.flatnonzero(np.diff(images)) + 1), len(images)]
+    for first, end in zip(bounds[:-1], bounds[1:]):
+        for channel in range(planes.shape[-1]):  # one plane at a time: long inner loops, no broadcast over C
+            np.multiply(masks[first:end], pixels[images[first], ..., channel], out=planes[first:end, ..., channel])
+    return masked.astype(x.dtype, copy=False)
+
+
 def ablation_weights(scores: np.ndarray, ablated: np.ndarray) -> np.ndarray:
     """Ablation-CAM (Desai & Ramaswamy 2020): (y − y_k) / y from the (N,) target scores y and the (N, K)
     scores y_k with channel k of the layer zeroed, (N, 1, 1, K); 0 for an image whose score is 0."""

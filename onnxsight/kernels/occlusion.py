@@ -48,12 +48,29 @@ def grid(
     return np.repeat(rows, len(cols), axis=0), np.tile(cols, (len(rows), 1))
 
 
-def occlude(
-    x: np.ndarray, fill: np.ndarray, rows: np.ndarray, cols: np.ndarray, channel_axis: int
-) -> np.ndarray:
-    """Copies of ``x`` (R, ...) with the window given by ``rows`` (R, H) and ``cols`` (R, W) set to ``fill``."""
-    inside = np.expand_dims(rows[:, :, None] & cols[:, None, :], channel_axis)
-    return np.where(inside, fill, x)
+def window_bounds(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(P, 4) ints: each window's (top, bottom, left, right) from its row and column indicators
+    ((P, H) and (P, W), as :func:`grid` gives them); a window that covers nothing gives empty bounds."""
+    top, left = rows.argmax(axis=1), cols.argmax(axis=1)
+    return np.stack([top, top + rows.sum(axis=1), left, left + cols.sum(axis=1)], axis=1)
+
+
+def occlude(x: np.ndarray, fill: np.ndarray, windows: np.ndarray, start: int, stop: int, channel_axis: int) -> np.ndarray:
+    """Occluded copies ``start`` to ``stop - 1`` of the batch ``x``, image-major: copy r is image ``r // P``
+    with its window ``windows[r % P]`` = (top, bottom, left, right) set to the same pixels of ``fill``
+    (shaped like ``x``), P = len(windows). Each image's copies are written at once, then each window
+    position of all copies at once through strided views."""
+    count = len(windows)
+    images = np.arange(start, stop) // count
+    copies = np.empty((stop - start, *x.shape[1:]), x.dtype)
+    for image in range(start // count, (stop - 1) // count + 1):
+        copies[max(start, image * count) - start:min(stop, (image + 1) * count) - start] = x[image]
+    pixels, shown = np.moveaxis(copies, channel_axis, -1), np.moveaxis(fill, channel_axis, -1)  # (..., H, W, C)
+    for window, (top, bottom, left, right) in enumerate(windows.tolist()):
+        if top < bottom and left < right:
+            picked = slice((window - start) % count, None, count)
+            pixels[picked, top:bottom, left:right] = shown[images[picked], top:bottom, left:right]
+    return copies
 
 
 def fill_values(x: np.ndarray, fill: float | str, channel_axis: int, sigma: Sequence[float]) -> np.ndarray:

@@ -223,10 +223,10 @@ def _cam(
     def masked_scores(acts: np.ndarray, probability: bool = False) -> np.ndarray:
         channels = acts.shape[-1]
 
-        def masked(rows: np.ndarray) -> np.ndarray:
-            image, channel = rows // channels, rows % channels
-            masks = normalize_each(k.upsample(acts[image, :, :, channel], size, peer.masks or upsample))
-            return (x[image] * np.expand_dims(masks, input_axis)).astype(x.dtype)
+        def masked(start: int, stop: int) -> np.ndarray:
+            rows = np.arange(start, stop)
+            images = rows // channels
+            return k.masked_inputs(x, acts[images, :, :, rows % channels], images, size, peer.masks or upsample, input_axis)
 
         scores = copy_scores(model, x, channels, masked, indices, of, batch_size, progress, context, probability)
         return scores.reshape(len(x), channels)

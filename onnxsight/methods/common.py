@@ -84,14 +84,13 @@ def target_scores(
     """Per image the target's score — a class's logit, a channel's mean (N-D ``of``) or, for
     None, the sum of ``of`` — the quantity whose gradient the methods take. float64 (N,).
     ``probability``: softmax over ``of``'s class (channel) axis first."""
-    x = model.check_input(x)
     values = model.run(x, [model.tensor(of)], batch_size=batch_size)[0]
     axis = model.channel_axis(of)
     if probability:
         values = np.moveaxis(softmax(np.moveaxis(values, axis, -1)), -1, axis)
     indices = targets.resolve(target, values.shape, axis, values)
     weights = targets.cotangent(values.shape, indices, axis, np.float64)
-    return (weights * values).reshape(rows(x), -1).sum(axis=1)
+    return (weights * values).reshape(len(values), -1).sum(axis=1)
 
 
 def rows_of(resolved: targets.Resolved, run: slice) -> targets.Resolved:
@@ -114,7 +113,7 @@ def gradients_in_runs(
     runs = [model.gradient(take(batch, run), of=of, target=rows_of(target, run), wrt=wrt, modifier=modifier,
                            batch_size=batch_size)
             for run in tally.runs(rows(batch), rows_per_run(model, batch_size))]
-    return {name: np.concatenate([r[name] for r in runs]) for name in wrt}
+    return {name: runs[0][name] if len(runs) == 1 else np.concatenate([r[name] for r in runs]) for name in wrt}
 
 
 def gradient_batch_size(model: Model) -> int:

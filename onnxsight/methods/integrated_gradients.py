@@ -73,7 +73,7 @@ def integrated_gradients(
         grads = gradients_in_runs(model, path, of, targets.tile(indices, len(a)), wrt, None, batch_size, tally)
         for name in wrt:
             shape = (len(a), *inputs[name].shape)
-            integral[name] += np.tensordot(w, grads[name].reshape(shape).astype(np.float64), axes=1)
+            integral[name] += np.einsum("a,a...->...", w, grads[name].reshape(shape), dtype=np.float64)
     attributions = {name: k.reduce_channels((inputs[name] - starts[name]) * integral[name],
                                             input_channel_axis(model, name), reduce).astype(np.float32)
                     for name in wrt}

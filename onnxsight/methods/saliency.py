@@ -17,6 +17,7 @@ from onnxsight.methods.common import (
 )
 
 MAX_CHUNK_BYTES = 256 * 2**20  # noisy copies (and their gradients) held at once, per m.gradient call
+KEPT_NOISE_BYTES, KEPT_NOISE_SETS = 16 * 2**20, 4  # SmoothGrad's unit draws kept per model for later calls
 
 
 def saliency(
@@ -95,7 +96,8 @@ def saliency(
         maps = {name: k.postprocess(gradients[name], inputs[name], **post) for name in wrt}
     else:
         chunk = k.sample_chunk(samples, 2 * sum(a.nbytes for a in inputs.values()), MAX_CHUNK_BYTES)
-        noises = [k.smoothgrad_noise_chunks(inputs[name], samples, smooth_noise, noise, seed + i, chunk)
+        noises = [k.smoothgrad_noise_chunks(inputs[name], samples, smooth_noise, noise, seed + i, chunk,
+                                            _kept_unit_noise(model, inputs[name].shape[1:], samples, seed + i, chunk))
                   for i, name in enumerate(wrt)]
         total = dict.fromkeys(wrt, 0.0)
         squares = dict.fromkeys(wrt, 0.0)
@@ -114,6 +116,23 @@ def saliency(
         if normalize:
             maps[name] = normalize_each(maps[name])
     return per_input(model, {name: m.astype(np.float32) for name, m in maps.items()})
+
+
+def _kept_unit_noise(model: Model, shape: tuple, samples: int, seed: int, chunk: int) -> list[np.ndarray] | None:
+    """SmoothGrad's unit draws for these arguments, kept on ``model`` for later calls (the last few sets,
+    each at most ``KEPT_NOISE_BYTES``), or None where they would take more (drawn anew). Drawing 20 × 96×96×3
+    normals costs about 5 % of a MobileNetV2 SmoothGrad at batch 1."""
+    if samples * 4 * int(np.prod(shape)) > KEPT_NOISE_BYTES:
+        return None
+    kept = model.memo(("smoothgrad unit noise",), dict)
+    key = (shape, samples, seed, chunk)
+    draws = kept.get(key)
+    if draws is None:
+        draws = list(k.unit_noise(shape, samples, seed, chunk))
+        if len(kept) >= KEPT_NOISE_SETS:
+            kept.clear()
+        kept[key] = draws
+    return draws
 
 
 def check_options(modifier: str | None, reduce: str | None, noise: str = "relative", smooth_aggregate: str = "mean") -> None:
