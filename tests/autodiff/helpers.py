@@ -123,3 +123,12 @@ def relative_error(actual, expected) -> float:
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     scale = max(np.linalg.norm(expected), np.linalg.norm(actual), 1e-12)
     return float(np.linalg.norm(actual - expected) / scale)
+
+
+def tf_gradient(tf, fn, x: np.ndarray, cot: np.ndarray) -> np.ndarray:
+    """TensorFlow's float64 gradient of ``sum(fn(x) · cot)`` with respect to ``x``."""
+    t = tf.constant(x.astype(np.float64))
+    with tf.GradientTape() as tape:
+        tape.watch(t)
+        loss = tf.reduce_sum(fn(t) * cot.astype(np.float64))
+    return tape.gradient(loss, t).numpy()

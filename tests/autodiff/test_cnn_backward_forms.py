@@ -14,7 +14,7 @@ from onnx import TensorProto, shape_inference
 
 from onnxsight.engine.autodiff import build_vjp
 
-from .helpers import ort_run, ref_run, relative_error
+from .helpers import ort_run, ref_run, relative_error, tf_gradient
 from .test_backward import gradients, make_model
 
 D = TensorProto.DOUBLE
@@ -30,14 +30,6 @@ def tf():
     import tensorflow
 
     return tensorflow
-
-
-def _tf_gradient(tf, fn, x: np.ndarray, cot: np.ndarray) -> np.ndarray:
-    t = tf.constant(x.astype(np.float64))
-    with tf.GradientTape() as tape:
-        tape.watch(t)
-        loss = tf.reduce_sum(fn(t) * cot.astype(np.float64))
-    return tape.gradient(loss, t).numpy()
 
 
 def _directional(model, x: np.ndarray, cot: np.ndarray, v: np.ndarray, step: float = 1e-6) -> float:
@@ -81,7 +73,7 @@ def test_activation_gradients_are_where_free_and_equal_tensorflow_at_their_kinks
     x = np.broadcast_to(KINKS, (2, 3, 9)).copy()
     cot = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
     got = gradients(vjp, {"x": x}, cot)["x"]
-    want = _tf_gradient(tf, lambda t: ACTIVATIONS[name][2](tf, t), x, cot)
+    want = tf_gradient(tf, lambda t: ACTIVATIONS[name][2](tf, t), x, cot)
     np.testing.assert_allclose(got, want, rtol=FLOAT32_TOLERANCE, atol=FLOAT32_TOLERANCE, err_msg=name)
 
 
@@ -177,7 +169,7 @@ def test_pooled_and_flattened_cotangents_keep_the_batch_symbol(tf):
     assert [d.dim_param or d.dim_value for d in dims] == ["N", 16, 3, 4]
     x = rng.standard_normal((2, 16, 3, 4)).astype(np.float32)
     cot = rng.standard_normal((2, 5)).astype(np.float32)
-    want = _tf_gradient(tf, lambda t: tf.reshape(tf.reduce_mean(t, [2, 3]), [-1, 16]) @ w.astype(np.float64), x, cot)
+    want = tf_gradient(tf, lambda t: tf.reshape(tf.reduce_mean(t, [2, 3]), [-1, 16]) @ w.astype(np.float64), x, cot)
     assert relative_error(gradients(vjp, {"x": x}, cot)["x"], want) < FLOAT32_TOLERANCE
 
 
@@ -216,7 +208,7 @@ def test_a_pad_before_a_strided_conv_crops_its_conv_transpose_instead_of_slicing
             def block(t):
                 t = tf.pad(tf.transpose(t, [0, 2, 3, 1]), [[0, 0], [pads[0], pads[2]], [pads[1], pads[3]], [0, 0]])
                 return tf.transpose(tf.nn.relu(tf.nn.depthwise_conv2d(t, kernel, [1, 2, 2, 1], "VALID")), [0, 3, 1, 2])
-            want = _tf_gradient(tf, block, x.astype(np.float32), cot.astype(np.float32))
+            want = tf_gradient(tf, block, x.astype(np.float32), cot.astype(np.float32))
             assert relative_error(got, want) < 1e-5  # float32 sums of 9 products per element
         else:
             grad = gradients(vjp, {"x": x}, cot, ref_run)["x"]

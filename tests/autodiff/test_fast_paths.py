@@ -12,7 +12,7 @@ from onnx import TensorProto
 
 from onnxsight.engine.autodiff import build_vjp
 
-from .helpers import ort_run, ref_run, relative_error
+from .helpers import ort_run, ref_run, relative_error, tf_gradient
 from .test_backward import gradients, make_model
 
 D = TensorProto.DOUBLE
@@ -25,14 +25,6 @@ def tf():
     import tensorflow
 
     return tensorflow
-
-
-def _tf_gradient(tf, fn, x: np.ndarray, cot: np.ndarray) -> np.ndarray:
-    t = tf.constant(x.astype(np.float64))
-    with tf.GradientTape() as tape:
-        tape.watch(t)
-        loss = tf.reduce_sum(fn(t) * cot.astype(np.float64))
-    return tape.gradient(loss, t).numpy()
 
 
 def _swish(first: str, second: str, extra: bool):
@@ -60,7 +52,7 @@ def test_swish_rule_matches_tensorflow_and_finite_differences(first, second, ext
     model32 = make_model(_swish(first, second, extra), {"x": ["N", 3, 4, 4]}, {"y": ["N", 3, 4, 4]})
     vjp32 = build_vjp(model32, "y", ["x"])
     got = gradients(vjp32, {"x": x.astype(np.float32)}, cot.astype(np.float32))["x"]
-    want = _tf_gradient(tf, lambda t: t * tf.sigmoid(t) + (tf.sigmoid(t) if extra else 0), x.astype(np.float32), cot.astype(np.float32))
+    want = tf_gradient(tf, lambda t: t * tf.sigmoid(t) + (tf.sigmoid(t) if extra else 0), x.astype(np.float32), cot.astype(np.float32))
     assert relative_error(got, want) < FLOAT32_TOLERANCE
 
 
@@ -87,7 +79,7 @@ def test_activation_masks_match_tensorflow_at_their_kinks_without_where(name, tf
     assert "Where" not in {n.op_type for n in vjp.model.graph.node}
     cot = np.random.default_rng(1).standard_normal(KINKS.shape).astype(np.float32)
     got = gradients(vjp, {"x": KINKS}, cot)["x"]
-    want = _tf_gradient(tf, lambda t: fn(tf, t), KINKS, cot)
+    want = tf_gradient(tf, lambda t: fn(tf, t), KINKS, cot)
     np.testing.assert_allclose(got, want, rtol=FLOAT32_TOLERANCE, atol=FLOAT32_TOLERANCE, err_msg=name)
 
 
@@ -136,7 +128,7 @@ def test_a_padded_strided_depthwise_relu6_block_backpropagates_without_scatter_o
     def block(t):
         t = tf.pad(tf.transpose(t, [0, 2, 3, 1]), [[0, 0], [0, 1], [0, 1], [0, 0]])
         return tf.transpose(tf.nn.relu6(tf.nn.depthwise_conv2d(t, kernel, [1, 2, 2, 1], "VALID")), [0, 3, 1, 2])
-    assert relative_error(got, _tf_gradient(tf, block, x, cot)) < 1e-5  # a float32 sum of 9 products per element
+    assert relative_error(got, tf_gradient(tf, block, x, cot)) < 1e-5  # a float32 sum of 9 products per element
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc-and-back"])
@@ -168,4 +160,4 @@ def test_a_batch_norm_factor_after_a_conv_is_folded_into_its_kernel(layout, tf):
             return tf.transpose(c, [0, 3, 1, 2]) * scale
         # float64 (ReferenceEvaluator: onnxruntime has no float64 ConvTranspose): rounding only;
         # float32 (onnxruntime): sums of 54 products in float32
-        assert relative_error(got, _tf_gradient(tf, forward, x, cot)) < (1e-12 if np_dtype == np.float64 else 1e-5)
+        assert relative_error(got, tf_gradient(tf, forward, x, cot)) < (1e-12 if np_dtype == np.float64 else 1e-5)

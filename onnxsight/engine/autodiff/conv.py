@@ -256,20 +256,26 @@ def max_pool(g: GraphBuilder, n: Node):
     return [dx]
 
 
-@rule("AveragePool")
-def average_pool(g: GraphBuilder, n: Node):
-    """y = S(x)·c with S the window sum and c = AveragePool(1)/S(1) per output position
-    (whatever divisor count_include_pad and ceil_mode give); dx = Sᵀ(dy·c)."""
-    kernel = list(n.attr("kernel_shape"))
+def summing_window(g: GraphBuilder, n: Node, kernel: list[int]) -> Window:
+    """The pool's window with its end padding extended (ceil_mode) so that a floor-mode window sum gives
+    the node's output size; raises when no such padding does."""
     window = _window(g, n, kernel)
-    out = g.spatial_dims(n.y, f"the AveragePool gradient of node {n.name!r}")
-    # ceil_mode: extend the end padding so that a floor-mode window sum gives the same outputs
+    out = g.spatial_dims(n.y, f"the {n.op_type} gradient of node {n.name!r}")
     extra = [max(0, (o - 1) * s + k - (i + b + e)) for o, s, k, i, b, e in
              zip(out, window.strides, window.effective, window.spatial, window.begin, window.end)]
     window = Window(window.spatial, kernel, window.strides, window.dilations, window.begin,
                     [e + x for e, x in zip(window.end, extra)])
     if window.outputs() != out:
         raise n.unsupported(f"a ceil_mode output size {out} that a window sum does not reproduce")
+    return window
+
+
+@rule("AveragePool")
+def average_pool(g: GraphBuilder, n: Node):
+    """y = S(x)·c with S the window sum and c = AveragePool(1)/S(1) per output position
+    (whatever divisor count_include_pad and ceil_mode give); dx = Sᵀ(dy·c)."""
+    kernel = list(n.attr("kernel_shape"))
+    window = summing_window(g, n, kernel)
     ones_kernel = g.const(np.ones([1, 1, *kernel]), like=n.x)
     ones_input = g.const(np.ones([1, 1, *window.spatial]), like=n.x)
     attrs = {a.name: helper.get_attribute_value(a) for a in n.proto.attribute}
@@ -277,7 +283,7 @@ def average_pool(g: GraphBuilder, n: Node):
     counted = g.op("Conv", ones_input, ones_kernel, strides=window.strides, dilations=window.dilations,
                    pads=window.begin + window.end)
     factor = g.op("Div", averaged, g.op("Max", counted, g.const(1.0, like=n.x)))
-    scaled = g.op("Reshape", g.op("Mul", n.gy, factor), g.ints([-1, 1, *out]))
+    scaled = g.op("Reshape", g.op("Mul", n.gy, factor), g.ints([-1, 1, *window.outputs()]))
     dx = g.op("ConvTranspose", scaled, ones_kernel, **window.transpose_attrs())
     return [g.reshape_like(dx, n.x)]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .builder import GraphBuilder
-from .conv import Window, _window
+from .conv import summing_window
 from .normalization import _normalized_backward, _per_channel
 from .registry import Node, rule
 
@@ -146,15 +146,8 @@ def lp_pool(g: GraphBuilder, n: Node):
     """y = S(|x|ᵖ)^(1/p), S the window sum over zero padding (ceil_mode: over the windows'
     part inside the input): dx = Sᵀ(dy·y¹⁻ᵖ)·|x|ᵖ⁻¹·sign(x), Sᵀ a ones-kernel ConvTranspose."""
     p, kernel = int(n.attr("p", 2)), list(n.attr("kernel_shape"))
-    window = _window(g, n, kernel)
-    out = g.spatial_dims(n.y, f"the LpPool gradient of node {n.name!r}")
-    extra = [max(0, (o - 1) * s + k - (i + b + e)) for o, s, k, i, b, e in
-             zip(out, window.strides, window.effective, window.spatial, window.begin, window.end)]
-    window = Window(window.spatial, kernel, window.strides, window.dilations, window.begin,
-                    [e + x for e, x in zip(window.end, extra)])
-    if window.outputs() != out:
-        raise n.unsupported(f"a ceil_mode output size {out} that a window sum does not reproduce")
-    scaled = g.op("Reshape", _per_norm(g, n.gy, n.y, p), g.ints([-1, 1, *out]))
+    window = summing_window(g, n, kernel)
+    scaled = g.op("Reshape", _per_norm(g, n.gy, n.y, p), g.ints([-1, 1, *window.outputs()]))
     ones = g.const(np.ones([1, 1, *kernel]), like=n.x)
     summed = g.reshape_like(g.op("ConvTranspose", scaled, ones, **window.transpose_attrs()), n.x)
     return [g.op("Mul", summed, _lp_slope(g, n.x, p))]
