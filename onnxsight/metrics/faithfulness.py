@@ -44,8 +44,8 @@ class _Batch:
 
     def scores(self, copies: int, build: Callable[[np.ndarray], np.ndarray], progress: Progress = None) -> np.ndarray:
         """(N, copies) target scores of the copies ``build(rows)`` (row r is copy r % copies of image r // copies)."""
-        return copy_scores(self.model, self.x, copies, build, self.indices, self.of, self.batch_size, progress,
-                           self.context).reshape(len(self.x), copies)
+        return copy_scores(self.model, self.x, copies, lambda start, stop: build(np.arange(start, stop)), self.indices,
+                           self.of, self.batch_size, progress, self.context).reshape(len(self.x), copies)
 
     def clean(self) -> np.ndarray:
         """(N,) the target scores of the images themselves."""

@@ -97,7 +97,7 @@ def load_models(path: str | Path, methods: Sequence[str] = METHODS, layer: str |
         described = _explainer_description(model.proto)
         protos = {file.stem: (model.proto, described)}
         if described is None:
-            explained = with_dynamic_batch(model)  # once, not per method
+            explained = with_dynamic_batch(model) if methods else model  # once, not per method
             for method in methods:
                 cam_layer = layer if method in (*CAM_METHODS, "guided-gradcam") else None
                 explainer = export_explainer(explained, method, layer=cam_layer, samples=samples, noise=noise, seed=seed)
