@@ -68,6 +68,12 @@ class Transposed:
     attrs: dict
 
 
+def same_dim(a: onnx.TensorShapeProto.Dimension, b: onnx.TensorShapeProto.Dimension) -> bool:
+    """The same static size, or the same symbol."""
+    return ((a.HasField("dim_value") and b.HasField("dim_value") and a.dim_value == b.dim_value)
+            or (a.HasField("dim_param") and b.HasField("dim_param") and a.dim_param == b.dim_param))
+
+
 class GraphBuilder:
     """Appends nodes to a list; knows the types and static shapes inferred for the forward graph."""
 
@@ -351,13 +357,13 @@ class GraphBuilder:
         sa, sb = ia.type.tensor_type, ib.type.tensor_type
         if not (sa.HasField("shape") and sb.HasField("shape")) or len(sa.shape.dim) != len(sb.shape.dim):
             return False
-        for da, db in zip(sa.shape.dim, sb.shape.dim):
-            if da.HasField("dim_value") and db.HasField("dim_value") and da.dim_value == db.dim_value:
-                continue
-            if da.HasField("dim_param") and db.HasField("dim_param") and da.dim_param == db.dim_param:
-                continue
-            return False
-        return True
+        return all(same_dim(da, db) for da, db in zip(sa.shape.dim, sb.shape.dim))
+
+    def same_first_dim(self, a: str, b: str) -> bool:
+        """True when shape inference proves dim 0 of ``a`` and ``b`` equal."""
+        dims = [info.type.tensor_type.shape.dim if info is not None and info.type.tensor_type.HasField("shape") else []
+                for info in (self.infos.get(a), self.infos.get(b))]
+        return all(dims) and same_dim(dims[0][0], dims[1][0])
 
     def record(self, name: str, like: str) -> None:
         """Declares that builder tensor ``name`` has the same type and shape as ``like``."""

@@ -25,26 +25,16 @@ def _rest(n: Node, *grads):
     return list(grads) + [None] * (len(n.inputs) - len(grads))
 
 
-def _same_first_dim(g: GraphBuilder, a: str, b: str) -> bool:
-    """Whether shape inference proves dim 0 of ``a`` and ``b`` equal (the same value or symbol)."""
-    infos = [g.infos.get(t) for t in (a, b)]
-    if None in infos or not all(i.type.tensor_type.HasField("shape") and i.type.tensor_type.shape.dim for i in infos):
-        return False
-    da, db = (i.type.tensor_type.shape.dim[0] for i in infos)
-    return ((da.HasField("dim_value") and db.HasField("dim_value") and da.dim_value == db.dim_value)
-            or (da.HasField("dim_param") and db.HasField("dim_param") and da.dim_param == db.dim_param))
-
-
 @rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def reshape(g: GraphBuilder, n: Node):
     """Back to x's shape: a constant one (dim 0 copied from dy: shape inference keeps the batch
     symbol) when x's other dims are static and the reshape kept dim 0, else x's run-time shape."""
     shape = g.static_shape(n.x)
-    if shape and None not in shape[1:] and _same_first_dim(g, n.x, n.y):
+    if shape and None not in shape[1:] and g.same_first_dim(n.x, n.y):
         dx = g.op("Reshape", n.gy, g.ints([0, *shape[1:]]))
     else:
         dx = g.reshape_like(n.gy, n.x)
-    product, shape, flat = g.products.get(n.gy), g.static_shape(n.x), g.static_shape(n.y)
+    product, flat = g.products.get(n.gy), g.static_shape(n.y)
     if (product is not None and product.dims is None and shape is not None and None not in shape[1:]
             and flat is not None and len(flat) == 2 and flat[1] == int(np.prod(shape[1:]))):  # columns split
         g.products[dx] = Product(product.left, product.right, tuple(shape[1:]))
